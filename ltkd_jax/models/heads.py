@@ -1,0 +1,125 @@
+"""Classifier heads, selected by name (methods.md 4.4, 5.2, 8.1).
+
+Every head is created by the model under the submodule name ``classifier`` with a parameter
+``kernel`` of shape [D, C] (plus ``bias`` for ``linear``), so later stages (tau-norm, cRT)
+find it at ``params['classifier']``.
+
+- ``linear``: Dense with bias (the default; the BKD / mdistiller heads).
+- ``normed``: LDAM ``NormedLinear``: cosine between the L2-normalised feature and the
+  L2-normalised weight columns, no bias. Outputs cosines in [-1, 1]; the LDAM loss applies
+  its own scale s = 30 (methods.md 4.4, checklist 9).
+- ``cosine``: CBD cosine classifier ``sigma * cos`` with a FIXED, non-trainable sigma = 20,
+  Glorot-uniform weights, no bias (methods.md 8.1, checklist 15).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+# Kaiming-normal, fan_in, gain sqrt(2), not truncated: PyTorch `kaiming_normal_` as used by the
+# BKD/LDAM code on every conv and linear weight (methods.md 5.2).
+kaiming_normal: Initializer = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+# Avoids 0/0 when normalising an all-zero vector (e.g. a dead ReLU feature); PyTorch's
+# F.normalize uses the same 1e-12 floor on the norm.
+NORM_EPS = 1e-12
+
+CBD_SIGMA = 20.0  # methods.md 8.1: fixed, not learned.
+
+
+def torch_bias_init(fan_in: int) -> Initializer:
+    """PyTorch's default ``nn.Linear`` bias init: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = NORM_EPS) -> jax.Array:
+    """``x / max(||x||, eps)``; finite value *and* gradient at x = 0 (unlike ``x / ||x||``)."""
+    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
+def ldam_kernel_init(
+    key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32
+) -> jax.Array:
+    """LDAM ``NormedLinear`` init: uniform(-1, 1), then every class column renormed to length 1."""
+    w = jax.random.uniform(key, shape, dtype, -1.0, 1.0)
+    return l2_normalize(w, axis=0)
+
+
+def linear(
+    features: int, in_features: int, *, dtype: Dtype = jnp.float32, name: str | None = None
+) -> nn.Dense:
+    """Dense with the PyTorch-style init of methods.md 5.2 (heads and the CBD projection)."""
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kaiming_normal,
+        bias_init=torch_bias_init(in_features),
+        name=name,
+    )
+
+
+class CosineClassifier(nn.Module):
+    """``scale * normalize(x) @ normalize(W, axis=0)``; no bias (methods.md 4.4, 8.1).
+
+    ``scale`` is a static attribute, never a parameter: 1 for LDAM's NormedLinear, 20 for CBD.
+    """
+
+    num_classes: int
+    scale: float = 1.0
+    kernel_init: Initializer = nn.initializers.glorot_uniform()
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel", self.kernel_init, (x.shape[-1], self.num_classes), jnp.float32
+        )
+        # Normalise in float32 (the norms are reductions), then run the matmul in `dtype`.
+        x = l2_normalize(x.astype(jnp.float32), axis=-1).astype(self.dtype)
+        w = l2_normalize(kernel, axis=0).astype(self.dtype)
+        return (self.scale * jnp.dot(x, w)).astype(self.dtype)
+
+
+HEADS = ("linear", "normed", "cosine")
+
+
+def make_head(
+    head: str,
+    num_classes: int,
+    in_features: int,
+    *,
+    dtype: Dtype = jnp.float32,
+    name: str = "classifier",
+) -> nn.Module:
+    """Build the classifier head called ``head`` (one of :data:`HEADS`)."""
+    if head == "linear":
+        return linear(num_classes, in_features, dtype=dtype, name=name)
+    if head == "normed":
+        return CosineClassifier(
+            num_classes, scale=1.0, kernel_init=ldam_kernel_init, dtype=dtype, name=name
+        )
+    if head == "cosine":
+        return CosineClassifier(
+            num_classes,
+            scale=CBD_SIGMA,
+            kernel_init=nn.initializers.glorot_uniform(),
+            dtype=dtype,
+            name=name,
+        )
+    raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
