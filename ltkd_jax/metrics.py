@@ -1,0 +1,62 @@
+"""Evaluation metrics: per-class counts on device, accuracies and shot groups on the host.
+
+The balanced test split makes top-1 equal to the mean per-class accuracy; the many /
+medium / few scores are unweighted means of per-class accuracy within each group, with
+groups defined by *training* counts (methods.md 3).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+GROUP_NAMES = ("many", "medium", "few")
+
+
+def eval_counts(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray) -> dict:
+    """Sums over one batch: per-class seen / top-1 correct / top-5 correct, and the NLL sum.
+
+    Padded examples (mask False) count nowhere, so every image counts exactly once.
+    """
+    num_classes = logits.shape[-1]
+    logits = logits.astype(jnp.float32)
+    weight = mask.astype(jnp.float32)
+    onehot = jax.nn.one_hot(labels, num_classes) * weight[:, None]
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    k = min(5, num_classes)
+    top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+    return {
+        "seen": onehot.sum(0),
+        "correct": (onehot * correct[:, None]).sum(0),
+        "correct5": (onehot * top5[:, None]).sum(0),
+        "nll": jnp.sum(nll * weight),
+    }
+
+
+def add_counts(total: dict | None, batch: dict) -> dict:
+    batch = jax.tree.map(np.asarray, batch)
+    return batch if total is None else jax.tree.map(np.add, total, batch)
+
+
+def summarize(counts: dict, class_groups: np.ndarray) -> dict:
+    """Turns summed counts into top-1, top-5, NLL, per-class and many / medium / few accuracy.
+
+    A group with no class (CIFAR-10-LT has no few-shot class) reports NaN, not 0.
+    """
+    seen = np.maximum(counts["seen"], 1)
+    per_class = counts["correct"] / seen
+    total = float(counts["seen"].sum())
+    out = {
+        "top1": float(counts["correct"].sum() / total),
+        "top5": float(counts["correct5"].sum() / total),
+        "nll": float(counts["nll"] / total),
+        "mean_class_acc": float(per_class.mean()),
+        "num_examples": int(total),
+    }
+    for g, name in enumerate(GROUP_NAMES):
+        members = class_groups == g
+        out[name] = float(per_class[members].mean()) if members.any() else float("nan")
+    out["per_class_acc"] = per_class.tolist()
+    return out

@@ -1,0 +1,54 @@
+"""Learning-rate schedules and the coupled weight decay of the BKD recipe."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ltkd_jax import config_lib, optim
+
+
+def test_bkd_step_schedule_matches_tv15():
+    # methods.md TV15: LR at epochs 0, 1, 4, 5, 159, 160, 179, 180, 199.
+    steps_per_epoch = 7
+    schedule = optim.make_schedule(config_lib.base_config().optim, steps_per_epoch, 200)
+    epochs = [0, 1, 4, 5, 159, 160, 179, 180, 199]
+    expected = [0.02, 0.04, 0.1, 0.1, 0.1, 0.001, 0.001, 1e-5, 1e-5]
+    # Constant within an epoch: check its first and last step.
+    for e, lr in zip(epochs, expected, strict=True):
+        for step in (e * steps_per_epoch, (e + 1) * steps_per_epoch - 1):
+            np.testing.assert_allclose(float(schedule(step)), lr, rtol=1e-6)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    c = config_lib.base_config().optim
+    c.schedule, c.warmup_epochs = "cosine", 2
+    schedule = optim.make_schedule(c, 10, 20)
+    assert float(schedule(0)) == 0.0
+    np.testing.assert_allclose(float(schedule(20)), c.lr, rtol=1e-6)
+    assert float(schedule(199)) < 1e-4
+
+
+def test_weight_decay_is_coupled_like_pytorch_sgd():
+    # PyTorch SGD: buf = m * buf + (g + wd * p); p -= lr * buf.
+    c = config_lib.base_config().optim
+    tx = optim.make_optimizer(c, optax.constant_schedule(0.1))
+    params = {"w": jnp.array([1.0, -2.0]), "bn_scale": jnp.array([0.5])}
+    grads = {"w": jnp.array([0.3, 0.1]), "bn_scale": jnp.array([0.0])}
+    state = tx.init(params)
+    p, buf = {k: np.asarray(v) for k, v in params.items()}, None
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        g = {k: np.asarray(grads[k]) + c.weight_decay * p[k] for k in p}
+        buf = g if buf is None else {k: c.momentum * buf[k] + g[k] for k in p}
+        p = {k: p[k] - 0.1 * buf[k] for k in p}
+    for k in p:  # BN parameters are decayed too (methods.md 10.13)
+        np.testing.assert_allclose(params[k], p[k], rtol=1e-6)
+
+
+def test_unknown_schedule_names_the_field():
+    c = config_lib.base_config().optim
+    c.schedule = "linear"
+    with pytest.raises(ValueError, match="config.optim.schedule"):
+        optim.make_schedule(c, 10, 10)
