@@ -36,8 +36,13 @@ class MetricWriter:
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-    def write_scalars(self, step: int, scalars: Mapping[str, object], **extra) -> None:
-        """Writes one JSON line {'step', **extra, **scalars}; scalars also go to TensorBoard."""
+    def write_scalars(
+        self, step: int, scalars: Mapping[str, object], *, log: bool = True, **extra
+    ) -> None:
+        """Writes one JSON line {'step', **extra, **scalars}; scalars also go to TensorBoard.
+
+        `log=False` keeps the record out of the console log (a progress bar shows it).
+        """
         if not self.active:
             return
         record = {"step": int(step), **extra, **{k: _to_python(v) for k, v in scalars.items()}}
@@ -46,6 +51,8 @@ class MetricWriter:
         for key, value in record.items():
             if self._tb is not None and isinstance(value, (int, float)) and key != "step":
                 self._tb.add_scalar(key, value, int(step))
+        if not log:
+            return
         shown = {k: v for k, v in record.items() if not isinstance(v, list)}
         logging.info("step %d: %s", step, ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
 

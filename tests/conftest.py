@@ -9,7 +9,9 @@ from absl import flags
 # Must run before any JAX computation: the backend reads it once.
 jax.config.update("jax_num_cpu_devices", 8)
 # Re-use compiled programs across test runs (and CI runs on the same machine).
-_CACHE = pathlib.Path(os.environ.get("LTKD_JAX_CACHE", pathlib.Path.home() / ".cache" / "ltkd_jax_xla"))
+_CACHE = pathlib.Path(
+    os.environ.get("LTKD_JAX_CACHE", pathlib.Path.home() / ".cache" / "ltkd_jax_xla")
+)
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 # grain's multiprocessing reads absl flags; pytest never calls app.run.

@@ -1,0 +1,26 @@
+"""CE teacher on CIFAR-100-LT (IF 100), ResNet-32, the BKD recipe (methods.md 5.3).
+
+    python -m ltkd_jax.main --config configs/ce_cifar.py --workdir runs/ce_cifar100_if100 \
+        --config.data.archive=../shared/data/cifar100-png.zip
+
+CIFAR-10 or another imbalance factor through the config argument:
+
+    python -m ltkd_jax.main --config configs/ce_cifar.py:dataset=cifar10,imb=50 \
+        --workdir runs/ce_cifar10_if50 --config.data.archive=../shared/data/cifar10-jpeg.zip
+
+200 epochs, batch 128, SGD momentum 0.9, coupled weight decay 2e-4, 5-epoch linear
+warm-up, LR 0.1 -> 1e-3 at epoch 160 -> 1e-5 at 180; instance sampling, pad-4 crop and
+flip. The last epoch's checkpoint is the teacher (methods.md 10.17).
+"""
+
+from ltkd_jax import config_lib
+
+
+def get_config(arg=None):
+    args = config_lib.parse_arg(arg, dataset="cifar100", imb=100.0)
+    c = config_lib.base_config()
+    c.method = "ce"
+    c.data.name = args.dataset
+    c.data.imbalance_factor = args.imb
+    c.model.name = "resnet32"
+    return config_lib.lock(c)

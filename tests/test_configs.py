@@ -1,0 +1,69 @@
+"""Every config under configs/ loads, is locked, and bad values stop the run early."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from ltkd_jax import config_lib
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
+
+
+def _load(path: pathlib.Path, arg: str | None = None):
+    spec = importlib.util.spec_from_file_location("cfg_" + path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, mod.get_config(arg)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_config_loads_locks_and_validates(path):
+    mod, config = _load(path)
+    assert "python -m ltkd_jax.main" in mod.__doc__, "docstring must show the launch command"
+    assert config.is_locked
+    with pytest.raises(AttributeError):
+        config.no_such_field = 1
+    config_lib.validate_config(config)
+
+
+def test_config_argument_selects_dataset_and_imbalance():
+    _, config = _load(CONFIG_DIR / "ce_cifar.py", "dataset=cifar10,imb=50")
+    assert config.data.name == "cifar10"
+    assert config.data.imbalance_factor == 50.0
+    with pytest.raises(ValueError, match="not understood"):
+        _load(CONFIG_DIR / "ce_cifar.py", "imbalance=3")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("data.name", "mnist", "config.data.name='mnist' is not known"),
+        ("model.name", "resnet9", "config.model.name='resnet9' is not known"),
+        ("data.sampler", "random", "config.data.sampler='random' is not known"),
+        ("data.imbalance_factor", 0.5, "must be >= 1"),
+        ("data.archive", "/no/such/cifar.zip", "does not exist"),
+        ("method", "magic", "config.method='magic' is not known"),
+    ],
+)
+def test_invalid_values_name_the_field_and_the_fix(field, value, message):
+    config = config_lib.base_config()
+    section, _, key = field.rpartition(".")
+    (config[section] if section else config)[key] = value
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate_config(config)
+
+
+def test_batch_size_must_divide_over_devices():
+    config = config_lib.base_config()
+    config.batch_size = 100
+    with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+        config_lib.validate_config(config, num_devices=8)
+
+
+def test_known_names_match_the_implementations():
+    from ltkd_jax import data
+
+    assert set(config_lib.DATASETS) == set(data.DATASETS)
+    assert set(config_lib.SAMPLERS) == set(data.SAMPLERS)
