@@ -141,7 +141,7 @@ def evaluate(eval_fn, variables, test_split, mesh, batch_size: int, class_groups
     counts = None
     for local in data.eval_batches(
         test_split,
-        batch_size=batch_size // jax.process_count(),
+        batch_size=batch_size,  # global; each process yields its slice
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     ):
