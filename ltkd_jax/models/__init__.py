@@ -38,6 +38,7 @@ def get_model(
     head: str = "linear",
     dtype: Any = jnp.float32,
     projection_dim: int | None = None,
+    regressor_dim: int | None = None,
 ) -> nn.Module:
     """Build a registered model.
 
@@ -48,13 +49,19 @@ def get_model(
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
       projection_dim: if set, a CBD ``Dense(projection_dim) + ReLU`` after pooling; the
         returned features are then the projected vector (methods.md 8.2).
+      regressor_dim: if set, the returned features pass through a linear map to this width
+        (KRDistill's regressor onto the teacher's features, methods.md 7.2).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
     return MODELS[name](
-        num_classes=num_classes, head=head, dtype=dtype, projection_dim=projection_dim
+        num_classes=num_classes,
+        head=head,
+        dtype=dtype,
+        projection_dim=projection_dim,
+        regressor_dim=regressor_dim,
     )
 
 

@@ -83,8 +83,13 @@ def _pool_and_classify(
     head: str,
     projection_dim: int | None,
     dtype: Dtype,
+    regressor_dim: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Global average pool -> [CBD projection + ReLU] -> head named ``classifier``.
+
+    With `regressor_dim`, the returned features are a linear map of the pooled features to
+    that width (KRDistill's regressor g onto the teacher's feature width, methods.md 7.2), a
+    side branch the classifier does not see.
 
     Called from the models' compact ``__call__``, so the submodules belong to that model.
     """
@@ -94,6 +99,10 @@ def _pool_and_classify(
         proj = linear(projection_dim, features.shape[-1], dtype=dtype, name="projection")
         features = nn.relu(proj(features))
     logits = make_head(head, num_classes, features.shape[-1], dtype=dtype)(features)
+    if regressor_dim is not None:
+        features = linear(regressor_dim, features.shape[-1], dtype=dtype, name="regressor")(
+            features
+        )
     return logits, features
 
 
@@ -171,11 +180,12 @@ class CifarResNet(nn.Module):
     widths: Sequence[int] = (16, 32, 64)
     head: str = "linear"
     projection_dim: int | None = None
+    regressor_dim: int | None = None
     dtype: Dtype = jnp.float32
 
     @property
     def feature_dim(self) -> int:
-        return self.projection_dim or self.widths[-1]
+        return self.regressor_dim or self.projection_dim or self.widths[-1]
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -194,6 +204,7 @@ class CifarResNet(nn.Module):
             head=self.head,
             projection_dim=self.projection_dim,
             dtype=self.dtype,
+            regressor_dim=self.regressor_dim,
         )
 
 
@@ -209,11 +220,12 @@ class ResNetX4(nn.Module):
     num_filters: Sequence[int] = (32, 64, 128, 256)
     head: str = "linear"
     projection_dim: int | None = None
+    regressor_dim: int | None = None
     dtype: Dtype = jnp.float32
 
     @property
     def feature_dim(self) -> int:
-        return self.projection_dim or self.num_filters[-1]
+        return self.regressor_dim or self.projection_dim or self.num_filters[-1]
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -232,6 +244,7 @@ class ResNetX4(nn.Module):
             head=self.head,
             projection_dim=self.projection_dim,
             dtype=self.dtype,
+            regressor_dim=self.regressor_dim,
         )
 
 
@@ -247,11 +260,12 @@ class WideResNet(nn.Module):
     num_classes: int
     head: str = "linear"
     projection_dim: int | None = None
+    regressor_dim: int | None = None
     dtype: Dtype = jnp.float32
 
     @property
     def feature_dim(self) -> int:
-        return self.projection_dim or 64 * self.widen_factor
+        return self.regressor_dim or self.projection_dim or 64 * self.widen_factor
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -271,6 +285,7 @@ class WideResNet(nn.Module):
             head=self.head,
             projection_dim=self.projection_dim,
             dtype=self.dtype,
+            regressor_dim=self.regressor_dim,
         )
 
 
