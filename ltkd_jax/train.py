@@ -232,7 +232,7 @@ def train_and_evaluate(
     model = build_model(config, num_classes)
     schedule = optim.make_schedule(config.optim, steps_per_epoch, config.num_epochs)
     tx = optim.make_optimizer(config.optim, schedule)
-    state = create_train_state(model, tx, train_split.images.shape[1:], config.seed, mesh)
+    state = create_train_state(model, tx, train_split.image_shape, config.seed, mesh)
 
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
     restored = checkpointing.restore_latest(manager, state, iterator)

@@ -42,6 +42,11 @@ class ArraySplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """(H, W, C) of the images the model sees."""
+        return tuple(self.images.shape[1:])
+
     def subset(self, indices: np.ndarray) -> ArraySplit:
         """The examples at `indices`, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
