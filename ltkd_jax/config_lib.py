@@ -15,10 +15,12 @@ from ml_collections import config_dict
 
 # Known names. Kept here (not imported from the modules that implement them) so a config
 # can be checked without importing JAX-heavy modules; tests assert they stay in sync.
-DATASETS = ("cifar10", "cifar100", "digits")
+DATASETS = ("cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018", "folder")
 PROFILES = ("exp", "step")
-SAMPLERS = ("instance", "sqrt", "class_balanced", "progressive")
-AUGMENTATIONS = ("cifar", "none")
+SAMPLERS = ("instance", "sqrt", "class_balanced", "progressive", "cbd_stream")
+AUGMENTATIONS = ("cifar", "imagenet", "none")
+IN_MEMORY = ("auto", "yes", "no")
+ON_CORRUPT = ("error", "skip")
 HEADS = ("linear", "normed", "cosine")
 SCHEDULES = ("step", "cosine")
 DTYPES = ("float32", "bfloat16")
@@ -35,7 +37,25 @@ def base_config() -> ml_collections.ConfigDict:
     # Where prepared tfds data lives; empty means ~/tensorflow_datasets.
     c.data.data_dir = ""
     # Local zip of the dataset ({train,test}/<class>/<image>); empty means download.
+    # For 'folder' the user's image tree (folder or zip of <split>/<class>/<image>); for
+    # imagenet_lt / places_lt / inat2018 the image root the list files are relative to.
     c.data.archive = ""
+    c.data.root = c.data.get_ref("archive")  # alias: --config.data.root=/path sets archive
+    # Folder holding the benchmark list files (ImageNet_LT_train.txt, ...); empty = the root.
+    c.data.list_dir = ""
+    # Side of the square images the model sees; 0 = 224 (ImageNet-style datasets) or, for
+    # folders, the typical shorter side of the images if smaller. Ignored by cifar / digits.
+    c.data.image_size = 0
+    # auto | yes | no: decode the whole dataset into RAM (resized to image_size) or read and
+    # decode per example in the input workers; auto = RAM when it needs <= 2 GiB.
+    c.data.in_memory = "auto"
+    # Images that cannot be decoded during preparation: error (list them, write nothing) or
+    # skip (log each path and leave it out).
+    c.data.on_corrupt = "error"
+    # The split evaluated as "test"; empty = the dataset's (test, or iNat's validation).
+    c.data.eval_split = ""
+    # Smallest crop area of the 'imagenet' random-resized crop: 0.08 torchvision, 0.05 CBD.
+    c.data.crop_min_area = 0.08
     c.data.imbalance_factor = 100.0
     c.data.profile = "exp"
     c.data.lt_seed = 0  # methods.md 2.1: np.random.seed(0) picks the kept images
@@ -51,6 +71,40 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.head = "linear"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.projection_dim = 0  # > 0 adds CBD's Dense+ReLU projection before the head
+
+    # Loss hyper-parameters. An empty (None) field means "the method's default" (methods.md);
+    # set one to override it, e.g. --config.loss.temperature=4.
+    c.loss = ml_collections.ConfigDict()
+    c.loss.temperature = placeholder(float)
+    c.loss.alpha = placeholder(float)
+    c.loss.beta = placeholder(float)
+    c.loss.gamma = placeholder(float)
+    c.loss.tau = placeholder(float)
+    c.loss.lam = placeholder(float)  # TGLS mixing weight (DU-KD)
+    c.loss.ce_weight = placeholder(float)
+    # Class weights in (the CE term of) cb / focal / kd, and BKD's KD weights:
+    # none | reweight (effective number from epoch 0) | drw (from loss.drw_epoch).
+    c.loss.class_weighting = "none"
+    c.loss.cb_beta = 0.9999
+    c.loss.drw_epoch = 160
+    c.loss.warmup_epochs = 20  # DKD's linear warm-up of the distillation term
+    c.loss.rebalance = "r1"  # LTKD-R cross-group rebalancing: r1 | r2 | none
+    c.loss.groups = "shot"  # LTKD-R class groups: shot | thirds
+    c.loss.prior_placement = "inside"  # DU-KD: inside | outside | teacher (methods.md 6.2)
+
+    # The frozen teacher(s) of a distillation method.
+    c.teacher = ml_collections.ConfigDict()
+    # A finished teacher run's workdir (comma-separated for an ensemble). Empty: the run
+    # first trains its teacher(s) into WORKDIR/teacher (WORKDIR/teacher_<k> for several).
+    c.teacher.workdir = ""
+    c.teacher.model = "resnet32"
+    c.teacher.head = "linear"
+    c.teacher.num_epochs = 200
+    c.teacher.count = 1  # CBD ensembles: teachers trained with seeds seed, seed+1, ...
+
+    # A finished run whose weights start this one (cRT, tau-norm, post-hoc adjustment).
+    c.init = ml_collections.ConfigDict()
+    c.init.workdir = ""
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1
@@ -113,6 +167,26 @@ def _check_choice(config, field: str, value, choices) -> list[str]:
     return [f"config.{field}={value!r} is not known; choose one of {list(choices)}"]
 
 
+def _check_data_sources(d: ml_collections.ConfigDict) -> list[str]:
+    """Checks of the image-folder / large-scale data fields."""
+    errors = []
+    # A missing data.root for 'folder' / 'places_lt' is reported by load_splits: configs
+    # are validated (tests/test_configs.py) before a user passes the path.
+    if d.list_dir and not os.path.isdir(os.path.expanduser(d.list_dir)):
+        errors.append(
+            f"config.data.list_dir={d.list_dir!r} is not a directory; pass the folder holding "
+            "the benchmark list files (e.g. ImageNet_LT_train.txt)"
+        )
+    if d.image_size < 0:
+        errors.append(f"config.data.image_size={d.image_size} must be >= 0 (0 = default)")
+    if not 0 < d.crop_min_area <= 1:
+        errors.append(
+            f"config.data.crop_min_area={d.crop_min_area} must be in (0, 1]; e.g. 0.08 "
+            "(torchvision) or 0.05 (CBD)"
+        )
+    return errors
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ValueError listing every invalid field, each with the fix."""
     from ltkd_jax import methods, models  # deferred: keeps config loading light
@@ -123,6 +197,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     errors += _check_choice(config, "data.profile", d.profile, PROFILES)
     errors += _check_choice(config, "data.sampler", d.sampler, SAMPLERS)
     errors += _check_choice(config, "data.augment", d.augment, AUGMENTATIONS)
+    errors += _check_choice(config, "data.in_memory", d.in_memory, IN_MEMORY)
+    errors += _check_choice(config, "data.on_corrupt", d.on_corrupt, ON_CORRUPT)
+    errors += _check_data_sources(d)
     errors += _check_choice(config, "model.name", config.model.name, tuple(models.MODELS))
     errors += _check_choice(config, "model.head", config.model.head, HEADS)
     errors += _check_choice(config, "model.dtype", config.model.dtype, DTYPES)
@@ -149,7 +226,66 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         )
     if config.num_devices < 0:
         errors.append("config.num_devices must be >= 0 (0 = all devices)")
+    if config.method in methods.METHODS:
+        try:
+            needs = methods.needs_of(config)
+        except ValueError as e:
+            errors.append(str(e))
+        else:
+            if needs.head and config.model.head != needs.head:
+                errors.append(
+                    f"config.method={config.method!r} needs the {needs.head!r} classifier head; "
+                    f"set --config.model.head={needs.head}"
+                )
+            if needs.frozen_backbone and not config.init.workdir:
+                errors.append(
+                    f"config.method={config.method!r} re-trains the classifier of a finished "
+                    "run; set --config.init.workdir to that run's workdir"
+                )
     if config.optim.lr <= 0:
         errors.append(f"config.optim.lr={config.optim.lr} must be > 0")
     if errors:
         raise ValueError("invalid config:\n  - " + "\n  - ".join(errors))
+
+
+# Recipes a CIFAR config can follow (the `recipe=` config argument).
+RECIPES = ("bkd", "mdistiller")
+
+
+def cifar_config(arg: str | None, method: str, **loss) -> ml_collections.ConfigDict:
+    """A CIFAR-LT config for `method`, from the `file.py:k=v,...` argument.
+
+    Arguments: dataset (cifar10 | cifar100), imb (imbalance factor), student and teacher
+    (architectures, e.g. teacher=resnet32x4,student=resnet8x4 for methods.md 7.2's
+    heterogeneous pairs), teacher_workdir (a finished teacher run; empty = train it first
+    into WORKDIR/teacher), recipe (bkd = methods.md 5.3, the default, so every method is
+    compared on one recipe; mdistiller = methods.md 7.2). `loss` sets config.loss fields.
+    """
+    args = parse_arg(
+        arg,
+        dataset="cifar100",
+        imb=100.0,
+        student="resnet32",
+        teacher="resnet32",
+        teacher_workdir="",
+        recipe="bkd",
+    )
+    if args.recipe not in RECIPES:
+        raise ValueError(f"recipe={args.recipe!r} is not known; choose one of {list(RECIPES)}")
+    c = base_config()
+    c.method = method
+    c.data.name = args.dataset
+    c.data.imbalance_factor = args.imb
+    c.model.name = args.student
+    c.teacher.model = args.teacher
+    c.teacher.workdir = args.teacher_workdir
+    for key, value in loss.items():
+        c.loss[key] = value
+    if args.recipe == "mdistiller":
+        # methods.md 7.2: 240 epochs, batch 64, lr 0.05, x0.1 at 150/180/210, wd 5e-4.
+        for section in (c, c.teacher):
+            section.num_epochs = 240
+        c.batch_size = 64
+        c.optim.lr, c.optim.weight_decay = 0.05, 5e-4
+        c.optim.warmup_epochs, c.optim.decay_epochs, c.optim.decay_factor = 0, (150, 180, 210), 0.1
+    return c

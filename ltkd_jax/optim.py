@@ -77,3 +77,12 @@ def make_optimizer(
         optax.add_decayed_weights(optim.weight_decay),
         optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov),
     )
+
+
+def only_classifier(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Applies `tx` to `params['classifier']` only; every other parameter stays frozen (cRT)."""
+
+    def labels(params):
+        return {k: ("train" if k == "classifier" else "frozen") for k in params}
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

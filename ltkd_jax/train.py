@@ -8,7 +8,10 @@ the state replicated and donated, the teacher passed as an explicit constant arg
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +27,7 @@ from flax.training import train_state
 
 from ltkd_jax import checkpointing, config_lib, data, methods, metrics, models, optim, sharding
 from ltkd_jax.methods import ModelOutput
-from ltkd_jax.writers import MetricWriter
+from ltkd_jax.writers import MetricWriter, read_jsonl
 
 
 class TrainState(train_state.TrainState):
@@ -49,14 +52,26 @@ def compute_dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
+def build_model(
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    *,
+    teachers: tuple[Teacher, ...] = (),
+):
+    """The student of `config`, shaped to what its method needs from the teachers."""
     m = config.model
+    needs = methods.needs_of(config) if teachers else methods.Needs()
+    teacher_dims = [t.model.feature_dim for t in teachers]
+    projection_dim = m.projection_dim or None
+    if needs.projection:  # CBD: Dense(sum of teacher widths) + ReLU (methods.md 8.2)
+        projection_dim = sum(teacher_dims)
     return models.get_model(
         m.name,
         num_classes,
         head=m.head,
         dtype=compute_dtype(m.dtype),
-        projection_dim=m.projection_dim or None,
+        projection_dim=projection_dim,
+        regressor_dim=teacher_dims[0] if needs.regressor else None,
     )
 
 
@@ -82,16 +97,18 @@ def preprocess(images: jnp.ndarray, mean, std) -> jnp.ndarray:
     return data.normalize(images, mean, std)
 
 
-def apply_teacher(teacher: Teacher | None, images: jnp.ndarray) -> ModelOutput | None:
-    if teacher is None:
-        return None
-    logits, features = teacher.model.apply(teacher.variables, images, train=False)
-    return jax.lax.stop_gradient(ModelOutput(logits, features))
+def apply_teachers(teachers: tuple[Teacher, ...], images: jnp.ndarray) -> tuple:
+    """Frozen teachers in inference mode (BatchNorm running statistics), no gradient."""
+    outputs = []
+    for teacher in teachers:
+        logits, features = teacher.model.apply(teacher.variables, images, train=False)
+        outputs.append(ModelOutput(logits.astype(jnp.float32), features.astype(jnp.float32)))
+    return jax.lax.stop_gradient(tuple(outputs))
 
 
 def train_step(
     state: TrainState,
-    teacher: Teacher | None,
+    teachers: tuple[Teacher, ...],
     batch: dict,
     ctx: dict,
     *,
@@ -100,20 +117,22 @@ def train_step(
     mean: tuple,
     std: tuple,
 ) -> tuple[TrainState, dict]:
-    """One SGD step on the student; the teacher only feeds the loss."""
+    """One SGD step on the student; the teachers only feed the loss."""
     images = preprocess(batch["image"], mean, std)
     labels = batch["label"]
-    teacher_out = apply_teacher(teacher, images)
+    teacher_outputs = apply_teachers(teachers, images)
+    # A frozen backbone (cRT) keeps its BatchNorm statistics: inference mode.
+    train_mode = not method.needs.frozen_backbone
 
     def loss_fn(params):
         (logits, features), updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
             images,
-            train=True,
+            train=train_mode,
             mutable=["batch_stats"],
         )
-        student = ModelOutput(logits.astype(jnp.float32), features)
-        loss, parts = method.loss(student, labels, teacher_out, ctx)
+        student = ModelOutput(logits.astype(jnp.float32), features.astype(jnp.float32))
+        loss, parts = method.loss(student, labels, teacher_outputs, ctx)
         return loss, (parts, updates["batch_stats"], student.logits)
 
     (loss, (parts, batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -174,37 +193,55 @@ def _cached_splits(name: str, data_dir: str, archive: str):
 
 
 def load_task(config: ml_collections.ConfigDict):
-    """(long-tailed train split, balanced test split, class counts, shot groups)."""
+    """(long-tailed train split, balanced test split, `methods.Task`)."""
     d = config.data
     train, test = _cached_splits(d.name, d.data_dir, d.archive)
     train_lt = data.make_longtail(train, d.imbalance_factor, profile=d.profile, seed=d.lt_seed)
     counts = train_lt.class_counts()
     groups = data.shot_groups(counts, many=d.many_threshold, few=d.few_threshold)
-    return train_lt, test, counts, groups
+    task = methods.Task(class_counts=counts, class_groups=np.asarray(groups), dataset=d.name)
+    return train_lt, test, task
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, teacher: Teacher | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    teachers: tuple[Teacher, ...] = (),
 ) -> TrainState:
-    """Trains (or resumes) the run in `workdir`; returns the final state."""
+    """Trains (or resumes) the run in `workdir` with frozen `teachers`; returns the final state."""
     mesh = sharding.make_mesh(config.num_devices)
     num_devices = mesh.devices.size
     config_lib.validate_config(config, num_devices=num_devices)
+    needs = methods.needs_of(config)
+    wanted = methods.num_teachers(config)
+    if len(teachers) != wanted:
+        raise ValueError(
+            f"config.method={config.method!r} needs {wanted} teacher(s), got {len(teachers)}; "
+            "use train.run(), which trains or loads them from config.teacher"
+        )
+    train_split, test_split, task = load_task(config)
+    num_classes = train_split.num_classes
+    mean, std = data.dataset_stats(config.data.name)
+    eval_batch_size = _round_up(config.eval_batch_size, num_devices)
+    if needs.feature_means:
+        task = dataclasses.replace(
+            task,
+            teacher_feature_means=class_feature_means(
+                teachers[0], train_split, mesh, eval_batch_size, mean, std
+            ),
+        )
+    method = methods.make_method(config, task)
     writer = MetricWriter(workdir)
     writer.write_json("config.json", config.to_dict())
-
-    train_split, test_split, class_counts, class_groups = load_task(config)
-    num_classes = train_split.num_classes
-    method = methods.make_method(config, class_counts)
-    if method.needs_teacher and teacher is None:
-        raise ValueError(f"config.method={config.method!r} needs a teacher; none was given")
     logging.info(
-        "%s-LT IF %g: %d train images, %d classes, %d/%d/%d many/medium/few; %d devices",
+        "%s: %s-LT IF %g, %d train images, %d classes, %d/%d/%d many/medium/few, %d devices",
+        workdir,
         config.data.name,
         config.data.imbalance_factor,
         len(train_split),
         num_classes,
-        *np.bincount(class_groups, minlength=3),
+        *np.bincount(task.class_groups, minlength=3),
         num_devices,
     )
 
@@ -227,11 +264,12 @@ def train_and_evaluate(
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     total_steps = steps_per_epoch * config.num_epochs
-    mean, std = data.dataset_stats(config.data.name)
 
-    model = build_model(config, num_classes)
+    model = build_model(config, num_classes, teachers=teachers)
     schedule = optim.make_schedule(config.optim, steps_per_epoch, config.num_epochs)
     tx = optim.make_optimizer(config.optim, schedule)
+    if needs.frozen_backbone:
+        tx = optim.only_classifier(tx)
     state = create_train_state(model, tx, train_split.image_shape, config.seed, mesh)
 
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
@@ -239,6 +277,8 @@ def train_and_evaluate(
     if restored is not None:
         state = restored
         logging.info("resumed from step %d in %s", int(state.step), workdir)
+    elif config.init.workdir:
+        state = init_from_run(state, config, num_classes, train_split.image_shape)
     start_step = int(state.step)
 
     repl = sharding.replicated(mesh)
@@ -250,13 +290,14 @@ def train_and_evaluate(
     p_eval_step = jax.jit(
         functools.partial(eval_step, model=model, mean=mean, std=std), out_shardings=repl
     )
-    eval_batch_size = _round_up(config.eval_batch_size, num_devices)
-
     writer.write_json(
         "task.json",
         {
-            "class_counts": class_counts,
-            "class_groups": class_groups,
+            "dataset": config.data.name,
+            "num_classes": num_classes,
+            "image_shape": list(train_split.image_shape),
+            "class_counts": task.class_counts,
+            "class_groups": task.class_groups,
             "steps_per_epoch": steps_per_epoch,
             "num_devices": num_devices,
         },
@@ -270,7 +311,7 @@ def train_and_evaluate(
         if ctx is None or step % steps_per_epoch == 0:
             ctx = jax.device_put(method.epoch_context(epoch), repl)
         batch = sharding.global_batch(mesh, next(iterator))
-        state, step_metrics = p_train_step(state, teacher, batch, ctx)
+        state, step_metrics = p_train_step(state, teachers, batch, ctx)
         window.append(step_metrics)
         progress.update(1)
         end_of_epoch = (step + 1) % steps_per_epoch == 0
@@ -287,7 +328,12 @@ def train_and_evaluate(
         last_step = step + 1 == total_steps
         if end_of_epoch and ((epoch + 1) % config.eval_every_epochs == 0 or last_step):
             results = evaluate(
-                p_eval_step, variables_of(state), test_split, mesh, eval_batch_size, class_groups
+                p_eval_step,
+                variables_of(state),
+                test_split,
+                mesh,
+                eval_batch_size,
+                task.class_groups,
             )
             writer.write_scalars(step + 1, results, epoch=epoch + 1, split="test")
             checkpointing.save(manager, step + 1, state, iterator, {"top1": results["top1"]})
@@ -301,6 +347,177 @@ def train_and_evaluate(
     return state
 
 
+# ---------------------------------------------------------------------------------------
+# Teachers and runs that start from another run
+# ---------------------------------------------------------------------------------------
+
+
+def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
+    """The config and task description a finished run wrote into its workdir."""
+    paths = [os.path.join(workdir, name) for name in ("config.json", "task.json")]
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} not found: {workdir} is not a ltkd_jax run directory (or the run never "
+                "started); point the config at a finished run's --workdir"
+            )
+    with open(paths[0]) as f:
+        run_config = ml_collections.ConfigDict(json.load(f))
+    with open(paths[1]) as f:
+        run_task = json.load(f)
+    return run_config, run_task
+
+
+def _check_compatible(
+    what: str, workdir: str, run_config, run_task: dict, config, num_classes, image_shape
+) -> None:
+    """A teacher / init run must match the student task: dataset, classes, input shape."""
+    problems = []
+    if run_config.data.name != config.data.name:
+        problems.append(
+            f"it was trained on {run_config.data.name!r}, the student on {config.data.name!r}"
+        )
+    if run_task["num_classes"] != num_classes:
+        problems.append(f"it has {run_task['num_classes']} classes, the student task {num_classes}")
+    if tuple(run_task["image_shape"]) != tuple(image_shape):
+        problems.append(
+            f"its input shape is {tuple(run_task['image_shape'])}, the student's "
+            f"{tuple(image_shape)}"
+        )
+    if problems:
+        raise ValueError(
+            f"{what} in {workdir} does not fit this task: " + "; ".join(problems) + ". Point "
+            f"the config at a run trained on the same dataset ({config.data.name})."
+        )
+
+
+def _abstract_variables(model, image_shape: tuple, mesh) -> dict:
+    """Shapes, dtypes and (replicated) shardings of a model's variables, nothing allocated."""
+    shapes = jax.eval_shape(
+        functools.partial(model.init, train=False),
+        jax.random.key(0),
+        jnp.zeros((1, *image_shape), jnp.float32),
+    )
+    repl = sharding.replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
+
+
+def load_teacher(config, workdir: str, num_classes: int, image_shape: tuple, mesh) -> Teacher:
+    """A finished run's last checkpoint as a frozen teacher (methods.md 10.17: last epoch)."""
+    run_config, run_task = read_run_info(workdir)
+    _check_compatible(
+        "the teacher", workdir, run_config, run_task, config, num_classes, image_shape
+    )
+    if config.teacher.model and run_config.model.name != config.teacher.model:
+        raise ValueError(
+            f"the teacher in {workdir} is a {run_config.model.name}, but config.teacher.model="
+            f"{config.teacher.model!r}; set --config.teacher.model={run_config.model.name} or "
+            "point config.teacher.workdir at the intended teacher"
+        )
+    model = build_model(run_config, num_classes)
+    target = _abstract_variables(model, image_shape, mesh)
+    variables, step = checkpointing.restore_variables(workdir, target)
+    logging.info("teacher %s (step %d) from %s", run_config.model.name, step, workdir)
+    return Teacher(variables=variables, model=model)
+
+
+def init_from_run(state: TrainState, config, num_classes: int, image_shape: tuple) -> TrainState:
+    """Starts from a finished run's weights; the classifier is re-initialised (cRT)."""
+    workdir = config.init.workdir
+    run_config, run_task = read_run_info(workdir)
+    _check_compatible(
+        "the init run", workdir, run_config, run_task, config, num_classes, image_shape
+    )
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        variables_of(state),
+    )
+    variables, step = checkpointing.restore_variables(workdir, target)
+    params = dict(variables["params"])
+    if methods.needs_of(config).frozen_backbone:
+        params["classifier"] = state.params["classifier"]  # fresh classifier to re-train
+    logging.info("initialised from %s (step %d)", workdir, step)
+    return state.replace(
+        params=params,
+        batch_stats=variables["batch_stats"],
+        opt_state=state.tx.init(params),
+    )
+
+
+def teacher_config(config: ml_collections.ConfigDict, index: int) -> ml_collections.ConfigDict:
+    """Stage 1: the teacher recipe of a distillation config (plain CE, instance sampling)."""
+    t = ml_collections.ConfigDict(config.to_dict())
+    t.method = "ce"
+    t.model.name = config.teacher.model
+    t.model.head = config.teacher.head
+    t.model.projection_dim = 0
+    t.num_epochs = config.teacher.num_epochs
+    t.seed = config.seed + index
+    t.data.sampler = "instance"
+    t.loss.class_weighting = "none"
+    t.teacher.workdir = ""
+    t.init.workdir = ""
+    return config_lib.lock(t)
+
+
+def teacher_workdirs(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """Where the teachers are: config.teacher.workdir, or WORKDIR/teacher[_k] to train."""
+    count = methods.num_teachers(config)
+    if config.teacher.workdir:
+        dirs = [d.strip() for d in config.teacher.workdir.split(",") if d.strip()]
+        if len(dirs) != count:
+            raise ValueError(
+                f"config.method={config.method!r} needs {count} teacher(s) but "
+                f"config.teacher.workdir names {len(dirs)}"
+            )
+        return dirs
+    if count == 1:
+        return [os.path.join(workdir, "teacher")]
+    return [os.path.join(workdir, f"teacher_{k}") for k in range(count)]
+
+
+def prepare_teachers(config: ml_collections.ConfigDict, workdir: str) -> tuple[Teacher, ...]:
+    """Loads the method's teachers, training them first (stage 1) when none is given."""
+    dirs = teacher_workdirs(config, workdir)
+    if not dirs:
+        return ()
+    if not config.teacher.workdir:
+        for k, teacher_dir in enumerate(dirs):
+            train_and_evaluate(teacher_config(config, k), teacher_dir)
+    mesh = sharding.make_mesh(config.num_devices)
+    train_split, _, _ = load_task(config)
+    return tuple(
+        load_teacher(config, d, train_split.num_classes, train_split.image_shape, mesh)
+        for d in dirs
+    )
+
+
+def class_feature_means(
+    teacher: Teacher, split, mesh, batch_size: int, mean: tuple, std: tuple
+) -> np.ndarray:
+    """Per-class mean teacher feature on un-augmented training images (methods.md 7.2)."""
+
+    @jax.jit
+    def sums(variables, batch):
+        images = preprocess(batch["image"], mean, std)
+        _, features = teacher.model.apply(variables, images, train=False)
+        onehot = jax.nn.one_hot(batch["label"], split.num_classes) * batch["mask"][:, None]
+        return onehot.T @ features.astype(jnp.float32), onehot.sum(0)
+
+    totals = None
+    for local in data.eval_batches(
+        split,
+        batch_size=batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    ):
+        totals = metrics.add_counts(
+            totals, sums(teacher.variables, sharding.global_batch(mesh, local))
+        )
+    feature_sums, counts = totals
+    return feature_sums / np.maximum(counts, 1)[:, None]
+
+
 def _progress_bar(config, total: int, initial: int):
     from tqdm import tqdm
 
@@ -310,10 +527,6 @@ def _progress_bar(config, total: int, initial: int):
 
 def summarize_run(workdir: str) -> dict:
     """Final and best test results of a run, read from its metrics file."""
-    import os
-
-    from ltkd_jax.writers import read_jsonl
-
     tests = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "test"]
     if not tests:
         raise ValueError(f"no evaluation recorded in {workdir}/metrics.jsonl")
@@ -334,9 +547,15 @@ def format_summary(name: str, summary: dict) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """The command-line job: train (or resume) and print the result table."""
-    train_and_evaluate(config, workdir)
+    """The command-line job: stage 1 teachers if needed, then the run; prints the results."""
+    teachers = prepare_teachers(config, workdir)
+    train_and_evaluate(config, workdir, teachers=teachers)
     summary = summarize_run(workdir)
     if jax.process_index() == 0:
-        print(format_summary(config.method, summary), flush=True)
+        lines = []
+        for k, teacher_dir in enumerate(teacher_workdirs(config, workdir)):
+            name = "teacher" if len(teachers) == 1 else f"teacher_{k}"
+            lines.append(format_summary(name, summarize_run(teacher_dir)))
+        lines.append(format_summary(config.method, summary))
+        print("\n".join(lines), flush=True)
     return summary

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from ltkd_jax import config_lib, losses, methods, optim, train
+from ltkd_jax import config_lib, methods, optim, train
 
 _MODEL = flags.DEFINE_string("model", "resnet32", "Model name (student and teacher).")
 _CLASSES = flags.DEFINE_integer("num_classes", 100, "Number of classes.")
@@ -38,18 +38,6 @@ def _peak_memory_gib() -> float:
     if "peak_bytes_in_use" in stats:
         return stats["peak_bytes_in_use"] / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def _bkd_method(class_counts: np.ndarray) -> methods.Method:
-    weights = losses.effective_number_weights(class_counts)
-
-    def loss(student, labels, teacher, ctx):
-        del ctx
-        return losses.bkd_loss(
-            student.logits, labels=labels, teacher_logits=teacher.logits, class_weights=weights
-        )
-
-    return methods.Method("bkd", loss, needs_teacher=True)
 
 
 def _time(fn, steps: int, repeats: int, batch: int) -> list[float]:
@@ -89,12 +77,15 @@ def main(argv):
     batch, eval_batch = make_batch(b), make_batch(_EVAL_BATCH.value)
     mean, std = train.data.CIFAR_MEAN, train.data.CIFAR_STD
     teacher_state = train.create_train_state(model, tx, (32, 32, 3), 1, mesh)
-    teacher = train.Teacher(variables=train.variables_of(teacher_state), model=model)
+    teachers = (train.Teacher(variables=train.variables_of(teacher_state), model=model),)
+    task = methods.Task(class_counts=class_counts, class_groups=np.zeros(n, np.int32))
+    bkd = config_lib.base_config()
+    bkd.method, bkd.loss.class_weighting = "bkd", "reweight"
 
     rows = []
-    for name, method, use_teacher in (
-        ("teacher step (CE)", methods.make_method(config, class_counts), False),
-        ("student step (BKD + teacher fwd)", _bkd_method(class_counts), True),
+    for name, method, step_teachers in (
+        ("teacher step (CE)", methods.make_method(config, task), ()),
+        ("student step (BKD + teacher fwd)", methods.make_method(bkd, task), teachers),
     ):
         step = jax.jit(
             functools.partial(
@@ -104,14 +95,14 @@ def main(argv):
             out_shardings=(repl, repl),
         )
         state = train.create_train_state(model, tx, (32, 32, 3), 0, mesh)
-        t = teacher if use_teacher else None
+        ctx = jax.device_put(method.epoch_context(0), repl)
         start = time.perf_counter()
-        compiled = step.lower(state, t, batch, {}).compile()
+        compiled = step.lower(state, step_teachers, batch, ctx).compile()
         compile_s = time.perf_counter() - start
         holder = {"state": state}
 
-        def run_step(compiled=compiled, t=t, holder=holder):
-            holder["state"], step_metrics = compiled(holder["state"], t, batch, {})
+        def run_step(compiled=compiled, t=step_teachers, ctx=ctx, holder=holder):
+            holder["state"], step_metrics = compiled(holder["state"], t, batch, ctx)
             return step_metrics["loss"]
 
         _time(run_step, 2, 1, b)  # warm-up

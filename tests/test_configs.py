@@ -25,7 +25,23 @@ def test_config_loads_locks_and_validates(path):
     assert config.is_locked
     with pytest.raises(AttributeError):
         config.no_such_field = 1
+    if config.method == "crt":  # re-trains a finished run: a required path
+        with pytest.raises(ValueError, match="config.init.workdir"):
+            config_lib.validate_config(config)
+        config.init.workdir = "/some/finished/run"
     config_lib.validate_config(config)
+
+
+def test_distillation_configs_take_pairs_and_recipes():
+    _, config = _load(
+        CONFIG_DIR / "krdistill_cifar.py", "teacher=resnet32x4,student=resnet8x4,recipe=mdistiller"
+    )
+    assert (config.teacher.model, config.model.name) == ("resnet32x4", "resnet8x4")
+    assert (config.num_epochs, config.batch_size, config.optim.lr) == (240, 64, 0.05)
+    _, config = _load(CONFIG_DIR / "cbd_cifar.py", "teachers=4,dataset=cifar10")
+    assert (config.method, config.teacher.count, config.data.name) == ("cbd_ensemble", 4, "cifar10")
+    _, config = _load(CONFIG_DIR / "bkd_cifar.py", "dataset=cifar10")
+    assert config.loss.class_weighting == "drw"  # BKD's CIFAR-10 rule (methods.md 5.1)
 
 
 def test_config_argument_selects_dataset_and_imbalance():

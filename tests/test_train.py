@@ -125,12 +125,17 @@ def test_command_line_quickstart_and_resume(tmp_path):
         f"--workdir={tmp_path}",
         "--config.num_epochs=1",
         "--config.max_steps_per_epoch=2",
+        "--config.teacher.num_epochs=1",
         "--config.progress_bar=False",
         "--jax_num_cpu_devices=2",
     ]
     first = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "top-1" in first.stdout and "many" in first.stdout and "few" in first.stdout
+    # Stage 1 (the teacher) and stage 2 (the BKD student), side by side.
+    lines = first.stdout.strip().splitlines()[-2:]
+    assert lines[0].startswith("teacher") and lines[1].startswith("bkd"), first.stdout
+    assert all("top-1" in line and "many" in line and "few" in line for line in lines)
+    assert (tmp_path / "teacher" / "checkpoints").is_dir()
     second = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "already complete" in second.stderr

@@ -1,0 +1,21 @@
+"""cRT (classifier re-training, Kang et al.) on a finished CIFAR-LT run.
+
+    python -m ltkd_jax.main --config configs/crt_cifar.py --workdir runs/crt_c100 \
+        --config.init.workdir=runs/ce_c100 \
+        --config.data.archive=../shared/data/cifar100-png.zip
+
+methods.md 4.6: the run's backbone frozen (BatchNorm statistics included), the linear
+classifier re-initialised and trained with CE for 10 epochs on class-balanced batches,
+cosine learning rate.
+"""
+
+from ltkd_jax import config_lib
+
+
+def get_config(arg=None):
+    c = config_lib.cifar_config(arg, "crt")
+    c.data.sampler = "class_balanced"
+    c.num_epochs = 10
+    c.optim.schedule, c.optim.warmup_epochs = "cosine", 0
+    c.init.workdir = config_lib.placeholder(str)
+    return config_lib.lock(c)

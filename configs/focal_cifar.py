@@ -1,0 +1,14 @@
+"""Focal loss (Lin et al.) on CIFAR-LT.
+
+    python -m ltkd_jax.main --config configs/focal_cifar.py --workdir runs/focal_c100 \
+        --config.data.archive=../shared/data/cifar100-png.zip
+
+methods.md 4.3: mean (1 - p_y)^gamma * CE, gamma = 1 (the LDAM/BKD code); class weights
+via --config.loss.class_weighting=reweight give CB-focal.
+"""
+
+from ltkd_jax import config_lib
+
+
+def get_config(arg=None):
+    return config_lib.lock(config_lib.cifar_config(arg, "focal", gamma=1.0))

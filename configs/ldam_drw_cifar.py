@@ -1,0 +1,18 @@
+"""LDAM-DRW (Cao et al.) on CIFAR-LT.
+
+    python -m ltkd_jax.main --config configs/ldam_drw_cifar.py --workdir runs/ldam_c100 \
+        --config.data.archive=../shared/data/cifar100-png.zip
+
+methods.md 4.4: cosine (NormedLinear) head, logits 30 * (cos - Delta_y on the target),
+margins 0.5 * n_c^-1/4 / max; effective-number re-weighting from epoch 160 (DRW).
+"""
+
+from ltkd_jax import config_lib
+
+
+def get_config(arg=None):
+    c = config_lib.cifar_config(arg, "ldam_drw")
+    c.model.head = "normed"
+    c.loss.class_weighting = "drw"
+    c.loss.drw_epoch = 160
+    return config_lib.lock(c)

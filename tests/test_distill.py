@@ -1,0 +1,264 @@
+"""Distillation end to end: every method trains a student from a frozen teacher."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from test_train import assert_trees_close, params_of, tiny_config
+
+from ltkd_jax import checkpointing, config_lib, losses, methods, train
+from ltkd_jax.writers import read_jsonl
+
+# Per-method config changes on top of the tiny digits recipe (methods.md's recipes).
+METHOD_OVERRIDES = {
+    "ce": {},
+    "cb": {"loss.class_weighting": "reweight"},
+    "focal": {"loss.gamma": 1.0},
+    "ldam_drw": {"model.head": "normed", "loss.class_weighting": "drw", "loss.drw_epoch": 1},
+    "logit_adjust": {},
+    "kd": {},
+    "dkd": {"loss.warmup_epochs": 1},
+    "bkd": {"loss.class_weighting": "reweight"},
+    "dukd": {},
+    "krdistill": {"loss.beta": 1.0},
+    "ltkd": {},
+    "cbd": {"model.head": "cosine", "data.sampler": "class_balanced"},
+    "cbd_ensemble": {"model.head": "cosine", "teacher.count": 2},
+}
+
+
+def student_config(method, teacher_dir, **overrides):
+    values = {
+        "method": method,
+        "num_devices": 1,
+        "max_steps_per_epoch": 2,
+        "teacher.model": "resnet8",
+        **METHOD_OVERRIDES.get(method, {}),
+        **overrides,
+    }
+    count = values.get("teacher.count", 1)
+    if methods.num_teachers(tiny_config(**values)):
+        values["teacher.workdir"] = ",".join([teacher_dir] * count)
+    return tiny_config(**values)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("teacher"))
+    train.train_and_evaluate(tiny_config(num_devices=1), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def student_runs(teacher_dir, tmp_path_factory):
+    """Every method, 2 epochs of 2 steps, from the same frozen teacher."""
+    runs = {}
+    for method in METHOD_OVERRIDES:
+        workdir = str(tmp_path_factory.mktemp(method))
+        config = student_config(method, teacher_dir)
+        teachers = train.prepare_teachers(config, workdir)
+        before = jax.tree.map(np.array, [t.variables for t in teachers])
+        state = train.train_and_evaluate(config, workdir, teachers=teachers)
+        after = jax.tree.map(np.array, [t.variables for t in teachers])
+        runs[method] = dict(workdir=workdir, state=state, before=before, after=after)
+    return runs
+
+
+@pytest.mark.parametrize("method", list(METHOD_OVERRIDES))
+def test_method_trains_evaluates_and_checkpoints(student_runs, method):
+    run = student_runs[method]
+    records = read_jsonl(f"{run['workdir']}/metrics.jsonl")
+    train_records = [r for r in records if r["split"] == "train"]
+    test_records = [r for r in records if r["split"] == "test"]
+    assert train_records and all(np.isfinite(r["loss"]) for r in train_records)
+    assert [r["epoch"] for r in test_records] == [1, 2]
+    assert all(np.isfinite(r["top1"]) for r in test_records)
+    assert checkpointing.make_manager(run["workdir"], read_only=True).latest_step() == 4
+
+
+def test_teachers_are_bitwise_unchanged(student_runs, teacher_dir):
+    for run in student_runs.values():
+        jax.tree.map(np.testing.assert_array_equal, run["before"], run["after"])
+    # And the teacher on disk is what the students were given.
+    restored = train.load_teacher(
+        student_config("kd", teacher_dir), teacher_dir, 10, (8, 8, 1), train.sharding.make_mesh(1)
+    )
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        jax.tree.map(np.asarray, restored.variables),
+        student_runs["kd"]["before"][0],
+    )
+
+
+def test_students_are_shaped_by_their_teachers(student_runs):
+    params = student_runs["krdistill"]["state"].params
+    assert params["regressor"]["kernel"].shape == (64, 64)  # ResNet-8 feature widths
+    assert "regressor" not in student_runs["kd"]["state"].params
+    # CBD: projection as wide as the teachers' features together (methods.md 8.2).
+    assert student_runs["cbd"]["state"].params["projection"]["kernel"].shape == (64, 64)
+    assert student_runs["cbd_ensemble"]["state"].params["projection"]["kernel"].shape == (64, 128)
+
+
+def test_student_run_resumes_after_a_kill(student_runs, teacher_dir, tmp_path, monkeypatch):
+    config = student_config("bkd", teacher_dir)
+    real_save = checkpointing.save
+
+    def save_then_die(manager, step, *args, **kwargs):
+        real_save(manager, step, *args, **kwargs)
+        manager.wait_until_finished()
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(checkpointing, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, str(tmp_path))
+    monkeypatch.setattr(checkpointing, "save", real_save)
+    train.run(config, str(tmp_path))
+    resumed = train.train_and_evaluate(
+        config, str(tmp_path), teachers=train.prepare_teachers(config, str(tmp_path))
+    )
+    reference = student_runs["bkd"]["state"]
+    assert_trees_close(params_of(resumed), params_of(reference), rtol=1e-5, atol=1e-6)
+
+
+def _edited_run(teacher_dir, tmp_path, edit):
+    copy = tmp_path / "teacher_copy"
+    shutil.copytree(teacher_dir, copy)
+    for name in ("config.json", "task.json"):
+        path = copy / name
+        content = json.loads(path.read_text())
+        edit(name, content)
+        path.write_text(json.dumps(content))
+    return str(copy)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda n, c: c.update(num_classes=100) if n == "task.json" else None, "100 classes"),
+        (lambda n, c: c["data"].update(name="cifar10") if n == "config.json" else None, "cifar10"),
+        (lambda n, c: c.update(image_shape=[32, 32, 3]) if n == "task.json" else None, "shape"),
+    ],
+    ids=["classes", "dataset", "input_shape"],
+)
+def test_mismatched_teacher_is_rejected_with_the_reason(teacher_dir, tmp_path, edit, message):
+    bad = _edited_run(teacher_dir, tmp_path, edit)
+    config = student_config("kd", bad)
+    with pytest.raises(ValueError, match=message):
+        train.prepare_teachers(config, str(tmp_path / "student"))
+
+
+def test_wrong_teacher_architecture_and_missing_teacher(teacher_dir, tmp_path):
+    with pytest.raises(ValueError, match="is a resnet8"):
+        train.prepare_teachers(
+            student_config("kd", teacher_dir, **{"teacher.model": "resnet20"}), str(tmp_path)
+        )
+    with pytest.raises(FileNotFoundError, match="not a ltkd_jax run"):
+        train.prepare_teachers(student_config("kd", str(tmp_path / "nothing")), str(tmp_path))
+    with pytest.raises(ValueError, match="needs 1 teacher"):
+        train.train_and_evaluate(student_config("kd", teacher_dir), str(tmp_path))
+
+
+def test_crt_retrains_only_the_classifier(teacher_dir, tmp_path):
+    config = tiny_config(
+        method="crt",
+        num_devices=1,
+        max_steps_per_epoch=2,
+        **{"init.workdir": teacher_dir, "data.sampler": "class_balanced"},
+    )
+    state = train.train_and_evaluate(config, str(tmp_path))
+    start = train.load_teacher(
+        tiny_config(**{"teacher.model": "resnet8"}),
+        teacher_dir,
+        10,
+        (8, 8, 1),
+        train.sharding.make_mesh(1),
+    ).variables
+    trained = params_of(state)
+    for key in start["params"]:
+        if key == "classifier":
+            continue
+        jax.tree.map(np.testing.assert_array_equal, trained["params"][key], start["params"][key])
+    jax.tree.map(np.testing.assert_array_equal, trained["batch_stats"], start["batch_stats"])
+    assert not np.allclose(
+        trained["params"]["classifier"]["kernel"], start["params"]["classifier"]["kernel"]
+    )
+
+
+def test_epoch_dependent_weights_switch_at_the_drw_epoch():
+    counts = np.array([500, 100, 20, 5])
+    task = methods.Task(class_counts=counts, class_groups=np.zeros(4, np.int32))
+    config = config_lib.base_config()
+    config.method, config.loss.class_weighting = "bkd", "drw"
+    method = methods.make_method(config, task)
+    np.testing.assert_array_equal(method.epoch_context(159)["class_weights"], np.ones(4))
+    np.testing.assert_allclose(
+        method.epoch_context(160)["class_weights"], losses.effective_number_weights(counts)
+    )
+    config.loss.class_weighting = "reweight"  # CIFAR-100 rule: weighted from epoch 0
+    np.testing.assert_allclose(
+        methods.make_method(config, task).epoch_context(0)["class_weights"],
+        losses.effective_number_weights(counts),
+    )
+
+
+def test_dkd_distillation_term_warms_up_over_epochs():
+    counts = np.array([50, 20, 5])
+    task = methods.Task(class_counts=counts, class_groups=np.zeros(3, np.int32))
+    config = config_lib.base_config()
+    config.method = "dkd"
+    method = methods.make_method(config, task)
+    rng = np.random.default_rng(0)
+    student = methods.ModelOutput(rng.normal(size=(4, 3)).astype(np.float32), np.zeros((4, 2)))
+    teacher = methods.ModelOutput(rng.normal(size=(4, 3)).astype(np.float32), np.zeros((4, 2)))
+    labels = np.array([0, 1, 2, 0])
+    ce, _ = losses.cross_entropy(student.logits, labels=labels)
+    values = [
+        float(method.loss(student, labels, (teacher,), method.epoch_context(e))[0])
+        for e in (0, 10, 20, 40)
+    ]
+    np.testing.assert_allclose(values[0], float(ce), rtol=1e-6)  # no KD at epoch 0
+    np.testing.assert_allclose(values[1] - float(ce), (values[2] - float(ce)) / 2, rtol=1e-5)
+    np.testing.assert_allclose(values[2], values[3], rtol=1e-6)  # full weight from epoch 20
+
+
+def test_method_head_requirements_are_validated():
+    config = config_lib.base_config()
+    config.method = "ldam_drw"
+    with pytest.raises(ValueError, match="--config.model.head=normed"):
+        config_lib.validate_config(config)
+    config.method, config.model.head = "crt", "linear"
+    with pytest.raises(ValueError, match="config.init.workdir"):
+        config_lib.validate_config(config)
+
+
+def _compare_module():
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("compare", REPO_ROOT / "scripts" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_writes_a_table_and_a_per_class_plot(student_runs, teacher_dir, tmp_path):
+    compare = _compare_module()
+    rows = [("teacher", train.summarize_run(teacher_dir))] + [
+        (m, train.summarize_run(student_runs[m]["workdir"])) for m in ("kd", "bkd")
+    ]
+    table = compare.markdown_table(rows, "Short CPU schedule.")
+    body = [line for line in table.splitlines() if line.startswith("| ") and "top-1" not in line]
+    assert [line.split("|")[1].strip() for line in body] == ["teacher", "kd", "bkd"]
+    top1 = float(body[2].split("|")[2])
+    np.testing.assert_allclose(top1, 100 * rows[2][1]["final"]["top1"], atol=0.006)
+    _, task = train.read_run_info(teacher_dir)
+    path = tmp_path / "plot.png"
+    compare.plot_per_class(rows, np.asarray(task["class_counts"]), str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = compare.apply_overrides(
+        compare.load_config("bkd", "dataset=cifar10"), ["num_epochs=3", "data.augment=none"]
+    )
+    assert (config.num_epochs, config.data.augment, config.data.name) == (3, "none", "cifar10")
