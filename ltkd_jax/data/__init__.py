@@ -1,15 +1,20 @@
-"""Data layer: TF-free TFDS CIFAR builders, in-RAM splits, long-tailed subsets, re-weighted
-sampling and grain pipelines (methods.md 1-3, style.md 2.c-2.d)."""
+"""Data layer: TF-free TFDS builders (CIFAR, image folders, benchmark list files), in-RAM and
+per-example splits, long-tailed subsets, re-weighted sampling and grain pipelines
+(methods.md 1-3, 8.2; style.md 2.c-2.d)."""
 
 from ltkd_jax.data.augment import (
     AUGMENTS,
     CIFAR_MEAN,
     CIFAR_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     augment_batch,
     crop_flip,
     dataset_stats,
     draw_crop_flip,
     normalize,
+    random_resized_crop_flip,
+    resize_center_crop,
 )
 from ltkd_jax.data.longtail import (
     GROUP_NAMES,
@@ -20,20 +25,42 @@ from ltkd_jax.data.longtail import (
     shot_groups,
 )
 from ltkd_jax.data.pipeline import eval_batches, make_train_iterator, num_eval_batches
-from ltkd_jax.data.sampling import SAMPLERS, ReweightedIndexSequence, class_sampling_probs
-from ltkd_jax.data.sources import DATASETS, ArraySplit, load_digits, load_splits
+from ltkd_jax.data.records import RecordSplit
+from ltkd_jax.data.sampling import (
+    SAMPLERS,
+    ReweightedIndexSequence,
+    cbd_repeat_ratios,
+    cbd_stream_pass,
+    class_sampling_probs,
+)
+from ltkd_jax.data.sources import (
+    DATASETS,
+    IN_MEMORY,
+    ArraySplit,
+    Split,
+    load_digits,
+    load_splits,
+    split_options,
+)
 
 __all__ = [
     "AUGMENTS",
     "CIFAR_MEAN",
     "CIFAR_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IN_MEMORY",
     "DATASETS",
     "GROUP_NAMES",
     "PROFILES",
     "SAMPLERS",
     "ArraySplit",
+    "RecordSplit",
+    "Split",
     "ReweightedIndexSequence",
     "augment_batch",
+    "cbd_repeat_ratios",
+    "cbd_stream_pass",
     "class_sampling_probs",
     "crop_flip",
     "dataset_stats",
@@ -47,5 +74,8 @@ __all__ = [
     "make_train_iterator",
     "normalize",
     "num_eval_batches",
+    "random_resized_crop_flip",
+    "resize_center_crop",
     "shot_groups",
+    "split_options",
 ]

@@ -1,14 +1,32 @@
-"""Batch-vectorised CIFAR augmentation and normalisation (methods.md 2.1).
+"""Host-side augmentation and normalisation (methods.md 2.1, 8.3).
 
-Augmentation runs on the host in numpy on uint8 batches; normalisation is left to the jitted
-train step (`normalize` works on numpy and jax arrays alike), so the host ships 4x fewer bytes.
+CIFAR: batch-vectorised pad-crop-flip on uint8 batches. ImageNet-style ('imagenet'): per-image
+random-resized crop + flip for training and resize-shorter-side + centre crop for evaluation,
+with Pillow on encoded bytes or uint8 arrays (JPEGs are decoded at a reduced scale when the
+crop allows it). Augmentation runs in numpy/PIL on the host; normalisation is left to the
+jitted train step (`normalize` works on numpy and jax arrays alike), so the host ships 4x
+fewer bytes.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import io
+import math
 
-AUGMENTS = ("cifar", "none")
+import numpy as np
+from PIL import Image
+
+AUGMENTS = ("cifar", "imagenet", "none")
+# ImageNet-style augmentation defaults: torchvision RandomResizedCrop (area [0.08, 1], aspect
+# ratio [3/4, 4/3]); CBD uses area [0.05, 1] (methods.md 8.3, config.data.crop_min_area).
+DEFAULT_MIN_AREA = 0.08
+ASPECT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+# Evaluation resizes the shorter side to size / CENTER_CROP_FRACTION (256 for 224), then crops.
+CENTER_CROP_FRACTION = 0.875
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Datasets normalised with ImageNet statistics (user folders too: most are natural photos).
+IMAGENET_LIKE = ("imagenet_lt", "places_lt", "inat2018", "folder")
 # BKD / LDAM-DRW constants (methods.md 2.1). The std values are not CIFAR's true std; every
 # LDAM-derived repo uses them, so keep them for parity.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -23,6 +41,8 @@ def dataset_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return CIFAR_MEAN, CIFAR_STD
     if name == "digits":
         return DIGITS_MEAN, DIGITS_STD
+    if name in IMAGENET_LIKE:
+        return IMAGENET_MEAN, IMAGENET_STD
     raise ValueError(f"no normalisation statistics for dataset {name!r}")
 
 
@@ -68,3 +88,99 @@ def augment_batch(
     if kind == "cifar":
         return crop_flip(images, *draw_crop_flip(rng, len(images), pad), pad=pad)
     raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTS}.")
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet-style per-image transforms (Pillow)
+# --------------------------------------------------------------------------------------------
+
+
+def open_image(image: bytes | np.ndarray) -> Image.Image:
+    """A lazily decoded PIL image from encoded bytes, or a PIL view of a uint8 HWC array."""
+    if isinstance(image, bytes | bytearray | np.bytes_):
+        return Image.open(io.BytesIO(bytes(image)))
+    array = np.asarray(image)
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def draw_resized_crop(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    min_area: float = DEFAULT_MIN_AREA,
+    ratio: tuple[float, float] = ASPECT_RATIO,
+) -> tuple[int, int, int, int]:
+    """(left, top, w, h) of torchvision's RandomResizedCrop box: 10 tries, then a centre crop.
+
+    Area fraction uniform in [min_area, 1], log-aspect uniform in log(ratio).
+    """
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(min_area, 1.0)
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, w, h
+    # Fallback (torchvision): the whole image, clamped to the aspect-ratio range.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def center_box(width: int, height: int, size: int, fraction: float) -> tuple[float, ...]:
+    """(left, top, w, h) of the centre `size` crop after resizing the shorter side to
+    `size / fraction`, in original pixel units."""
+    crop = min(width, height) * fraction  # size / (size / fraction) of the shorter side
+    return (width - crop) / 2, (height - crop) / 2, crop, crop
+
+
+def _crop_resize(im: Image.Image, box: tuple[float, ...], size: int, flip: bool) -> np.ndarray:
+    """Crops `box` (left, top, w, h) and resizes it to size x size (bilinear), RGB uint8.
+
+    JPEGs are first decoded at the largest power-of-two reduction (`Image.draft`) that keeps
+    the crop at least `size` pixels wide: the same output detail for a fraction of the work.
+    """
+    left, top, w, h = box
+    full_w = im.size[0]
+    if im.format == "JPEG":
+        scale = min(w, h) / size  # How much larger than needed the crop is.
+        if scale >= 2:
+            im.draft("RGB", (math.ceil(im.size[0] / scale), math.ceil(im.size[1] / scale)))
+    factor = full_w / im.size[0]  # > 1 when draft reduced the decode.
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    region = (left / factor, top / factor, (left + w) / factor, (top + h) / factor)
+    out = im.resize((size, size), Image.BILINEAR, box=region)
+    if flip:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def random_resized_crop_flip(
+    image: bytes | np.ndarray,
+    rng: np.random.Generator,
+    size: int,
+    min_area: float = DEFAULT_MIN_AREA,
+) -> np.ndarray:
+    """uint8 [size, size, 3]: RandomResizedCrop(size, (min_area, 1), (3/4, 4/3)) + flip p=0.5."""
+    im = open_image(image)
+    box = draw_resized_crop(rng, *im.size, min_area=min_area)
+    flip = bool(rng.random() < 0.5)
+    return _crop_resize(im, box, size, flip)
+
+
+def resize_center_crop(
+    image: bytes | np.ndarray, size: int, fraction: float = CENTER_CROP_FRACTION
+) -> np.ndarray:
+    """uint8 [size, size, 3]: resize the shorter side to size / fraction, centre-crop size."""
+    im = open_image(image)
+    return _crop_resize(im, center_box(*im.size, size, fraction), size, flip=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ltkd_jax.data.sources import ArraySplit
+from ltkd_jax.data.sources import Split
 
 PROFILES = ("exp", "step")
 GROUP_NAMES = ("many", "medium", "few")
@@ -59,13 +59,17 @@ def longtail_indices(labels: np.ndarray, counts: np.ndarray, seed: int = 0) -> n
 
 
 def make_longtail(
-    split: ArraySplit, imbalance_factor: float, *, profile: str = "exp", seed: int = 0
-) -> ArraySplit:
+    split: Split, imbalance_factor: float, *, profile: str = "exp", seed: int = 0
+) -> Split:
     """The long-tailed subset of a balanced split; n_max = its smallest class count.
 
     With the (label, within-class index) ordering of `load_splits`, this keeps exactly the
     images LDAM-DRW / BKD keep for CIFAR-LT (5000 / 500 per class before the cut).
+    imbalance_factor 1 returns the split unchanged: ImageNet-LT, iNaturalist and a user's
+    already long-tailed folder are used as they are.
     """
+    if imbalance_factor == 1:
+        return split
     n_max = int(split.class_counts().min())
     counts = longtail_counts(n_max, split.num_classes, imbalance_factor, profile)
     return split.subset(longtail_indices(split.labels, counts, seed))

@@ -1,22 +1,34 @@
 """grain input pipelines: re-weighted, augmented, per-process train batches and padded eval batches.
 
-Train: `MapDataset.source(ReweightedIndexSequence)` -> batch (global) -> this process's slice
--> gather from RAM -> seeded batch augmentation -> IterDataset (+ prefetch). Every stage is a
-function of the element index, so `get_state()` is a small dict and resuming replays the same
-batches (style.md 2.d). Augmentation draws its parameters for the whole *global* batch and
-keeps this process's slice, so N processes together produce exactly the 1-process batch.
+Two paths, chosen by the split and the augmentation:
+
+* in-RAM CIFAR-style (`ArraySplit` with 'cifar'/'none'): `MapDataset.source(
+  ReweightedIndexSequence)` -> batch (global) -> this process's slice -> gather from RAM ->
+  seeded batch augmentation. Augmentation draws its parameters for the whole *global* batch
+  and keeps this process's slice.
+* per example (`RecordSplit`, or 'imagenet' augmentation): `MapDataset.range` over this
+  process's positions -> read (+ decode) one example -> transform with a generator seeded by
+  (seed, global position) -> batch. Decoding and augmentation run in reader threads and, with
+  `num_workers`, in grain worker processes (`mp_prefetch`). Each process reads only the
+  examples of its own slice of every global batch.
+
+Either way every stage is a function of the element index, so N processes together produce
+exactly the 1-process batch, `get_state()` is a small dict, and resuming replays the same
+batches (style.md 2.d).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import grain
 import numpy as np
 
 from ltkd_jax.data import augment as augment_lib
+from ltkd_jax.data.records import RecordSplit
 from ltkd_jax.data.sampling import ReweightedIndexSequence
-from ltkd_jax.data.sources import ArraySplit
+from ltkd_jax.data.sources import ArraySplit, Split
 
 # Threads for the in-process prefetch: gather + augmentation is numpy work that mostly releases
 # the GIL, and a few batches of buffer hide its latency behind the train step.
@@ -82,7 +94,7 @@ def _to_numpy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def make_train_iterator(
-    split: ArraySplit,
+    split: Split,
     *,
     global_batch_size: int,
     sampler: str,
@@ -92,18 +104,28 @@ def make_train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     num_workers: int = 0,
+    crop_min_area: float = augment_lib.DEFAULT_MIN_AREA,
+    num_threads: int | None = None,
 ) -> tuple[grain.DatasetIterator, int]:
     """(iterator, steps_per_epoch) over `num_epochs` epochs of re-weighted, augmented batches.
 
     steps_per_epoch = len(split) // global_batch_size (remainder dropped, so the jitted step sees
     one shape); each epoch draws steps_per_epoch * global_batch_size indices. Yields
-    {'image': uint8 [local_b, H, W, C], 'label': int32 [local_b]}, local_b = global / processes.
-    The iterator supports get_state()/set_state() (and grain.checkpoint.CheckpointSave/Restore).
-    Samplers: methods.md 1; augmentation 'cifar' = methods.md 2.1 (pad 4, crop, flip). With
-    num_workers > 0 each worker process gets its own copy of the in-RAM arrays.
+    {'image': uint8 [local_b, H, W, C], 'label': int32 [local_b]}, local_b = global / processes,
+    H = W = the split's image size. The iterator supports get_state()/set_state() (and
+    grain.checkpoint.CheckpointSave/Restore). Samplers: methods.md 1 and 8.2 (cbd_stream).
+    Augmentation: 'cifar' = methods.md 2.1 (pad 4, crop, flip); 'imagenet' = random-resized
+    crop (area [crop_min_area, 1], ratio [3/4, 4/3]) + flip (methods.md 8.3); 'none' =
+    resize + centre crop for record splits, identity in RAM. `num_workers` > 0 decodes and
+    augments in that many grain worker processes (each gets its own copy of in-RAM arrays);
+    `num_threads` reader threads per process (default 2, or 1 per worker).
     """
     if global_batch_size < 1:
         raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
+    if augment not in augment_lib.AUGMENTS:
+        raise ValueError(f"unknown augmentation {augment!r}; choose one of {augment_lib.AUGMENTS}.")
+    if not 0 < crop_min_area <= 1:
+        raise ValueError(f"crop_min_area must be in (0, 1], got {crop_min_area}")
     local = process_slice(global_batch_size, process_index, process_count)
     steps_per_epoch = len(split) // global_batch_size
     if steps_per_epoch == 0:
@@ -118,23 +140,101 @@ def make_train_iterator(
         epoch_len=steps_per_epoch * global_batch_size,
         num_epochs=num_epochs,
     )
-    ds = (
-        grain.MapDataset.source(indices)
-        .batch(global_batch_size, drop_remainder=True)
-        .map(_GatherLocal(split.images, split.labels, local))
-        .random_map(_AugmentLocal(augment, global_batch_size, local), seed=_augment_seed(seed))
-    )
+    if isinstance(split, ArraySplit) and augment in ("cifar", "none"):
+        ds = (
+            grain.MapDataset.source(indices)
+            .batch(global_batch_size, drop_remainder=True)
+            .map(_GatherLocal(split.images, split.labels, local))
+            .random_map(_AugmentLocal(augment, global_batch_size, local), seed=_augment_seed(seed))
+        )
+    else:
+        transform = TrainTransform(augment, split.image_shape[0], crop_min_area, _is_record(split))
+        reader = _ExampleReader(split, indices, transform, global_batch_size, local, seed)
+        n_local = len(indices) // global_batch_size * (local.stop - local.start)
+        ds = grain.MapDataset.range(n_local).map(reader).batch(local.stop - local.start)
+    return iter(_to_iter(ds, num_workers, num_threads)), steps_per_epoch
+
+
+def _is_record(split: Split) -> bool:
+    return isinstance(split, RecordSplit)
+
+
+def _to_iter(ds: grain.MapDataset, num_workers: int, num_threads: int | None) -> grain.IterDataset:
+    """MapDataset of batches -> IterDataset with reader threads and optional worker processes."""
     if num_workers > 0:
         # mp_prefetch reads absl flags: call it under app.run (or FLAGS.mark_as_parsed()).
-        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
-        it_ds = it_ds.mp_prefetch(
+        it_ds = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=num_threads or 1, prefetch_buffer_size=2)
+        )
+        return it_ds.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2)
         ).map(_to_numpy)
-    else:
-        it_ds = ds.to_iter_dataset(
-            grain.ReadOptions(num_threads=_PREFETCH_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES)
-        )
-    return iter(it_ds), steps_per_epoch
+    threads = num_threads or _PREFETCH_THREADS
+    return ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, _PREFETCH_BATCHES))
+    )
+
+
+class TrainTransform:
+    """One training image -> uint8 [size, size, 3] (picklable, for grain workers).
+
+    `resize`: the input may have any size (record splits) and is first brought to size x size
+    for 'cifar' / 'none'; in-RAM images already are.
+    """
+
+    def __init__(self, kind: str, size: int, min_area: float, resize: bool):
+        self.kind, self.size, self.min_area, self.resize = kind, size, min_area, resize
+
+    def __call__(self, image, rng: np.random.Generator) -> np.ndarray:
+        if self.kind == "imagenet":
+            return augment_lib.random_resized_crop_flip(image, rng, self.size, self.min_area)
+        if self.resize:
+            # 'none' evaluates-style (shorter side to size/0.875); 'cifar' keeps the whole side.
+            fraction = augment_lib.CENTER_CROP_FRACTION if self.kind == "none" else 1.0
+            image = augment_lib.resize_center_crop(image, self.size, fraction)
+        image = np.asarray(image)
+        if self.kind == "cifar":
+            image = augment_lib.augment_batch(image[None], rng, "cifar")[0]
+        return image
+
+
+class EvalTransform:
+    """One evaluation image -> uint8 [size, size, 3]: resize + centre crop (record splits)."""
+
+    def __init__(self, size: int, resize: bool):
+        self.size, self.resize = size, resize
+
+    def __call__(self, image) -> np.ndarray:
+        if not self.resize:
+            return np.asarray(image)
+        return augment_lib.resize_center_crop(image, self.size)
+
+
+def _read(split: Split, i: int):
+    return split.read_image(i) if isinstance(split, RecordSplit) else split.images[i]
+
+
+def _global_position(j: int, global_batch_size: int, local: slice) -> int:
+    """Position in the global stream of this process's j-th example."""
+    local_b = local.stop - local.start
+    return (j // local_b) * global_batch_size + local.start + j % local_b
+
+
+class _ExampleReader:
+    """Map: this process's j-th position -> one decoded, augmented training example."""
+
+    def __init__(self, split, indices, transform, global_batch_size: int, local: slice, seed: int):
+        self.split, self.indices, self.transform = split, indices, transform
+        self.global_batch_size, self.local = global_batch_size, local
+        self.seed = _augment_seed(seed)
+
+    def __call__(self, j: int) -> dict[str, np.ndarray]:
+        k = _global_position(int(j), self.global_batch_size, self.local)
+        i = self.indices[k]
+        # Seeded by the global position: the same draw on any number of processes or workers.
+        rng = np.random.default_rng([self.seed, k])
+        image = self.transform(_read(self.split, i), rng)
+        return {"image": image, "label": np.int32(self.split.labels[i])}
 
 
 def num_eval_batches(n: int, batch_size: int, process_count: int = 1) -> int:
@@ -144,19 +244,36 @@ def num_eval_batches(n: int, batch_size: int, process_count: int = 1) -> int:
 
 
 def eval_batches(
-    split: ArraySplit, *, batch_size: int, process_index: int = 0, process_count: int = 1
+    split: Split,
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Deterministic, padded eval batches; every example counts exactly once over processes.
 
     `batch_size` is the *global* batch (as in make_train_iterator); each process yields
     `num_eval_batches(...)` batches of batch_size // process_count examples: its contiguous
     slice of each global batch. Padding (the tail of the last global batch) repeats example 0
-    with mask False. Yields {'image': uint8, 'label': int32, 'mask': bool}.
+    with mask False. Yields {'image': uint8, 'label': int32, 'mask': bool}. Record splits are
+    read, decoded and resized + centre-cropped in `num_threads` threads (default: the CPUs,
+    at most 8), only for this process's slice.
     """
     local = process_slice(batch_size, process_index, process_count)
     n = len(split)
+    nb = num_eval_batches(n, batch_size, process_count)
+    if isinstance(split, RecordSplit):
+        threads = num_threads or min(8, os.cpu_count() or 1)
+        reader = _EvalReader(split, batch_size, local)
+        ds = grain.MapDataset.range(nb * (local.stop - local.start)).map(reader)
+        ds = ds.batch(local.stop - local.start).to_iter_dataset(
+            grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+        )
+        yield from ds
+        return
     offsets = np.arange(local.start, local.stop)
-    for j in range(num_eval_batches(n, batch_size, process_count)):
+    for j in range(nb):
         idx = j * batch_size + offsets
         mask = idx < n
         idx = np.where(mask, idx, 0)
@@ -164,4 +281,22 @@ def eval_batches(
             "image": split.images[idx],
             "label": split.labels[idx].astype(np.int32),
             "mask": mask,
+        }
+
+
+class _EvalReader:
+    """Map: this process's j-th eval position -> {image, label, mask} (padding masked)."""
+
+    def __init__(self, split: RecordSplit, batch_size: int, local: slice):
+        self.split, self.batch_size, self.local = split, batch_size, local
+        self.transform = EvalTransform(split.image_size, resize=True)
+
+    def __call__(self, j: int) -> dict[str, np.ndarray]:
+        k = _global_position(int(j), self.batch_size, self.local)
+        mask = k < len(self.split)
+        i = k if mask else 0  # Padding repeats example 0; the mask drops it.
+        return {
+            "image": self.transform(self.split.read_image(i)),
+            "label": np.int32(self.split.labels[i]),
+            "mask": np.bool_(mask),
         }

@@ -10,8 +10,9 @@ import collections.abc
 
 import numpy as np
 
-SAMPLERS = ("instance", "sqrt", "class_balanced", "progressive")
-_EXPONENT = {"instance": 1.0, "sqrt": 0.5, "class_balanced": 0.0}
+SAMPLERS = ("instance", "sqrt", "class_balanced", "progressive", "cbd_stream")
+# cbd_stream targets the class-balanced distribution through example repetition (methods.md 8.2).
+_EXPONENT = {"instance": 1.0, "sqrt": 0.5, "class_balanced": 0.0, "cbd_stream": 0.0}
 
 
 def class_sampling_probs(
@@ -19,7 +20,8 @@ def class_sampling_probs(
 ) -> np.ndarray:
     """float64 [C] probability of drawing each class (methods.md 1, TV14).
 
-    `p_c ∝ n_c^q` with q = 1 (instance), 0.5 (sqrt), 0 (class_balanced); empty classes get 0.
+    `p_c ∝ n_c^q` with q = 1 (instance), 0.5 (sqrt), 0 (class_balanced, and the expected
+    distribution of cbd_stream); empty classes get 0.
     progressive (Kang et al.): `(1 - e/E) * instance + (e/E) * class_balanced` at epoch e of E.
     """
     n = np.asarray(class_counts, dtype=np.float64)
@@ -39,6 +41,31 @@ def class_sampling_probs(
     return w / w.sum()
 
 
+def cbd_repeat_ratios(class_counts: np.ndarray) -> np.ndarray:
+    """float64 [C] CBD's per-example repeat ratio `r_c = (1/C) / pi_c` (methods.md 8.2, TV14).
+
+    `pi_c = n_c / N`; C counts the non-empty classes; empty classes get 0.
+    """
+    n = np.asarray(class_counts, dtype=np.float64)
+    present = n > 0
+    pi = n / n.sum()
+    return np.where(present, (1.0 / present.sum()) / np.where(present, pi, 1.0), 0.0)
+
+
+def cbd_stream_pass(labels: np.ndarray, ratios: np.ndarray, rng: np.random.Generator):
+    """One shuffled pass of CBD's class-balancing resampler over the example stream.
+
+    Example i of class c is emitted `floor(r_c)` times plus once more with probability
+    `r_c - floor(r_c)` (for r_c < 1 that is: kept with probability r_c), then the pass is
+    shuffled (methods.md 8.2). Expected N/C examples per class, ~N in total.
+    """
+    r = ratios[labels]
+    base = np.floor(r)
+    repeats = (base + (rng.random(len(r)) < r - base)).astype(np.int64)
+    stream = np.repeat(np.arange(len(r)), repeats)
+    return rng.permutation(stream)
+
+
 class ReweightedIndexSequence(collections.abc.Sequence):
     """Dataset indices for `num_epochs` epochs of `epoch_len` draws each.
 
@@ -46,7 +73,8 @@ class ReweightedIndexSequence(collections.abc.Sequence):
     `np.random.default_rng([seed, epoch])`. instance: a permutation of all indices (no
     replacement; repeated permutations if epoch_len > N, truncated if smaller). Other
     samplers: a class with `class_sampling_probs`, then a uniform instance of that class, with
-    replacement. Stateless apart from a cache of the last epoch's array, so it pickles small
+    replacement. cbd_stream: shuffled passes of `cbd_stream_pass`, concatenated and cut to
+    epoch_len. Stateless apart from a cache of the last epoch's array, so it pickles small
     and resumes exactly.
     """
 
@@ -74,6 +102,7 @@ class ReweightedIndexSequence(collections.abc.Sequence):
         # Indices grouped by class; class c occupies [starts[c], starts[c] + counts[c]).
         self._by_class = np.argsort(labels, kind="stable")
         self._starts = np.concatenate([[0], np.cumsum(self.class_counts)[:-1]])
+        self._labels = labels
         self._cache: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -111,6 +140,13 @@ class ReweightedIndexSequence(collections.abc.Sequence):
         if self.sampler == "instance":
             reps = -(-self.epoch_len // n)
             return np.concatenate([rng.permutation(n) for _ in range(reps)])[: self.epoch_len]
+        if self.sampler == "cbd_stream":
+            ratios = cbd_repeat_ratios(self.class_counts)
+            passes, total = [], 0
+            while total < self.epoch_len:  # A pass is ~N long; epochs keep a fixed length.
+                passes.append(cbd_stream_pass(self._labels, ratios, rng))
+                total += len(passes[-1])
+            return np.concatenate(passes)[: self.epoch_len]
         classes = rng.choice(self.num_classes, size=self.epoch_len, p=self.class_probs(epoch))
         within = rng.integers(0, self.class_counts[classes])  # Empty classes have p_c = 0.
         return self._by_class[self._starts[classes] + within]

@@ -1,4 +1,6 @@
-"""Balanced train/test splits decoded into RAM: CIFAR-10/100 via TFDS ArrayRecord, sklearn digits.
+"""Train/test splits: CIFAR-10/100 and sklearn digits decoded into RAM; ImageNet-LT, Places-LT,
+iNaturalist 2018 and a user's image folders read per example (`records.RecordSplit`) or, when
+small, decoded into RAM. `load_splits` dispatches on the dataset name (methods.md 2).
 
 CIFAR-sized data fits in RAM (50k x 32x32x3 uint8 = 150 MB), so each split is decoded once from
 the prepared ArrayRecord files and cached as `.npy` next to them; later loads take a fraction of
@@ -13,13 +15,63 @@ import os
 import socket
 import urllib.parse
 import uuid
+from typing import Any
 
 import numpy as np
 from absl import logging
 
-from ltkd_jax.data import builders
+from ltkd_jax.data import builders, image_builders, records
 
-DATASETS = ("cifar10", "cifar100", "digits")
+DATASETS = ("cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018", "folder")
+IN_MEMORY = ("auto", "yes", "no")
+# `in_memory='auto'` decodes into RAM when all images at image_size take at most this much.
+IN_MEMORY_AUTO_BYTES = 2 << 30
+DEFAULT_IMAGE_SIZE = 224  # ImageNet-style datasets (methods.md 5.3, 8.3)
+
+
+@dataclasses.dataclass(frozen=True)
+class ListBenchmark:
+    """A benchmark defined by list files of `relative/path label` lines (methods.md 2.2)."""
+
+    num_classes: int
+    list_files: dict[str, str]  # split -> list file name (in data.list_dir)
+    eval_split: str
+    tfds_name: str | None = None  # TFDS's own builder, read when already prepared
+    tfds_eval_split: str | None = None
+
+
+BENCHMARKS = {
+    # OLTR lists (Liu et al. 2019); paths relative to the ILSVRC-2012 root (train/, val/).
+    "imagenet_lt": ListBenchmark(
+        1000,
+        {
+            "train": "ImageNet_LT_train.txt",
+            "validation": "ImageNet_LT_val.txt",
+            "test": "ImageNet_LT_test.txt",
+        },
+        eval_split="test",
+        tfds_name="imagenet_lt",
+        tfds_eval_split="test",
+    ),
+    # OLTR lists; paths relative to the Places-365 root.
+    "places_lt": ListBenchmark(
+        365,
+        {
+            "train": "Places_LT_train.txt",
+            "validation": "Places_LT_val.txt",
+            "test": "Places_LT_test.txt",
+        },
+        eval_split="test",
+    ),
+    # classifier-balancing lists; iNat 2018 has no labelled test set: validation is the test.
+    "inat2018": ListBenchmark(
+        8142,
+        {"train": "iNaturalist18_train.txt", "validation": "iNaturalist18_val.txt"},
+        eval_split="validation",
+        tfds_name="i_naturalist2018",
+        tfds_eval_split="validation",
+    ),
+}
 _CACHE_DIRNAME = "ltkd_decoded"  # Inside the TFDS version dir, so it lives and dies with it.
 _ARCHIVE_HINT = {"cifar10": "cifar10-jpeg.zip", "cifar100": "cifar100-png.zip"}
 
@@ -57,25 +109,201 @@ class ArraySplit:
         return np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
 
 
+Split = ArraySplit | records.RecordSplit
+
+
+def split_options(data_config: Any) -> dict[str, Any]:
+    """The `load_splits` keyword options held in `config.data` (see config_lib.base_config)."""
+    return {
+        "image_size": int(data_config.image_size),
+        "in_memory": data_config.in_memory,
+        "list_dir": data_config.list_dir,
+        "on_corrupt": data_config.on_corrupt,
+        "eval_split": data_config.eval_split,
+    }
+
+
 def load_splits(
-    name: str, *, data_dir: str | None = None, archive: str | None = None
-) -> tuple[ArraySplit, ArraySplit]:
-    """Balanced (train, test) splits in RAM for one of `DATASETS`.
+    name: str,
+    *,
+    data_dir: str | None = None,
+    archive: str | None = None,
+    image_size: int = 0,
+    in_memory: str = "auto",
+    list_dir: str = "",
+    on_corrupt: str = "error",
+    eval_split: str = "",
+) -> tuple[Split, Split]:
+    """(train, test) splits for one of `DATASETS`.
 
     cifar10/cifar100 are prepared once (TF-free TFDS builder -> ArrayRecord under `data_dir`,
     default TFDS's `~/tensorflow_datasets`) from `archive`, a local zip such as
     `../shared/data/cifar100-png.zip`, or else from the official download; then read with
     `tfds.data_source` and decoded into RAM (cached as .npy). digits (sklearn's 8x8 digits)
-    writes no files.
+    writes no files. Both are balanced; the trainer cuts the long tail.
+
+    folder: `archive` is a `<split>/<class>/<image>` directory or zip (the user's data);
+    prepared once into `data_dir` (corrupt images: `on_corrupt`), test = its test/val split.
+    imagenet_lt / places_lt / inat2018: with `archive` = the image root, the benchmark's list
+    files (from `list_dir`, default the image root) define the splits; without it, TFDS's own
+    prepared `imagenet_lt` / `i_naturalist2018` in `data_dir` are read (or a
+    `tfds.testing.mock_data` mock). These are long-tailed already: use imbalance_factor 1.
+
+    `image_size` (0 = 224, or for folders the typical shorter side of the images if smaller)
+    is the side the model sees. `in_memory`: 'yes' decodes every image (resized, centre-
+    cropped) into an ArraySplit; 'no' returns RecordSplits decoded per example by the input
+    pipeline; 'auto' picks RAM when it needs at most 2 GiB. `eval_split` overrides the split
+    used as the test set.
     """
     if name == "digits":
         return load_digits()
+    if name in ("folder", *BENCHMARKS):
+        if in_memory not in IN_MEMORY:
+            raise ValueError(f"in_memory={in_memory!r}; choose one of {IN_MEMORY}")
+        if name == "folder":
+            train, test = _folder_splits(archive, data_dir, image_size, on_corrupt, eval_split)
+        else:
+            train, test = _benchmark_splits(
+                name, archive, data_dir, image_size, list_dir, on_corrupt, eval_split
+            )
+        return _maybe_in_memory(train, in_memory), _maybe_in_memory(test, in_memory)
     if name not in builders.CONFIG_NAMES:
         raise ValueError(
             f"unknown dataset {name!r}; choose one of {DATASETS}, e.g. --config.data.name=cifar100."
         )
     builder = prepare_cifar(name, data_dir=data_dir, archive=archive)
     return read_split(builder, "train"), read_split(builder, "test")
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders and list-file benchmarks (RecordSplit)
+# --------------------------------------------------------------------------------------------
+
+
+def _folder_splits(
+    root: str | None, data_dir: str | None, image_size: int, on_corrupt: str, eval_split: str
+) -> tuple[records.RecordSplit, records.RecordSplit]:
+    if not root:
+        raise ValueError(
+            "dataset 'folder' needs the image tree: pass --config.data.root=/path/to/tree "
+            "(a folder or zip laid out as <split>/<class>/<image>)."
+        )
+    store = image_builders.ImageStore(root)
+    index = image_builders.folder_index(store.list_files())
+    test_name = eval_split or next(
+        (s for s in image_builders.EVAL_SPLIT_NAMES if s in index.splits), ""
+    )
+    if test_name not in index.splits:
+        raise ValueError(
+            f"{store.root!r} has splits {sorted(index.splits)} but no evaluation split "
+            f"{eval_split or image_builders.EVAL_SPLIT_NAMES}; add a test/ folder or set "
+            "--config.data.eval_split."
+        )
+    name = image_builders.dataset_slug("folder", store.root)
+    builder_dir = image_builders.prepare(
+        store, index, name=name, data_dir=data_dir, on_corrupt=on_corrupt
+    )
+    return _record_pair(builder_dir, ("train", test_name), index, image_size, auto_size=True)
+
+
+def _benchmark_splits(
+    name: str,
+    root: str | None,
+    data_dir: str | None,
+    image_size: int,
+    list_dir: str,
+    on_corrupt: str,
+    eval_split: str,
+) -> tuple[records.RecordSplit, records.RecordSplit]:
+    bench = BENCHMARKS[name]
+    size = image_size or DEFAULT_IMAGE_SIZE
+    if root:
+        store = image_builders.ImageStore(root)
+        lists_at = os.path.expanduser(list_dir) if list_dir else _default_list_dir(store.root)
+        files = {s: os.path.join(lists_at, f) for s, f in bench.list_files.items()}
+        missing = [f for f in files.values() if not os.path.isfile(f)]
+        if missing:
+            raise FileNotFoundError(
+                f"{name} list files not found: {missing}. Put the benchmark's list files "
+                f"({', '.join(bench.list_files.values())}) in one folder and pass "
+                "--config.data.list_dir=/that/folder (methods.md 2.2)."
+            )
+        index = image_builders.list_index(files, bench.num_classes)
+        slug = image_builders.dataset_slug(name, store.root, "|".join(sorted(files.values())))
+        builder_dir = image_builders.prepare(
+            store, index, name=slug, data_dir=data_dir, on_corrupt=on_corrupt
+        )
+        splits = ("train", eval_split or bench.eval_split)
+        return _record_pair(builder_dir, splits, index, size, auto_size=False)
+    if bench.tfds_name is None:
+        raise ValueError(
+            f"{name} has no TFDS builder: pass the image root with --config.data.root and "
+            "the list files with --config.data.list_dir."
+        )
+    out = []
+    for split in ("train", eval_split or bench.tfds_eval_split):
+        try:
+            source = records.tfds_source(bench.tfds_name, split=split, data_dir=data_dir or None)
+        except Exception as e:  # tfds raises several types for "not prepared here".
+            raise FileNotFoundError(
+                f"TFDS {bench.tfds_name!r} ({split}) is not prepared in "
+                f"{data_dir or '~/tensorflow_datasets'} ({type(e).__name__}: {e}). Preparing "
+                "it needs TensorFlow and the manual downloads; without them pass the image "
+                "root (--config.data.root) and the list files (--config.data.list_dir) to "
+                "build it TF-free."
+            ) from e
+        names = tuple(source.dataset_info.features["label"].names)
+        out.append(records.record_split(source, split=split, image_size=size, class_names=names))
+    return out[0], out[1]
+
+
+def _default_list_dir(root: str) -> str:
+    return root if os.path.isdir(root) else os.path.dirname(root)
+
+
+def _record_pair(
+    builder_dir: str,
+    splits: tuple[str, str],
+    index: image_builders.ImageIndex,
+    image_size: int,
+    auto_size: bool,
+) -> tuple[records.RecordSplit, records.RecordSplit]:
+    pair = []
+    for split in splits:
+        source = records.tfds_source(split=split, builder_dir=builder_dir)
+        pair.append(
+            records.record_split(
+                source,
+                split=split,
+                image_size=image_size or DEFAULT_IMAGE_SIZE,
+                num_classes=index.num_classes,
+                class_names=index.class_names,
+            )
+        )
+    if auto_size and not image_size:
+        size = typical_image_size(pair[0])
+        pair = [dataclasses.replace(s, image_size=size) for s in pair]
+    return pair[0], pair[1]
+
+
+def typical_image_size(split: records.RecordSplit, cap: int = DEFAULT_IMAGE_SIZE) -> int:
+    """min(cap, median shorter side) of up to 64 images (headers only): small images are
+    not upscaled, large ones are cropped to the ImageNet default."""
+    from ltkd_jax.data import augment as augment_lib  # noqa: PLC0415
+
+    picks = np.linspace(0, len(split) - 1, num=min(64, len(split))).astype(int)
+    sides = [min(augment_lib.open_image(split.read_image(i)).size) for i in picks]
+    return int(min(cap, np.median(sides)))
+
+
+def _maybe_in_memory(split: records.RecordSplit, in_memory: str) -> Split:
+    """An ArraySplit of resized, centre-cropped images when asked (or small enough)."""
+    nbytes = len(split) * split.image_size**2 * 3
+    if in_memory == "no" or (in_memory == "auto" and nbytes > IN_MEMORY_AUTO_BYTES):
+        return split
+    logging.info("Decoding %d images (%d MB) into RAM", len(split), nbytes >> 20)
+    images = records.decode_to_array(split)
+    return ArraySplit(images, split.labels, split.num_classes, split.class_names)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ltkd_jax.models import resnet_cifar
+from ltkd_jax.models import resnet, resnet_cifar
 from ltkd_jax.models.heads import HEADS
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -28,6 +28,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet32x4": resnet_cifar.resnet32x4,
     "wrn16_2": resnet_cifar.wrn16_2,
     "wrn40_2": resnet_cifar.wrn40_2,
+    # ImageNet-style (224 x 224 inputs; methods.md 4.6, 5.3, 8.1)
+    "resnet10": resnet.resnet10,
+    "resnet18": resnet.resnet18,
+    "resnet50": resnet.resnet50,
+    "resnext50_32x4d": resnet.resnext50_32x4d,
 }
 
 

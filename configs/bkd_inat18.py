@@ -1,0 +1,43 @@
+"""BKD student on iNaturalist 2018 (methods.md 5.1, 5.3 large-scale best guess [RECON]).
+
+On a Cloud TPU VM pod slice:
+
+    gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=all --command="\
+      cd ltkd_jax && python -m ltkd_jax.main --config configs/bkd_inat18.py \
+      --workdir gs://$BUCKET/runs/bkd_inat18 --distributed \
+      --config.teacher.workdir=gs://$BUCKET/runs/ce_inat18 \
+      --config.data.root=/mnt/disks/inat2018 --config.data.list_dir=/mnt/disks/inat2018_lists \
+      --config.data.data_dir=/mnt/disks/tfds"
+
+Without `teacher.workdir` the run first trains its CE teacher into WORKDIR/teacher. Teacher
+and student share the recipe of configs/ce_inat18.py (ResNet-50, 90 epochs, batch
+512, lr 0.2 cosine, wd 5e-4); only the loss differs: BKD with effective-number class weights.
+"""
+
+from ltkd_jax import config_lib
+
+
+def get_config(arg=None):
+    args = config_lib.parse_arg(arg, model="resnet50", epochs=90)
+    c = config_lib.base_config()
+    c.method = "bkd"
+    c.loss.class_weighting = "reweight"
+    c.data.name = "inat2018"
+    c.data.imbalance_factor = 1.0
+    c.data.image_size = 224
+    c.data.in_memory = "no"
+    c.data.augment = "imagenet"
+    c.data.num_workers = 8
+    c.model.name = args.model
+    c.model.dtype = "bfloat16"
+    c.teacher.model = args.model
+    c.teacher.num_epochs = args.epochs
+    c.batch_size = 512
+    c.eval_batch_size = 1000
+    c.num_epochs = args.epochs
+    c.optim.lr = 0.2
+    c.optim.schedule = "cosine"
+    c.optim.warmup_epochs = 0
+    c.optim.weight_decay = 5e-4
+    c.log_every_steps = 100
+    return config_lib.lock(c)

@@ -1,0 +1,199 @@
+"""A user's own image folders: preparation, corrupt images, pipelines, and training on them."""
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from conftest import REPO_ROOT
+from PIL import Image
+
+from ltkd_jax import data, train
+from ltkd_jax.data import image_builders
+
+TRAIN_COUNTS = (24, 12, 6)  # long-tailed already
+TEST_COUNTS = (5, 4, 3)  # uneven on purpose
+CLASSES = ("cat", "dog", "emu")
+
+
+def _encode(image: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def make_tree(root, size=32, seed=0) -> dict[str, bytes]:
+    """Writes train/test class folders of class-coloured noise; returns {relpath: bytes}.
+
+    Mixes JPEG, PNG, a grayscale JPEG and an RGBA PNG (re-encoded to RGB by the builder).
+    """
+    rng = np.random.default_rng(seed)
+    files = {}
+    for split, counts in (("train", TRAIN_COUNTS), ("test", TEST_COUNTS)):
+        for c, (name, n) in enumerate(zip(CLASSES, counts, strict=True)):
+            for i in range(n):
+                base = np.zeros((size, size + 4 * (i % 3), 3), np.int16)
+                base[..., c] = 160  # Learnable: the class is the dominant colour.
+                image = np.clip(base + rng.integers(0, 80, base.shape), 0, 255).astype(np.uint8)
+                fmt = "PNG" if i % 2 else "JPEG"
+                if i == 1:
+                    image, fmt = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]), "PNG"
+                if i == 2:
+                    image = image[..., c]
+                files[f"{split}/{name}/{i:03d}.{fmt.lower()}"] = _encode(image, fmt)
+    for rel, blob in files.items():
+        os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
+        with open(os.path.join(root, rel), "wb") as f:
+            f.write(blob)
+    return files
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mydata")
+    files = make_tree(str(root))
+    return str(root), files
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_folder_splits_counts_and_names(tree, data_dir):
+    root, _ = tree
+    train_split, test_split = data.load_splits(
+        "folder", data_dir=data_dir, archive=root, in_memory="no"
+    )
+    assert isinstance(train_split, data.RecordSplit)
+    assert train_split.class_names == CLASSES
+    np.testing.assert_array_equal(train_split.class_counts(), TRAIN_COUNTS)
+    np.testing.assert_array_equal(test_split.class_counts(), TEST_COUNTS)
+    assert train_split.image_shape == (32, 32, 3)  # auto: the typical shorter side
+    groups = data.shot_groups(train_split.class_counts(), many=20, few=10)
+    np.testing.assert_array_equal(groups, [0, 1, 2])
+    # In RAM: same labels, images resized + centre-cropped to image_size.
+    mem_train, mem_test = data.load_splits(
+        "folder", data_dir=data_dir, archive=root, in_memory="yes", image_size=16
+    )
+    assert isinstance(mem_train, data.ArraySplit) and mem_train.images.shape[1:] == (16, 16, 3)
+    np.testing.assert_array_equal(mem_train.labels, train_split.labels)
+    assert len(mem_test) == sum(TEST_COUNTS)
+
+
+def test_zip_with_wrapping_folder_matches_tree(tree, tmp_path):
+    _, files = tree
+    archive = tmp_path / "mydata.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for rel, blob in files.items():
+            zf.writestr(f"mydata/{rel}", blob)
+    train_split, _ = data.load_splits(
+        "folder", data_dir=str(tmp_path / "tfds"), archive=str(archive), in_memory="no"
+    )
+    np.testing.assert_array_equal(train_split.class_counts(), TRAIN_COUNTS)
+
+
+def test_corrupt_images_are_named_and_nothing_is_written(tree, tmp_path):
+    root = str(tmp_path / "bad")
+    make_tree(root)
+    truncated = _encode(np.zeros((32, 32, 3), np.uint8), "JPEG")[:40]
+    for rel, blob in (("train/cat/bad.jpg", truncated), ("test/dog/empty.png", b"")):
+        with open(os.path.join(root, rel), "wb") as f:
+            f.write(blob)
+    dd = str(tmp_path / "tfds")
+    with pytest.raises(ValueError, match="2 of .* cannot be decoded") as err:
+        data.load_splits("folder", data_dir=dd, archive=root, in_memory="no")
+    assert "train/cat/bad.jpg" in str(err.value) and "test/dog/empty.png" in str(err.value)
+    assert "on_corrupt=skip" in str(err.value)
+    written = [f for _, _, fs in os.walk(dd) for f in fs if not f.endswith(".lock")]
+    assert written == []  # no half-written dataset left behind
+    train_split, test_split = data.load_splits(
+        "folder", data_dir=dd, archive=root, in_memory="no", on_corrupt="skip"
+    )
+    np.testing.assert_array_equal(train_split.class_counts(), TRAIN_COUNTS)
+    assert len(test_split) == sum(TEST_COUNTS)
+    info_dir = tfds.builder_from_directory(train_split.source.dataset_info.data_dir)
+    assert set(info_dir.info.metadata["skipped"]) == {"train/cat/bad.jpg", "test/dog/empty.png"}
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"cat/001.jpg": b""}, "not at <split>/<class>/<image>"),
+        ({"test/cat/001.jpg": b""}, "no 'train' folder"),
+        ({"train/cat/1.jpg": b"", "test/owl/1.jpg": b""}, "missing from train"),
+    ],
+)
+def test_layout_errors_say_what_to_fix(files, message):
+    with pytest.raises(ValueError, match=message):
+        image_builders.folder_index(sorted(files))
+
+
+def test_missing_root_names_the_field():
+    with pytest.raises(ValueError, match="--config.data.root"):
+        data.load_splits("folder", archive=None)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load_splits("folder", archive="/no/such/tree")
+
+
+def test_record_pipeline_is_process_count_invariant_and_resumes(tree, data_dir):
+    root, _ = tree
+    split, test_split = data.load_splits(
+        "folder", data_dir=data_dir, archive=root, in_memory="no", image_size=24
+    )
+    kwargs = dict(global_batch_size=12, sampler="cbd_stream", seed=3, num_epochs=2)
+    it, steps = data.make_train_iterator(split, augment="imagenet", **kwargs)
+    assert steps == len(split) // 12
+    first = next(it)
+    assert first["image"].shape == (12, 24, 24, 3) and first["image"].dtype == np.uint8
+    state = it.get_state()
+    second = next(it)
+    it.set_state(state)
+    np.testing.assert_array_equal(next(it)["image"], second["image"])
+    for count in (2, 3):
+        parts = [
+            next(
+                data.make_train_iterator(
+                    split, augment="imagenet", process_index=p, process_count=count, **kwargs
+                )[0]
+            )
+            for p in range(count)
+        ]
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(np.concatenate([b[key] for b in parts]), first[key])
+    batches = list(data.eval_batches(test_split, batch_size=4))
+    assert sum(int(b["mask"].sum()) for b in batches) == len(test_split)
+    assert batches[0]["image"].shape == (4, 24, 24, 3)
+
+
+def _folder_config(root, data_dir, method="ce"):
+    import importlib.util
+
+    name = "ce_folder" if method == "ce" else "bkd_folder"
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config(f"root={root},model=resnet8,augment=cifar,epochs=2")
+    c.data.data_dir = data_dir
+    c.data.many_threshold, c.data.few_threshold = 20, 10
+    c.teacher.num_epochs = 1
+    c.batch_size = 16
+    c.eval_batch_size = 8
+    c.max_steps_per_epoch = 2
+    c.log_every_steps = 1
+    c.optim.warmup_epochs = 0
+    c.progress_bar = False
+    return c
+
+
+def test_teacher_then_bkd_student_train_on_a_folder(tree, data_dir, tmp_path):
+    root, _ = tree
+    config = _folder_config(root, data_dir, "bkd")
+    assert config.data.archive == root  # data.root is an alias of data.archive
+    summary = train.run(config, str(tmp_path / "bkd"))
+    final = summary["final"]
+    assert final["num_examples"] == sum(TEST_COUNTS)  # every test image counted once
+    assert 0.0 <= final["top1"] <= 1.0
+    assert os.path.exists(tmp_path / "bkd" / "teacher" / "metrics.jsonl")
