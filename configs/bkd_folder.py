@@ -21,7 +21,7 @@ from ltkd_jax import config_lib
 
 def get_config(arg=None):
     args = config_lib.parse_arg(
-        arg, root="", imb=1.0, model="resnet18", augment="imagenet", size=0, epochs=100
+        arg, root="", imb=1.0, model="resnet10", augment="imagenet", size=0, epochs=100
     )
     c = config_lib.base_config()
     c.method = "bkd"

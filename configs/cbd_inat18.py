@@ -31,6 +31,7 @@ def get_config(arg=None):
     c.data.in_memory = "no"
     c.data.augment = "imagenet"
     c.data.crop_min_area = 0.05
+    c.data.normalize = False  # pixels in [0, 1], no mean/std (methods.md 8.3)
     c.data.sampler = "cbd_stream"
     c.data.num_workers = 8
     c.model.name = "resnet50"

@@ -22,7 +22,7 @@ Multi-host (TPU VM pod slice; same command on every worker, data on every host's
       cd ltkd_jax && python -m ltkd_jax.main --config configs/ce_folder.py \
       --workdir gs://$BUCKET/runs/ce_mydata --distributed --config.data.root=/mnt/disks/mydata"
 
-Recipe: ResNet-18, 100 epochs, batch 128, SGD momentum 0.9, lr 0.1 with 5 warm-up epochs and
+Recipe: ResNet-10, 100 epochs, batch 128, SGD momentum 0.9, lr 0.1 with 5 warm-up epochs and
 cosine decay, weight decay 5e-4, instance sampling, random-resized crop + flip.
 """
 
@@ -31,7 +31,7 @@ from ltkd_jax import config_lib
 
 def get_config(arg=None):
     args = config_lib.parse_arg(
-        arg, root="", imb=1.0, model="resnet18", augment="imagenet", size=0, epochs=100
+        arg, root="", imb=1.0, model="resnet10", augment="imagenet", size=0, epochs=100
     )
     c = config_lib.base_config()
     c.method = "ce"

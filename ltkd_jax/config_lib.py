@@ -62,6 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.sampler = "instance"
     c.data.augment = "cifar"
     c.data.num_workers = 0
+    # Mean/std normalisation of the input (dataset_stats); False feeds pixels in [0, 1],
+    # as CBD does (methods.md 8.3).
+    c.data.normalize = True
     # Shot groups by training count (methods.md 3): many > 100, few < 20.
     c.data.many_threshold = 100
     c.data.few_threshold = 20
@@ -189,7 +192,7 @@ def _check_data_sources(d: ml_collections.ConfigDict) -> list[str]:
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ValueError listing every invalid field, each with the fix."""
-    from ltkd_jax import methods, models  # deferred: keeps config loading light
+    from ltkd_jax import methods, models, posthoc  # deferred: keeps config loading light
 
     errors: list[str] = []
     d = config.data
@@ -204,7 +207,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     errors += _check_choice(config, "model.head", config.model.head, HEADS)
     errors += _check_choice(config, "model.dtype", config.model.dtype, DTYPES)
     errors += _check_choice(config, "optim.schedule", config.optim.schedule, SCHEDULES)
-    errors += _check_choice(config, "method", config.method, tuple(methods.METHODS))
+    errors += _check_choice(config, "method", config.method, (*methods.METHODS, *posthoc.POSTHOC))
     if d.imbalance_factor < 1:
         errors.append(
             f"config.data.imbalance_factor={d.imbalance_factor} must be >= 1 (1 = balanced, 100 = "
@@ -226,6 +229,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         )
     if config.num_devices < 0:
         errors.append("config.num_devices must be >= 0 (0 = all devices)")
+    if config.method in posthoc.POSTHOC and not config.init.workdir:
+        errors.append(
+            f"config.method={config.method!r} corrects a finished run; set "
+            "--config.init.workdir to that run's workdir"
+        )
     if config.method in methods.METHODS:
         try:
             needs = methods.needs_of(config)

@@ -17,6 +17,7 @@ Calling convention (the same for every loss, so methods can be swapped by name):
   methods.md writes it; ``parts`` a dict of scalar terms for logging, each *before* its loss
   weight (``alpha``, ``beta``, ...), so ``loss`` is the weighted sum of ``parts``.
   ``jax.value_and_grad(..., has_aux=True)`` takes this pair as it is.
+- ``LOSSES`` / ``get_loss(name)`` map config names ("ce", "kd", "bkd", "ltkd", ...) to them.
 
 Numerics: inputs in bf16/f16 are computed in float32; float32 stays float32 and float64
 stays float64 (for ``jax.test_util.check_grads``). Log-probabilities come from
@@ -53,7 +54,8 @@ _NORM_EPS = 1e-12
 
 def _compute_dtype(*xs: ArrayLike) -> Any:
     """Float dtype to compute in: at least float32 (bf16/f16 upcast), float64 if given."""
-    dtypes = [jnp.asarray(x).dtype for x in xs if x is not None]
+    # canonicalize: numpy float64 inputs count as float32 unless x64 is enabled.
+    dtypes = [jax.dtypes.canonicalize_dtype(jnp.result_type(x)) for x in xs if x is not None]
     floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
     return jnp.result_type(*floats, jnp.float32)
 
@@ -144,8 +146,8 @@ def _group_log_probs(x: Array, masks: Array) -> tuple[Array, Array]:
     return log_mass, log_within
 
 
-def _group_kl(student: Array, teacher: Array, masks: Array) -> tuple[Array, Array, Array]:
-    """Cross-group KL [B], within-group KL [B, K] and teacher log-masses [B, K].
+def _group_kl(student: Array, teacher: Array, masks: Array) -> tuple[Array, Array, Array, Array]:
+    """Cross-group KL [B], within-group KL [B, K], teacher and student log-masses [B, K].
 
     ``KL(q || p) = KL(Q || P) + sum_k Q_k KL(qh^k || ph^k)`` exactly (methods.md 7A.2).
     ``student`` and ``teacher`` are logits already divided by the temperature.
@@ -154,7 +156,7 @@ def _group_kl(student: Array, teacher: Array, masks: Array) -> tuple[Array, Arra
     log_q_mass, log_q_within = _group_log_probs(teacher, masks)
     cross = _kl_with_log_targets(log_q_mass, log_p_mass)
     within = _kl_with_log_targets(log_q_within, log_p_within, where=masks)
-    return cross, within, log_q_mass
+    return cross, within, log_q_mass, log_p_mass
 
 
 def _group_masks(class_groups: ArrayLike, num_groups: int) -> Array:
@@ -430,7 +432,7 @@ def dkd_loss(
     ce, _ = cross_entropy(z, labels=labels)
     target = jax.nn.one_hot(labels, z.shape[-1], dtype=bool)
     masks = jnp.stack([target, ~target], axis=1)  # [B, 2, C]: {target}, {non-targets}
-    cross, within, _ = _group_kl(z / temperature, v / temperature, masks)
+    cross, within, _, _ = _group_kl(z / temperature, v / temperature, masks)
     tckd = temperature**2 * jnp.mean(cross)
     nckd = temperature**2 * jnp.mean(within[:, 1])
     factor = 1.0 if epoch is None else jnp.minimum(_cast(epoch, dtype) / warmup, 1.0)
@@ -459,15 +461,17 @@ def bkd_loss(
         log q~ = ls(v/T + log w)           (= log of w_c q_c / sum_j w_j q_j, q = softmax(v/T))
         L_BKD  = CE(z, y) + alpha * T^2 * batchmean KL(q~ || softmax(z/T))
 
-    CE is unweighted. ``class_weights`` are the effective-number weights (positive; their
-    scale cancels): ``effective_number_weights(class_counts)`` for CIFAR-100,
+    CE is unweighted. ``class_weights`` are the effective-number weights (their scale
+    cancels): ``effective_number_weights(class_counts)`` for CIFAR-100,
     ``drw_class_weights(class_counts, epoch)`` for CIFAR-10 (KD until epoch 160).
     Parts: ``ce``, ``kd``.
     """
     _check_logits(logits)
     dtype = _compute_dtype(logits, teacher_logits, class_weights)
     z, v = _cast(logits, dtype), _teacher(teacher_logits, dtype)
-    log_w = jnp.log(jax.lax.stop_gradient(_cast(class_weights, dtype)))
+    # The floor turns a zero weight into a (finite) removal of that class from the target.
+    weights = jax.lax.stop_gradient(_cast(class_weights, dtype))
+    log_w = jnp.log(jnp.maximum(weights, jnp.finfo(dtype).tiny))
     # v/T + log w, not (v + log w)/T: the weights act on probabilities, outside the temperature.
     log_q = jax.nn.log_softmax(v / temperature + log_w, axis=-1)
     ce, _ = cross_entropy(z, labels=labels)
@@ -675,7 +679,9 @@ def krdistill_loss(
     if features is None:
         if isinstance(beta, (int, float)) and beta == 0:
             return loss, parts
-        raise ValueError("krdistill_loss: beta != 0 needs features, teacher_features, ...")
+        raise ValueError(
+            "krdistill_loss: beta != 0 needs features, teacher_features and class_feature_means"
+        )
     if teacher_features is None or class_feature_means is None:
         raise ValueError("krdistill_loss: features need teacher_features and class_feature_means")
     g = _cast(features, dtype)
@@ -742,8 +748,7 @@ def group_kl_decomposition(
     dtype = _compute_dtype(logits, teacher_logits)
     z, v = _cast(logits, dtype), _teacher(teacher_logits, dtype)
     masks = _group_masks(class_groups, num_groups)
-    cross, within, log_q = _group_kl(z / temperature, v / temperature, masks)
-    log_p, _ = _group_log_probs(z / temperature, masks)
+    cross, within, log_q, log_p = _group_kl(z / temperature, v / temperature, masks)
     return {
         "log_student_mass": log_p,
         "log_teacher_mass": log_q,
@@ -760,7 +765,7 @@ def rebalanced_group_log_masses(
     teacher_logits: ArrayLike,
     *,
     class_groups: ArrayLike,
-    class_counts: ArrayLike | None,
+    class_counts: ArrayLike | None = None,
     num_groups: int = 3,
     temperature: float = 4.0,
     tau: float = 1.0,

@@ -24,6 +24,7 @@ import optax
 from absl import logging
 from flax import struct
 from flax.training import train_state
+from jax.experimental import multihost_utils
 
 from ltkd_jax import checkpointing, config_lib, data, methods, metrics, models, optim, sharding
 from ltkd_jax.methods import ModelOutput
@@ -92,6 +93,14 @@ def create_train_state(
     return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
 
 
+def input_stats(config: ml_collections.ConfigDict, image_shape: tuple) -> tuple[tuple, tuple]:
+    """(mean, std) the step normalises with; identity when config.data.normalize is off."""
+    if config.data.normalize:
+        return data.dataset_stats(config.data.name)
+    channels = image_shape[-1]
+    return (0.0,) * channels, (1.0,) * channels
+
+
 def preprocess(images: jnp.ndarray, mean, std) -> jnp.ndarray:
     """uint8 NHWC -> normalised float32, on device (a quarter of the bytes cross to it)."""
     return data.normalize(images, mean, std)
@@ -150,8 +159,19 @@ def train_step(
     return new_state, step_metrics
 
 
-def eval_step(variables: dict, batch: dict, *, model, mean: tuple, std: tuple) -> dict:
+def eval_step(
+    variables: dict,
+    batch: dict,
+    logit_offset: jnp.ndarray | None = None,
+    *,
+    model,
+    mean: tuple,
+    std: tuple,
+) -> dict:
+    """Per-class counts of one test batch; `logit_offset` [C] is added first (post-hoc LA)."""
     logits, _ = model.apply(variables, preprocess(batch["image"], mean, std), train=False)
+    if logit_offset is not None:
+        logits = logits.astype(jnp.float32) + logit_offset
     return metrics.eval_counts(logits, batch["label"], batch["mask"])
 
 
@@ -188,14 +208,28 @@ def _check_finite(step: int, scalars: dict, workdir: str) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_splits(name: str, data_dir: str, archive: str):
-    return data.load_splits(name, data_dir=data_dir or None, archive=archive or None)
+def _cached_splits(name: str, data_dir: str, archive: str, options: tuple):
+    return data.load_splits(
+        name, data_dir=data_dir or None, archive=archive or None, **dict(options)
+    )
+
+
+def _load_splits(d: ml_collections.ConfigDict):
+    """Both splits, prepared once: on several hosts process 0 prepares, the others wait."""
+    key = (d.name, d.data_dir, d.archive, tuple(sorted(data.split_options(d).items())))
+    if jax.process_count() > 1 and jax.process_index() != 0:
+        multihost_utils.sync_global_devices("ltkd_jax:data_prepared")
+        return _cached_splits(*key)
+    splits = _cached_splits(*key)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("ltkd_jax:data_prepared")
+    return splits
 
 
 def load_task(config: ml_collections.ConfigDict):
     """(long-tailed train split, balanced test split, `methods.Task`)."""
     d = config.data
-    train, test = _cached_splits(d.name, d.data_dir, d.archive)
+    train, test = _load_splits(d)
     train_lt = data.make_longtail(train, d.imbalance_factor, profile=d.profile, seed=d.lt_seed)
     counts = train_lt.class_counts()
     groups = data.shot_groups(counts, many=d.many_threshold, few=d.few_threshold)
@@ -222,7 +256,7 @@ def train_and_evaluate(
         )
     train_split, test_split, task = load_task(config)
     num_classes = train_split.num_classes
-    mean, std = data.dataset_stats(config.data.name)
+    mean, std = input_stats(config, train_split.image_shape)
     eval_batch_size = _round_up(config.eval_batch_size, num_devices)
     if needs.feature_means:
         task = dataclasses.replace(
@@ -255,6 +289,7 @@ def train_and_evaluate(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         num_workers=config.data.num_workers,
+        crop_min_area=config.data.crop_min_area,
     )
     if steps_per_epoch < 1:
         raise ValueError(
@@ -368,7 +403,7 @@ def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
     return run_config, run_task
 
 
-def _check_compatible(
+def check_compatible(
     what: str, workdir: str, run_config, run_task: dict, config, num_classes, image_shape
 ) -> None:
     """A teacher / init run must match the student task: dataset, classes, input shape."""
@@ -402,30 +437,33 @@ def _abstract_variables(model, image_shape: tuple, mesh) -> dict:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
 
 
+def load_frozen(workdir: str, run_config, num_classes: int, image_shape: tuple, mesh) -> Teacher:
+    """A finished run's last checkpoint as a frozen model (methods.md 10.17: last epoch)."""
+    model = build_model(run_config, num_classes)
+    target = _abstract_variables(model, image_shape, mesh)
+    variables, step = checkpointing.restore_variables(workdir, target)
+    logging.info("%s (step %d) loaded from %s", run_config.model.name, step, workdir)
+    return Teacher(variables=variables, model=model)
+
+
 def load_teacher(config, workdir: str, num_classes: int, image_shape: tuple, mesh) -> Teacher:
-    """A finished run's last checkpoint as a frozen teacher (methods.md 10.17: last epoch)."""
+    """A teacher run, checked against the student task and `config.teacher.model`."""
     run_config, run_task = read_run_info(workdir)
-    _check_compatible(
-        "the teacher", workdir, run_config, run_task, config, num_classes, image_shape
-    )
+    check_compatible("the teacher", workdir, run_config, run_task, config, num_classes, image_shape)
     if config.teacher.model and run_config.model.name != config.teacher.model:
         raise ValueError(
             f"the teacher in {workdir} is a {run_config.model.name}, but config.teacher.model="
             f"{config.teacher.model!r}; set --config.teacher.model={run_config.model.name} or "
             "point config.teacher.workdir at the intended teacher"
         )
-    model = build_model(run_config, num_classes)
-    target = _abstract_variables(model, image_shape, mesh)
-    variables, step = checkpointing.restore_variables(workdir, target)
-    logging.info("teacher %s (step %d) from %s", run_config.model.name, step, workdir)
-    return Teacher(variables=variables, model=model)
+    return load_frozen(workdir, run_config, num_classes, image_shape, mesh)
 
 
 def init_from_run(state: TrainState, config, num_classes: int, image_shape: tuple) -> TrainState:
     """Starts from a finished run's weights; the classifier is re-initialised (cRT)."""
     workdir = config.init.workdir
     run_config, run_task = read_run_info(workdir)
-    _check_compatible(
+    check_compatible(
         "the init run", workdir, run_config, run_task, config, num_classes, image_shape
     )
     target = jax.tree.map(
@@ -548,6 +586,15 @@ def format_summary(name: str, summary: dict) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The command-line job: stage 1 teachers if needed, then the run; prints the results."""
+    from ltkd_jax import posthoc  # it builds on this module
+
+    if config.method in posthoc.POSTHOC:
+        best = posthoc.run(config, workdir)
+        if jax.process_index() == 0:
+            print(format_summary("corrected", summarize_run(config.init.workdir)), flush=True)
+            name = f"{config.method} tau={best['tau']:g}"
+            print(format_summary(name, {"final": best, "best": best}), flush=True)
+        return best
     teachers = prepare_teachers(config, workdir)
     train_and_evaluate(config, workdir, teachers=teachers)
     summary = summarize_run(workdir)

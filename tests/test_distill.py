@@ -262,3 +262,28 @@ def test_compare_writes_a_table_and_a_per_class_plot(student_runs, teacher_dir, 
         compare.load_config("bkd", "dataset=cifar10"), ["num_epochs=3", "data.augment=none"]
     )
     assert (config.num_epochs, config.data.augment, config.data.name) == (3, "none", "cifar10")
+
+
+@pytest.mark.parametrize("method", ["tau_norm", "posthoc_la"])
+def test_posthoc_corrections_evaluate_a_tau_grid(teacher_dir, tmp_path, method):
+    config = tiny_config(method=method, num_devices=1, **{"init.workdir": teacher_dir})
+    best = train.run(config, str(tmp_path))
+    records = read_jsonl(str(tmp_path / "metrics.jsonl"))
+    taus = [r["tau"] for r in records]
+    np.testing.assert_allclose(taus, np.arange(21) / 10)
+    assert best["top1"] == max(r["top1"] for r in records)
+    # tau = 0 leaves predictions unchanged for post-hoc LA; for tau-norm it only drops the bias.
+    if method == "posthoc_la":
+        final = train.summarize_run(teacher_dir)["final"]
+        np.testing.assert_allclose(records[0]["top1"], final["top1"], atol=1e-6)
+
+
+def test_tau_normalisation_of_the_classifier_matches_tv13():
+    from ltkd_jax import posthoc
+
+    kernel = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 0.5]]).T  # [D, C]: column c is class c
+    variables = {"params": {"classifier": {"kernel": kernel, "bias": np.ones(3)}}}
+    for tau, expected in [(0.0, [11, 1, 1]), (0.5, [4.919350, 1, 1.414214]), (1.0, [2.2, 1, 2])]:
+        out = posthoc.tau_normalized_variables(variables, tau)["params"]["classifier"]
+        np.testing.assert_allclose(np.array([1.0, 2.0]) @ out["kernel"], expected, rtol=1e-5)
+        np.testing.assert_array_equal(out["bias"], 0)

@@ -51,6 +51,9 @@ FEATURE_DIMS = {
     "resnet32x4": 256,
     "wrn16_2": 128,
     "wrn40_2": 128,
+    "resnet10": 512,
+    "resnet50": 2048,
+    "resnext50_32x4d": 2048,
 }
 
 

@@ -30,7 +30,6 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "wrn40_2": resnet_cifar.wrn40_2,
     # ImageNet-style (224 x 224 inputs; methods.md 4.6, 5.3, 8.1)
     "resnet10": resnet.resnet10,
-    "resnet18": resnet.resnet18,
     "resnet50": resnet.resnet50,
     "resnext50_32x4d": resnet.resnext50_32x4d,
 }
