@@ -209,7 +209,8 @@ def _dkd(config, task):
             student.logits,
             labels=labels,
             teacher_logits=teachers[0].logits,
-            epoch=ctx["epoch"],
+            # mdistiller counts epochs from 1: min((e + 1) / warmup, 1) for 0-based e.
+            epoch=ctx["epoch"] + 1,
             warmup=float(config.loss.warmup_epochs),
             **_hparams(config, "temperature", "alpha", "beta", "ce_weight"),
         )
