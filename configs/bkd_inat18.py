@@ -19,25 +19,6 @@ from ltkd_jax import config_lib
 
 def get_config(arg=None):
     args = config_lib.parse_arg(arg, model="resnet50", epochs=90)
-    c = config_lib.base_config()
-    c.method = "bkd"
+    c = config_lib.large_scale_config("inat2018", "bkd", model=args.model, epochs=args.epochs)
     c.loss.class_weighting = "reweight"
-    c.data.name = "inat2018"
-    c.data.imbalance_factor = 1.0
-    c.data.image_size = 224
-    c.data.in_memory = "no"
-    c.data.augment = "imagenet"
-    c.data.num_workers = 8
-    c.model.name = args.model
-    c.model.dtype = "bfloat16"
-    c.teacher.model = args.model
-    c.teacher.num_epochs = args.epochs
-    c.batch_size = 512
-    c.eval_batch_size = 1000
-    c.num_epochs = args.epochs
-    c.optim.lr = 0.2
-    c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 0
-    c.optim.weight_decay = 5e-4
-    c.log_every_steps = 100
     return config_lib.lock(c)

@@ -21,33 +21,7 @@ from ltkd_jax import config_lib
 
 def get_config(arg=None):
     args = config_lib.parse_arg(arg, epochs=200)
-    c = config_lib.base_config()
-    c.method = "cbd"
-    c.loss.alpha = 0.4
-    c.loss.beta = 100.0
-    c.data.name = "inat2018"
-    c.data.imbalance_factor = 1.0
-    c.data.image_size = 224
-    c.data.in_memory = "no"
-    c.data.augment = "imagenet"
-    c.data.crop_min_area = 0.05
-    c.data.normalize = False  # pixels in [0, 1], no mean/std (methods.md 8.3)
-    c.data.sampler = "cbd_stream"
-    c.data.num_workers = 8
-    c.model.name = "resnet50"
-    c.model.head = "cosine"
-    c.model.dtype = "bfloat16"
-    c.teacher.model = "resnet50"
-    c.teacher.head = "cosine"
-    c.teacher.num_epochs = args.epochs
-    c.teacher.count = 1
-    c.batch_size = 128
-    c.eval_batch_size = 1000
-    c.num_epochs = args.epochs
-    c.optim.lr = 0.05  # 0.1 * 128 / 256
-    c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 0
-    c.optim.nesterov = False
-    c.optim.weight_decay = 2e-4
-    c.log_every_steps = 100
+    c = config_lib.cbd_large_scale_config(
+        "inat2018", teachers=1, epochs=args.epochs, weight_decay=2e-4
+    )
     return config_lib.lock(c)

@@ -30,25 +30,4 @@ from ltkd_jax import config_lib
 
 
 def get_config(arg=None):
-    args = config_lib.parse_arg(
-        arg, root="", imb=1.0, model="resnet10", augment="imagenet", size=0, epochs=100
-    )
-    c = config_lib.base_config()
-    c.method = "ce"
-    c.data.name = "folder"
-    c.data.root = args.root
-    c.data.imbalance_factor = args.imb
-    c.data.image_size = args.size
-    c.data.augment = args.augment
-    c.model.name = args.model
-    c.teacher.model = args.model
-    c.teacher.head = "linear"
-    c.teacher.num_epochs = args.epochs
-    c.num_epochs = args.epochs
-    c.batch_size = 128
-    c.eval_batch_size = 200
-    c.optim.lr = 0.1
-    c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 5
-    c.optim.weight_decay = 5e-4
-    return config_lib.lock(c)
+    return config_lib.lock(config_lib.folder_config(arg, "ce"))

@@ -25,22 +25,5 @@ from ltkd_jax import config_lib
 
 def get_config(arg=None):
     args = config_lib.parse_arg(arg, model="resnext50_32x4d", epochs=90)
-    c = config_lib.base_config()
-    c.method = "ce"
-    c.data.name = "imagenet_lt"
-    c.data.imbalance_factor = 1.0  # ImageNet-LT is long-tailed already (OLTR split)
-    c.data.image_size = 224
-    c.data.in_memory = "no"
-    c.data.augment = "imagenet"
-    c.data.num_workers = 8
-    c.model.name = args.model
-    c.model.dtype = "bfloat16"  # compute; parameters and the loss stay float32
-    c.batch_size = 512
-    c.eval_batch_size = 1000
-    c.num_epochs = args.epochs
-    c.optim.lr = 0.2
-    c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 0
-    c.optim.weight_decay = 5e-4
-    c.log_every_steps = 100
+    c = config_lib.large_scale_config("imagenet_lt", "ce", model=args.model, epochs=args.epochs)
     return config_lib.lock(c)

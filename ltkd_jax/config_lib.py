@@ -24,6 +24,7 @@ ON_CORRUPT = ("error", "skip")
 HEADS = ("linear", "normed", "cosine")
 SCHEDULES = ("step", "cosine")
 DTYPES = ("float32", "bfloat16")
+CPU_KERNELS = ("auto", "on", "off")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -74,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.head = "linear"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.projection_dim = 0  # > 0 adds CBD's Dense+ReLU projection before the head
+    # CPU fast paths (models/cpu_ops.py: GEMM weight-gradient convs and BatchNorm, BN folded
+    # into frozen teachers, no YNNPACK fusions): auto = on when JAX runs on the CPU.
+    c.model.cpu_kernels = "auto"
 
     # Loss hyper-parameters. An empty (None) field means "the method's default" (methods.md);
     # set one to override it, e.g. --config.loss.temperature=4.
@@ -206,6 +210,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     errors += _check_choice(config, "model.name", config.model.name, tuple(models.MODELS))
     errors += _check_choice(config, "model.head", config.model.head, HEADS)
     errors += _check_choice(config, "model.dtype", config.model.dtype, DTYPES)
+    errors += _check_choice(config, "model.cpu_kernels", config.model.cpu_kernels, CPU_KERNELS)
     errors += _check_choice(config, "optim.schedule", config.optim.schedule, SCHEDULES)
     errors += _check_choice(config, "method", config.method, (*methods.METHODS, *posthoc.POSTHOC))
     if d.imbalance_factor < 1:
@@ -296,4 +301,91 @@ def cifar_config(arg: str | None, method: str, **loss) -> ml_collections.ConfigD
         c.batch_size = 64
         c.optim.lr, c.optim.weight_decay = 0.05, 5e-4
         c.optim.warmup_epochs, c.optim.decay_epochs, c.optim.decay_factor = 0, (150, 180, 210), 0.1
+    return c
+
+
+def large_scale_config(
+    dataset: str, method: str, *, model: str, epochs: int, weight_decay: float = 5e-4
+) -> ml_collections.ConfigDict:
+    """ImageNet-style recipe (classifier-balancing stage 1, methods.md 4.6 / 5.3).
+
+    224-pixel random-resized crops read from disk by 8 grain workers, bf16 compute with
+    float32 parameters and loss, batch 512, SGD 0.9, lr 0.2 cosine to 0 per step. The
+    datasets are long-tailed already, so no subset is taken (imbalance factor 1). The
+    teacher of a distillation method shares the student's architecture and schedule.
+    """
+    c = base_config()
+    c.method = method
+    c.data.name = dataset
+    c.data.imbalance_factor = 1.0
+    c.data.image_size = 224
+    c.data.in_memory = "no"
+    c.data.augment = "imagenet"
+    c.data.num_workers = 8
+    c.model.name = c.teacher.model = model
+    c.model.dtype = "bfloat16"  # compute; parameters and the loss stay float32
+    c.teacher.num_epochs = c.num_epochs = epochs
+    c.batch_size = 512
+    c.eval_batch_size = 1000
+    c.optim.lr = 0.2
+    c.optim.schedule = "cosine"
+    c.optim.warmup_epochs = 0
+    c.optim.weight_decay = weight_decay
+    c.log_every_steps = 100
+    return c
+
+
+def cbd_large_scale_config(
+    dataset: str, *, teachers: int, epochs: int, weight_decay: float
+) -> ml_collections.ConfigDict:
+    """CBD stage 2 as its official code runs it (methods.md 8.2-8.3).
+
+    ResNet-50 with the fixed-sigma cosine head for teachers and student, the class-balancing
+    example-stream resampler, (1 - 0.4) CE + 0.4 * 100 * (1 - cos); batch 128, lr
+    0.1 * 128 / 256 cosine per step without warm-up, heavy-ball momentum, crop area
+    [0.05, 1], pixels in [0, 1] without mean/std normalisation.
+    """
+    method = "cbd" if teachers == 1 else "cbd_ensemble"
+    c = large_scale_config(
+        dataset, method, model="resnet50", epochs=epochs, weight_decay=weight_decay
+    )
+    c.loss.alpha, c.loss.beta = 0.4, 100.0
+    c.data.crop_min_area = 0.05
+    c.data.normalize = False
+    c.data.sampler = "cbd_stream"
+    c.model.head = c.teacher.head = "cosine"
+    c.teacher.count = teachers  # seeds seed .. seed + teachers - 1
+    c.batch_size = 128
+    c.optim.lr = 0.05
+    c.optim.nesterov = False
+    return c
+
+
+def folder_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
+    """A user's image-folder dataset (`<split>/<class>/<image>`, a folder or a zip).
+
+    Arguments: root (the path; also `--config.data.root`), imb (1 = as it is, > 1 = an
+    exponential long-tailed subset), model, augment (imagenet | cifar for <= 64 px images),
+    size (0 = automatic), epochs. Recipe: 100 epochs, batch 128, SGD 0.9, lr 0.1 with 5
+    warm-up epochs and cosine decay, weight decay 5e-4; the teacher of a distillation
+    method shares it.
+    """
+    args = parse_arg(
+        arg, root="", imb=1.0, model="resnet10", augment="imagenet", size=0, epochs=100
+    )
+    c = base_config()
+    c.method = method
+    c.data.name = "folder"
+    c.data.root = args.root
+    c.data.imbalance_factor = args.imb
+    c.data.image_size = args.size
+    c.data.augment = args.augment
+    c.model.name = c.teacher.model = args.model
+    c.teacher.num_epochs = c.num_epochs = args.epochs
+    c.batch_size = 128
+    c.eval_batch_size = 200
+    c.optim.lr = 0.1
+    c.optim.schedule = "cosine"
+    c.optim.warmup_epochs = 5
+    c.optim.weight_decay = 5e-4
     return c

@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 
 from ltkd_jax import checkpointing, config_lib, data, methods, metrics, models, optim, sharding
 from ltkd_jax.methods import ModelOutput
+from ltkd_jax.models import cpu_ops
 from ltkd_jax.writers import MetricWriter, read_jsonl
 
 
@@ -73,7 +74,13 @@ def build_model(
         dtype=compute_dtype(m.dtype),
         projection_dim=projection_dim,
         regressor_dim=teacher_dims[0] if needs.regressor else None,
+        ops=cpu_ops.model_ops(cpu_kernels(config)),
     )
+
+
+def cpu_kernels(config: ml_collections.ConfigDict) -> str:
+    """config.model.cpu_kernels; 'auto' for runs recorded before the field existed."""
+    return config.model.get("cpu_kernels", "auto")
 
 
 def create_train_state(
@@ -317,13 +324,17 @@ def train_and_evaluate(
     start_step = int(state.step)
 
     repl = sharding.replicated(mesh)
+    options = cpu_ops.compiler_options(cpu_kernels(config))
     p_train_step = jax.jit(
         functools.partial(train_step, method=method, schedule=schedule, mean=mean, std=std),
         donate_argnums=(0,),
         out_shardings=(repl, repl),
+        compiler_options=options,
     )
     p_eval_step = jax.jit(
-        functools.partial(eval_step, model=model, mean=mean, std=std), out_shardings=repl
+        functools.partial(eval_step, model=model, mean=mean, std=std),
+        out_shardings=repl,
+        compiler_options=options,
     )
     writer.write_json(
         "task.json",
@@ -443,6 +454,8 @@ def load_frozen(workdir: str, run_config, num_classes: int, image_shape: tuple, 
     target = _abstract_variables(model, image_shape, mesh)
     variables, step = checkpointing.restore_variables(workdir, target)
     logging.info("%s (step %d) loaded from %s", run_config.model.name, step, workdir)
+    if cpu_ops.cpu_kernels_enabled(cpu_kernels(run_config)):
+        model, variables = models.fold_for_inference(model, variables)
     return Teacher(variables=variables, model=model)
 
 

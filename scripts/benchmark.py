@@ -1,135 +1,375 @@
-"""Throughput of the jitted steps on whatever device JAX sees.
+"""Throughput of the jitted steps, side by side with the PyTorch original, in one process.
 
     python scripts/benchmark.py                      # ResNet-32, batch 128, CIFAR-sized input
-    python scripts/benchmark.py --model=resnet8 --steps=5 --repeats=2
+    python scripts/benchmark.py --model=resnet8 --steps=5 --repeats=2 --nomemory
+    python scripts/benchmark.py --loop --archive=../shared/data/cifar100-png.zip
 
 Times three pure-compute steps on a pre-built batch (no input pipeline):
-- `teacher step`: a CE train step (what training a teacher costs);
-- `student step`: a BKD train step with the frozen teacher's forward pass inside it;
+- `teacher step (CE)`: a CE train step (what training a teacher costs);
+- `student step (BKD)`: a BKD train step with the frozen teacher's forward pass inside it;
 - `eval`: the evaluation step at the evaluation batch size.
-For each: compile time, images/s (median over repeats, with min-max spread), and peak
-memory (host RSS on CPU, device peak on GPU/TPU).
+Each is run for ltkd_jax with the CPU fast paths on and off (`--cpu_kernels`, see
+`ltkd_jax/models/cpu_ops.py`) and for the PyTorch reference (`scripts/torch_reference.py`,
+the `bench` extra; skipped with a note when torch is missing). The variants alternate, repeat
+by repeat, so machine drift hits all of them alike; the table gives the median images/s with
+its min-max spread and the median of the per-repeat ratios ltkd_jax / PyTorch. Compile time
+is JAX's lower + compile (PyTorch: its first step); peak memory is the peak RSS of a fresh
+process running only that variant (`--memory`).
+
+`--loop` instead times whole training loops with the real input pipeline on CIFAR-100-LT
+(IF 100): `train.train_and_evaluate` of a CE teacher and a BKD student (images/s as logged,
+the compile window dropped), against the PyTorch loop with a DataLoader and the BKD repo's
+transforms.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from ltkd_jax import config_lib, methods, optim, train
+from ltkd_jax import config_lib, methods, models, optim, train
+from ltkd_jax.models import cpu_ops
+from ltkd_jax.writers import read_jsonl
 
 _MODEL = flags.DEFINE_string("model", "resnet32", "Model name (student and teacher).")
 _CLASSES = flags.DEFINE_integer("num_classes", 100, "Number of classes.")
 _BATCH = flags.DEFINE_integer("batch", 128, "Training batch size.")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch", 100, "Evaluation batch size.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats (the median is reported).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Repeats (the median is reported).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_CPU_KERNELS = flags.DEFINE_list(
+    "cpu_kernels", ["on", "off"], "ltkd_jax variants: config.model.cpu_kernels values."
+)
+_TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch reference.")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads.")
+_MEMORY = flags.DEFINE_bool("memory", True, "Peak RSS of each variant in a fresh process.")
+_ONLY = flags.DEFINE_string("only", "", "Internal: run one variant (jax:on, torch) for --memory.")
+_LOOP = flags.DEFINE_bool("loop", False, "Time whole training loops on CIFAR-100-LT instead.")
+_ARCHIVE = flags.DEFINE_string(
+    "archive", "../shared/data/cifar100-png.zip", "CIFAR-100 zip for --loop."
+)
+_LOOP_STEPS = flags.DEFINE_integer("loop_steps", 60, "Timed steps per loop (after warm-up).")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps per logged window in --loop.")
+_TORCH_WORKERS = flags.DEFINE_integer("torch_workers", 1, "DataLoader workers in --loop.")
+
+STEPS = ("teacher step (CE)", "student step (BKD)", "eval")
+_PROBE = "PEAK_RSS_GIB"
 
 
-def _peak_memory_gib() -> float:
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**30
+def _class_counts(n: int) -> np.ndarray:
+    return np.maximum((500 * 0.01 ** (np.arange(n) / max(n - 1, 1))).astype(int), 1)
+
+
+def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def _time(fn, steps: int, repeats: int, batch: int) -> list[float]:
-    """images/s of `fn()` (which dispatches one step) over `repeats` runs of `steps` calls."""
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            out = fn()
-        jax.block_until_ready(out)
-        rates.append(steps * batch / (time.perf_counter() - start))
-    return rates
+def _import_torch():
+    """scripts/torch_reference (and torch), or None with a note when torch is missing."""
+    try:
+        import torch
+    except ImportError:
+        print("torch is not installed (pip install -e '.[bench]'): ltkd_jax numbers only.")
+        return None
+    torch.set_num_threads(_TORCH_THREADS.value)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_reference
+
+    return torch_reference
 
 
-def main(argv):
-    del argv
-    config = config_lib.base_config()
-    config.model.name = _MODEL.value
-    config.model.dtype = _DTYPE.value
-    mesh = train.sharding.make_mesh(0)
-    n, b = _CLASSES.value, _BATCH.value
-    class_counts = np.maximum((500 * 0.01 ** (np.arange(n) / (n - 1))).astype(int), 1)
-    model = train.build_model(config, n)
-    schedule = optim.make_schedule(config.optim, 100, 200)
-    tx = optim.make_optimizer(config.optim, schedule)
+def _torch_depth(model: str) -> int | None:
+    """Depth of a CIFAR ResNet-(6n+2) name (the reference's only architecture)."""
+    digits = model.removeprefix("resnet")
+    return int(digits) if digits.isdigit() and (int(digits) - 2) % 6 == 0 else None
+
+
+def _batches(n: int) -> tuple[dict, dict]:
     rng = np.random.default_rng(0)
-    repl = train.sharding.replicated(mesh)
 
-    def make_batch(size):
-        local = {
+    def make(size: int) -> dict:
+        return {
             "image": rng.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8),
             "label": rng.integers(0, n, (size,), dtype=np.int32),
             "mask": np.ones((size,), bool),
         }
-        return train.sharding.global_batch(mesh, local)
 
-    batch, eval_batch = make_batch(b), make_batch(_EVAL_BATCH.value)
+    return make(_BATCH.value), make(_EVAL_BATCH.value)
+
+
+def _step_config(setting: str, method: str = "ce"):
+    c = config_lib.base_config()
+    c.method = method
+    c.model.name, c.model.dtype, c.model.cpu_kernels = _MODEL.value, _DTYPE.value, setting
+    if method == "bkd":
+        c.loss.class_weighting = "reweight"
+    return c
+
+
+def jax_steps(setting: str, batch: dict, eval_batch: dict) -> dict[str, tuple[Callable, float]]:
+    """{step: (blocking callable, compile seconds)} of ltkd_jax with cpu_kernels=`setting`."""
+    config, bkd = _step_config(setting), _step_config(setting, "bkd")
+    mesh = train.sharding.make_mesh(1)
+    repl = train.sharding.replicated(mesh)
+    n = _CLASSES.value
+    batch = train.sharding.global_batch(mesh, batch)
+    eval_batch = train.sharding.global_batch(mesh, eval_batch)
     mean, std = train.data.CIFAR_MEAN, train.data.CIFAR_STD
-    teacher_state = train.create_train_state(model, tx, (32, 32, 3), 1, mesh)
-    teachers = (train.Teacher(variables=train.variables_of(teacher_state), model=model),)
-    task = methods.Task(class_counts=class_counts, class_groups=np.zeros(n, np.int32))
-    bkd = config_lib.base_config()
-    bkd.method, bkd.loss.class_weighting = "bkd", "reweight"
+    model = train.build_model(config, n)
+    schedule = optim.make_schedule(config.optim, 100, 200)
+    tx = optim.make_optimizer(config.optim, schedule)
+    options = cpu_ops.compiler_options(setting)
+    teacher_vars = train.variables_of(train.create_train_state(model, tx, (32, 32, 3), 1, mesh))
+    teacher_model, frozen_vars = model, teacher_vars
+    if cpu_ops.cpu_kernels_enabled(setting):  # as train.load_frozen does
+        teacher_model, frozen_vars = models.fold_for_inference(model, teacher_vars)
+    teacher = train.Teacher(variables=frozen_vars, model=teacher_model)
+    task = methods.Task(class_counts=_class_counts(n), class_groups=np.zeros(n, np.int32))
 
-    rows = []
-    for name, method, step_teachers in (
-        ("teacher step (CE)", methods.make_method(config, task), ()),
-        ("student step (BKD + teacher fwd)", methods.make_method(bkd, task), teachers),
-    ):
+    out = {}
+    for name, method_config, teachers in ((STEPS[0], config, ()), (STEPS[1], bkd, (teacher,))):
+        method = methods.make_method(method_config, task)
         step = jax.jit(
             functools.partial(
                 train.train_step, method=method, schedule=schedule, mean=mean, std=std
             ),
             donate_argnums=(0,),
             out_shardings=(repl, repl),
+            compiler_options=options,
         )
         state = train.create_train_state(model, tx, (32, 32, 3), 0, mesh)
         ctx = jax.device_put(method.epoch_context(0), repl)
         start = time.perf_counter()
-        compiled = step.lower(state, step_teachers, batch, ctx).compile()
+        compiled = step.lower(state, teachers, batch, ctx).compile()
         compile_s = time.perf_counter() - start
         holder = {"state": state}
 
-        def run_step(compiled=compiled, t=step_teachers, ctx=ctx, holder=holder):
-            holder["state"], step_metrics = compiled(holder["state"], t, batch, ctx)
-            return step_metrics["loss"]
+        def run(compiled=compiled, teachers=teachers, ctx=ctx, holder=holder):
+            holder["state"], metrics = compiled(holder["state"], teachers, batch, ctx)
+            jax.block_until_ready(metrics["loss"])
 
-        _time(run_step, 2, 1, b)  # warm-up
-        rates = _time(run_step, _STEPS.value, _REPEATS.value, b)
-        rows.append((name, b, compile_s, rates))
+        out[name] = (run, compile_s)
 
     eval_fn = jax.jit(
-        functools.partial(train.eval_step, model=model, mean=mean, std=std), out_shardings=repl
+        functools.partial(train.eval_step, model=model, mean=mean, std=std),
+        out_shardings=repl,
+        compiler_options=options,
     )
-    variables = train.variables_of(teacher_state)
     start = time.perf_counter()
-    compiled_eval = eval_fn.lower(variables, eval_batch).compile()
+    compiled_eval = eval_fn.lower(teacher_vars, eval_batch).compile()
     compile_s = time.perf_counter() - start
-    run_eval = functools.partial(compiled_eval, variables, eval_batch)
-    _time(run_eval, 2, 1, 1)  # warm-up
-    rates = _time(run_eval, _STEPS.value, _REPEATS.value, _EVAL_BATCH.value)
-    rows.append(("eval", _EVAL_BATCH.value, compile_s, rates))
+    out[STEPS[2]] = (
+        lambda: jax.block_until_ready(compiled_eval(teacher_vars, eval_batch)),
+        compile_s,
+    )
+    return out
 
-    device = jax.devices()[0]
-    print(f"\nltkd_jax {_MODEL.value}, {_DTYPE.value}, {len(jax.devices())} x {device.device_kind}")
-    print(f"{'step':<34} {'batch':>5} {'compile s':>9} {'images/s':>9} {'spread':>15}")
-    for name, size, compile_s, rates in rows:
-        spread = f"{min(rates):.0f}-{max(rates):.0f}"
-        print(
-            f"{name:<34} {size:>5} {compile_s:>9.1f} {statistics.median(rates):>9.1f} {spread:>15}"
+
+def torch_steps(ref, batch: dict, eval_batch: dict) -> dict[str, tuple[Callable, float]]:
+    """{step: (blocking callable, first-call seconds)} of the PyTorch reference."""
+    fns = ref.make_steps(
+        _torch_depth(_MODEL.value),
+        _CLASSES.value,
+        _class_counts(_CLASSES.value),
+        batch,
+        eval_batch,
+        train.data.CIFAR_MEAN,
+        train.data.CIFAR_STD,
+    )
+    out = {}
+    for name, key in zip(STEPS, ("ce", "bkd", "eval"), strict=True):
+        start = time.perf_counter()
+        fns[key]()
+        out[name] = (fns[key], time.perf_counter() - start)
+    return out
+
+
+def _rate(fn: Callable, steps: int, batch: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def alternate(variants: dict[str, Callable], steps: int, repeats: int, batch: int) -> dict:
+    """{variant: [images/s per repeat]}; every repeat runs each variant once, in turn."""
+    for fn in variants.values():  # warm-up
+        _rate(fn, 2, batch)
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            rates[name].append(_rate(fn, steps, batch))
+    return rates
+
+
+def _memory_probe(variant: str) -> float | None:
+    """Peak RSS (GiB) of a fresh process that builds and runs only `variant`."""
+    cmd = [sys.executable, os.path.abspath(__file__), f"--only={variant}", "--steps=3"]
+    cmd += ["--repeats=1", "--nomemory", f"--model={_MODEL.value}", f"--dtype={_DTYPE.value}"]
+    cmd += [f"--batch={_BATCH.value}", f"--eval_batch={_EVAL_BATCH.value}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith(_PROBE):
+            return float(line.split()[1])
+    print(f"memory probe {variant} failed:\n{done.stderr[-2000:]}")
+    return None
+
+
+def _print_table(rows: list[tuple], has_torch: bool) -> None:
+    head = f"{'step':<20} {'variant':<18} {'batch':>5} {'compile s':>9} {'images/s':>9}"
+    head += f" {'spread':>11} {'peak GiB':>8}"
+    print("\n" + head + (f" {'x PyTorch':>16}" if has_torch else ""))
+    for step, variant, batch, compile_s, rates, peak, ratios in rows:
+        line = f"{step:<20} {variant:<18} {batch:>5} {compile_s:>9.2f}"
+        line += f" {statistics.median(rates):>9.1f} {min(rates):>5.0f}-{max(rates):<5.0f}"
+        line += f" {peak:>8.2f}" if peak is not None else f" {'':>8}"
+        if ratios:
+            spread = f"({min(ratios):.2f}-{max(ratios):.2f})"
+            line += f" {statistics.median(ratios):>5.2f} {spread:>10}"
+        print(line)
+
+
+def bench_steps() -> None:
+    ref = _import_torch() if _TORCH.value and (not _ONLY.value or _ONLY.value == "torch") else None
+    if ref is not None and _torch_depth(_MODEL.value) is None:
+        print(f"the PyTorch reference has no {_MODEL.value}: ltkd_jax numbers only.")
+        ref = None
+    batch, eval_batch = _batches(_CLASSES.value)
+    variants: dict[str, dict] = {}
+    settings = _CPU_KERNELS.value
+    if _ONLY.value:
+        settings = [_ONLY.value.removeprefix("jax:")] if _ONLY.value.startswith("jax:") else []
+    for setting in settings:
+        variants[f"ltkd_jax cpu {setting}"] = jax_steps(setting, batch, eval_batch)
+    if ref is not None:
+        variants["pytorch"] = torch_steps(ref, batch, eval_batch)
+    peaks: dict[str, float | None] = {k: None for k in variants}
+    if _MEMORY.value and not _ONLY.value:
+        probes = {f"ltkd_jax cpu {s}": f"jax:{s}" for s in settings}
+        probes |= {"pytorch": "torch"} if ref is not None else {}
+        peaks |= {k: _memory_probe(v) for k, v in probes.items()}
+
+    rows = []
+    for step in STEPS:
+        size = _EVAL_BATCH.value if step == "eval" else _BATCH.value
+        rates = alternate(
+            {k: v[step][0] for k, v in variants.items()}, _STEPS.value, _REPEATS.value, size
         )
-    print(f"peak memory: {_peak_memory_gib():.2f} GiB")
+        for name in variants:
+            ratios = []
+            if "pytorch" in rates and name != "pytorch":
+                ratios = [a / b for a, b in zip(rates[name], rates["pytorch"], strict=True)]
+            rows.append(
+                (step, name, size, variants[name][step][1], rates[name], peaks[name], ratios)
+            )
+    device = jax.devices()[0]
+    print(f"\n{_MODEL.value}, {_DTYPE.value}, ltkd_jax on {device.device_kind} ({jax.__version__})")
+    if ref is not None:
+        import torch
+
+        print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{_REPEATS.value} alternating repeats of {_STEPS.value} steps; x PyTorch = median")
+    print("of per-repeat ratios (their range); compile s for PyTorch = its first step.")
+    _print_table(rows, ref is not None)
+    if _ONLY.value:
+        print(f"{_PROBE} {_peak_rss_gib():.3f}")
+
+
+# ---------------------------------------------------------------------------------------
+# --loop: whole training loops with the input pipeline
+# ---------------------------------------------------------------------------------------
+
+
+def _loop_config(method: str, setting: str, workdir_teacher: str = ""):
+    c = config_lib.base_config()
+    c.method = method
+    c.data.archive = _ARCHIVE.value
+    c.model.cpu_kernels = setting
+    c.num_epochs = 1
+    c.max_steps_per_epoch = _LOOP_STEPS.value + _LOG_EVERY.value
+    c.log_every_steps = _LOG_EVERY.value
+    c.progress_bar = False
+    c.teacher.workdir = workdir_teacher
+    if method == "bkd":
+        c.loss.class_weighting = "reweight"
+    return config_lib.lock(c)
+
+
+def _logged_rate(workdir: str) -> float:
+    """Median logged images/s over the windows after the first (which holds the compile)."""
+    rows = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "train"]
+    return statistics.median(r["images_per_sec"] for r in rows[1:])
+
+
+def jax_loop(setting: str, root: str) -> tuple[float, float]:
+    """(teacher, student) images/s of train_and_evaluate with cpu_kernels=`setting`."""
+    teacher_dir = tempfile.mkdtemp(dir=root)
+    train.train_and_evaluate(_loop_config("ce", setting), teacher_dir)
+    student_config = _loop_config("bkd", setting, teacher_dir)
+    student_dir = tempfile.mkdtemp(dir=root)
+    teachers = train.prepare_teachers(student_config, student_dir)
+    train.train_and_evaluate(student_config, student_dir, teachers=teachers)
+    return _logged_rate(teacher_dir), _logged_rate(student_dir)
+
+
+def torch_loop(ref) -> tuple[float, float]:
+    split, _, task = train.load_task(_loop_config("ce", "off"))
+    kwargs = {
+        "num_classes": split.num_classes,
+        "class_counts": task.class_counts,
+        "mean": train.data.CIFAR_MEAN,
+        "std": train.data.CIFAR_STD,
+        "steps": _LOOP_STEPS.value,
+        "skip": _LOG_EVERY.value,
+        "num_workers": _TORCH_WORKERS.value,
+    }
+    return tuple(
+        ref.time_training_loop(split.images, split.labels, distill=d, **kwargs)
+        for d in (False, True)
+    )
+
+
+def bench_loop() -> None:
+    ref = _import_torch() if _TORCH.value else None
+    rates: dict[str, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory() as root:
+        for _ in range(_REPEATS.value):
+            for setting in _CPU_KERNELS.value:
+                rates.setdefault(f"ltkd_jax cpu {setting}", []).append(jax_loop(setting, root))
+            if ref is not None:
+                rates.setdefault("pytorch", []).append(torch_loop(ref))
+    print(f"\ntraining loops on CIFAR-100-LT (IF 100), batch 128, {_LOOP_STEPS.value} steps")
+    print(f"after {_LOG_EVERY.value} warm-up steps; {_REPEATS.value} alternating repeats")
+    print(f"{'loop':<16} {'variant':<18} {'images/s':>9} {'spread':>11} {'x PyTorch':>9}")
+    for k, loop in enumerate(("teacher (CE)", "student (BKD)")):
+        for name, runs in rates.items():
+            r = [run[k] for run in runs]
+            line = (
+                f"{loop:<16} {name:<18} {statistics.median(r):>9.1f} {min(r):>5.0f}-{max(r):<5.0f}"
+            )
+            if "pytorch" in rates and name != "pytorch":
+                torch_r = [run[k] for run in rates["pytorch"]]
+                line += (
+                    f" {statistics.median(a / b for a, b in zip(r, torch_r, strict=True)):>9.2f}"
+                )
+            print(line)
+
+
+def main(argv):
+    del argv
+    bench_loop() if _LOOP.value else bench_steps()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ltkd_jax.models import resnet, resnet_cifar
+from ltkd_jax.models import cpu_ops, resnet, resnet_cifar
 from ltkd_jax.models.heads import HEADS
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -34,6 +34,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnext50_32x4d": resnet.resnext50_32x4d,
 }
 
+# Models built from resnet_cifar's layers, which take `ops` (cpu_ops.OPS).
+CPU_OPS_MODELS = tuple(
+    name for name, fn in MODELS.items() if fn.func.__module__ == resnet_cifar.__name__
+)
+
 
 def get_model(
     name: str,
@@ -43,6 +48,7 @@ def get_model(
     dtype: Any = jnp.float32,
     projection_dim: int | None = None,
     regressor_dim: int | None = None,
+    ops: str = "xla",
 ) -> nn.Module:
     """Build a registered model.
 
@@ -55,6 +61,8 @@ def get_model(
         returned features are then the projected vector (methods.md 8.2).
       regressor_dim: if set, the returned features pass through a linear map to this width
         (KRDistill's regressor onto the teacher's features, methods.md 7.2).
+      ops: ``xla`` (Flax layers) or ``cpu`` (`cpu_ops` kernels, same parameters); the
+        ImageNet-style models always use ``xla``.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
@@ -66,7 +74,16 @@ def get_model(
         dtype=dtype,
         projection_dim=projection_dim,
         regressor_dim=regressor_dim,
+        **({"ops": ops} if name in CPU_OPS_MODELS else {}),
     )
+
+
+def fold_for_inference(model: nn.Module, variables: dict) -> tuple[nn.Module, dict]:
+    """A frozen model and its variables with BatchNorm folded into the convs, when its
+    architecture allows (post-activation CIFAR ResNets); otherwise both unchanged."""
+    if not getattr(model, "foldable", False):
+        return model, variables
+    return model.clone(ops="folded"), cpu_ops.fold_batchnorm(variables)
 
 
 def feature_dim(name: str, projection_dim: int | None = None) -> int:
@@ -79,4 +96,4 @@ def num_params(params: Any) -> int:
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
 
 
-__all__ = ["MODELS", "HEADS", "get_model", "feature_dim", "num_params"]
+__all__ = ["MODELS", "HEADS", "get_model", "fold_for_inference", "feature_dim", "num_params"]

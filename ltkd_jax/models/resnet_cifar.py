@@ -27,14 +27,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ltkd_jax.models import cpu_ops
 from ltkd_jax.models.heads import kaiming_normal, linear, make_head
 
 Dtype = Any
 
 
 def _conv(
-    features: int, kernel: int, stride: int, dtype: Dtype, name: str | None = None
+    features: int,
+    kernel: int,
+    stride: int,
+    dtype: Dtype,
+    name: str | None = None,
+    ops: str = "xla",
 ) -> nn.Conv:
+    """A bias-free conv; with ``ops='folded'`` it carries its folded BatchNorm as a bias."""
     # Explicit symmetric padding = PyTorch `padding=k//2`. Flax "SAME" pads (0, 1) for stride 2
     # on even inputs, which shifts the sampling grid relative to the reference models.
     pad = kernel // 2
@@ -43,19 +50,26 @@ def _conv(
         (kernel, kernel),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
-        use_bias=False,
+        use_bias=ops == "folded",
         kernel_init=kaiming_normal,
         dtype=dtype,
         param_dtype=jnp.float32,
         name=name,
+        conv_general_dilated_cls=cpu_ops.DwGemmConv if ops == "cpu" else None,
     )
 
 
-def _bn(train: bool, dtype: Dtype, name: str | None = None) -> nn.BatchNorm:
+def _bn(train: bool, dtype: Dtype, name: str | None = None, ops: str = "xla"):
+    """BatchNorm (`cpu_ops.BatchNorm` for ``ops='cpu'``; the identity once folded)."""
+    if ops == "folded":
+        if train:
+            raise ValueError("a model with BatchNorm folded into its convs is inference-only")
+        return lambda x: x
     # momentum 0.9 == PyTorch momentum 0.1 and Keras 0.9 (checklist 14); Flax's default 0.99
     # would make the running statistics lag. No axis_name: under jit with a sharded batch the
     # statistics are already global, and axis_name fails outside pmap (style.md 2.a).
-    return nn.BatchNorm(
+    norm = cpu_ops.BatchNorm if ops == "cpu" else nn.BatchNorm
+    return norm(
         use_running_average=not train,
         momentum=0.9,
         epsilon=1e-5,
@@ -112,13 +126,14 @@ class BasicBlockA(nn.Module):
     planes: int
     stride: int = 1
     dtype: Dtype = jnp.float32
+    ops: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        out = _conv(self.planes, 3, self.stride, self.dtype)(x)
-        out = nn.relu(_bn(train, self.dtype)(out))
-        out = _conv(self.planes, 3, 1, self.dtype)(out)
-        out = _bn(train, self.dtype)(out)
+        out = _conv(self.planes, 3, self.stride, self.dtype, ops=self.ops)(x)
+        out = nn.relu(_bn(train, self.dtype, ops=self.ops)(out))
+        out = _conv(self.planes, 3, 1, self.dtype, ops=self.ops)(out)
+        out = _bn(train, self.dtype, ops=self.ops)(out)
         if self.stride != 1 or x.shape[-1] != self.planes:
             x = option_a_shortcut(x, self.planes)
         return nn.relu(out + x)
@@ -130,16 +145,19 @@ class BasicBlockB(nn.Module):
     planes: int
     stride: int = 1
     dtype: Dtype = jnp.float32
+    ops: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        out = _conv(self.planes, 3, self.stride, self.dtype)(x)
-        out = nn.relu(_bn(train, self.dtype)(out))
-        out = _conv(self.planes, 3, 1, self.dtype)(out)
-        out = _bn(train, self.dtype)(out)
+        out = _conv(self.planes, 3, self.stride, self.dtype, ops=self.ops)(x)
+        out = nn.relu(_bn(train, self.dtype, ops=self.ops)(out))
+        out = _conv(self.planes, 3, 1, self.dtype, ops=self.ops)(out)
+        out = _bn(train, self.dtype, ops=self.ops)(out)
         if self.stride != 1 or x.shape[-1] != self.planes:
-            x = _conv(self.planes, 1, self.stride, self.dtype, name="shortcut_conv")(x)
-            x = _bn(train, self.dtype, name="shortcut_bn")(x)
+            x = _conv(self.planes, 1, self.stride, self.dtype, name="shortcut_conv", ops=self.ops)(
+                x
+            )
+            x = _bn(train, self.dtype, name="shortcut_bn", ops=self.ops)(x)
         return nn.relu(out + x)
 
 
@@ -153,18 +171,21 @@ class WideBasicBlock(nn.Module):
     planes: int
     stride: int = 1
     dtype: Dtype = jnp.float32
+    ops: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         identity = x.shape[-1] == self.planes and self.stride == 1
-        pre = nn.relu(_bn(train, self.dtype)(x))
-        out = _conv(self.planes, 3, self.stride, self.dtype)(pre)
-        out = nn.relu(_bn(train, self.dtype)(out))
-        out = _conv(self.planes, 3, 1, self.dtype)(out)
+        pre = nn.relu(_bn(train, self.dtype, ops=self.ops)(x))
+        out = _conv(self.planes, 3, self.stride, self.dtype, ops=self.ops)(pre)
+        out = nn.relu(_bn(train, self.dtype, ops=self.ops)(out))
+        out = _conv(self.planes, 3, 1, self.dtype, ops=self.ops)(out)
         if identity:
             shortcut = x
         else:
-            shortcut = _conv(self.planes, 1, self.stride, self.dtype, name="shortcut_conv")(pre)
+            shortcut = _conv(
+                self.planes, 1, self.stride, self.dtype, name="shortcut_conv", ops=self.ops
+            )(pre)
         return out + shortcut
 
 
@@ -175,6 +196,8 @@ class CifarResNet(nn.Module):
     -> GAP -> classifier. ResNet-32: 0.46M parameters at C = 10 (0.47M at C = 100).
     """
 
+    foldable = True  # post-activation: every BN follows a conv (cpu_ops.fold_batchnorm)
+
     depth: int
     num_classes: int
     widths: Sequence[int] = (16, 32, 64)
@@ -182,6 +205,7 @@ class CifarResNet(nn.Module):
     projection_dim: int | None = None
     regressor_dim: int | None = None
     dtype: Dtype = jnp.float32
+    ops: str = "xla"  # cpu_ops.OPS
 
     @property
     def feature_dim(self) -> int:
@@ -192,12 +216,12 @@ class CifarResNet(nn.Module):
         if (self.depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
         n = (self.depth - 2) // 6
-        x = _conv(self.widths[0], 3, 1, self.dtype)(x.astype(self.dtype))
-        x = nn.relu(_bn(train, self.dtype)(x))
+        x = _conv(self.widths[0], 3, 1, self.dtype, ops=self.ops)(x.astype(self.dtype))
+        x = nn.relu(_bn(train, self.dtype, ops=self.ops)(x))
         for stage, planes in enumerate(self.widths):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                x = BasicBlockA(planes, stride, self.dtype)(x, train)
+                x = BasicBlockA(planes, stride, self.dtype, self.ops)(x, train)
         return _pool_and_classify(
             x,
             num_classes=self.num_classes,
@@ -215,6 +239,8 @@ class ResNetX4(nn.Module):
     (32, 64, 128, 256), so the first block of every stage has a 1x1 conv shortcut.
     """
 
+    foldable = True  # post-activation: every BN follows a conv (cpu_ops.fold_batchnorm)
+
     depth: int
     num_classes: int
     num_filters: Sequence[int] = (32, 64, 128, 256)
@@ -222,6 +248,7 @@ class ResNetX4(nn.Module):
     projection_dim: int | None = None
     regressor_dim: int | None = None
     dtype: Dtype = jnp.float32
+    ops: str = "xla"  # cpu_ops.OPS
 
     @property
     def feature_dim(self) -> int:
@@ -232,12 +259,12 @@ class ResNetX4(nn.Module):
         if (self.depth - 2) % 6:
             raise ValueError(f"ResNet depth must be 6n+2, got {self.depth}")
         n = (self.depth - 2) // 6
-        x = _conv(self.num_filters[0], 3, 1, self.dtype)(x.astype(self.dtype))
-        x = nn.relu(_bn(train, self.dtype)(x))
+        x = _conv(self.num_filters[0], 3, 1, self.dtype, ops=self.ops)(x.astype(self.dtype))
+        x = nn.relu(_bn(train, self.dtype, ops=self.ops)(x))
         for stage, planes in enumerate(self.num_filters[1:]):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                x = BasicBlockB(planes, stride, self.dtype)(x, train)
+                x = BasicBlockB(planes, stride, self.dtype, self.ops)(x, train)
         return _pool_and_classify(
             x,
             num_classes=self.num_classes,
@@ -262,6 +289,7 @@ class WideResNet(nn.Module):
     projection_dim: int | None = None
     regressor_dim: int | None = None
     dtype: Dtype = jnp.float32
+    ops: str = "xla"  # cpu_ops.OPS
 
     @property
     def feature_dim(self) -> int:
@@ -269,16 +297,18 @@ class WideResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        if self.ops == "folded":
+            raise ValueError("pre-activation BatchNorm cannot be folded into a conv")
         if (self.depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n+4, got {self.depth}")
         n = (self.depth - 4) // 6
         k = self.widen_factor
-        x = _conv(16, 3, 1, self.dtype)(x.astype(self.dtype))
+        x = _conv(16, 3, 1, self.dtype, ops=self.ops)(x.astype(self.dtype))
         for stage, planes in enumerate((16 * k, 32 * k, 64 * k)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                x = WideBasicBlock(planes, stride, self.dtype)(x, train)
-        x = nn.relu(_bn(train, self.dtype)(x))
+                x = WideBasicBlock(planes, stride, self.dtype, self.ops)(x, train)
+        x = nn.relu(_bn(train, self.dtype, ops=self.ops)(x))
         return _pool_and_classify(
             x,
             num_classes=self.num_classes,

@@ -1,0 +1,217 @@
+"""The PyTorch reference of `scripts/benchmark.py`: the BKD repository's CIFAR recipe.
+
+ResNet-(6n+2) with option-A shortcuts (BKD / LDAM `models/resnet_cifar.py`), Kaiming-normal
+init, SGD momentum 0.9, weight decay 2e-4, batch 128; BKD loss = CE + T^2 KL(q~ || p_T) with
+the teacher's softened distribution re-weighted per class column by effective-number weights;
+the teacher runs under `torch.no_grad()` in eval mode. Needs the `bench` extra (torch 2.13).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _OptionA(nn.Module):
+    """Subsample by 2, zero-pad planes // 4 channels each side (LDAM's LambdaLayer)."""
+
+    def __init__(self, planes: int):
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        changes = stride != 1 or in_planes != planes
+        self.shortcut = _OptionA(planes) if changes else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """conv3x3(16) -> BN -> ReLU -> 3 x n blocks (16/32/64, strides 1/2/2) -> GAP -> linear."""
+
+    def __init__(self, depth: int = 32, num_classes: int = 100):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*blocks)
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def effective_number_weights(class_counts: np.ndarray, beta: float = 0.9999) -> torch.Tensor:
+    """(1 - beta) / (1 - beta^n_c), normalised to sum to the number of classes."""
+    w = (1.0 - beta) / (1.0 - np.power(beta, class_counts))
+    return torch.tensor(w / w.sum() * len(class_counts), dtype=torch.float32)
+
+
+def bkd_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    weights: torch.Tensor,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """BKD: CE + T^2 batchmean KL(w * softmax(v/T) / Z || softmax(z/T))."""
+    target = F.softmax(teacher_logits / temperature, dim=1) * weights
+    target = target / target.sum(1, keepdim=True)
+    kd = F.kl_div(F.log_softmax(logits / temperature, 1), target, reduction="batchmean")
+    return F.cross_entropy(logits, labels) + temperature**2 * kd
+
+
+def to_input(images: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW (ToTensor + Normalize)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x - m) / s).contiguous()
+
+
+def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+
+
+def train_step(
+    student: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    teacher: nn.Module | None = None,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One SGD step: CE, or BKD with the frozen teacher's forward pass when one is given."""
+    teacher_logits = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+    student.train()
+    logits = student(x)
+    if teacher_logits is None:
+        loss = F.cross_entropy(logits, y)
+    else:
+        loss = bkd_loss(logits, y, teacher_logits, weights)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def make_steps(
+    depth: int,
+    num_classes: int,
+    class_counts: np.ndarray,
+    batch: dict,
+    eval_batch: dict,
+    mean,
+    std,
+) -> dict[str, Callable[[], None]]:
+    """Blocking callables `ce`, `bkd`, `eval` on pre-built batches (as in the JAX benchmark)."""
+    torch.manual_seed(0)
+    student = CifarResNet(depth, num_classes)
+    teacher = CifarResNet(depth, num_classes).eval()
+    opt = make_optimizer(student)
+    weights = effective_number_weights(class_counts)
+    x, y = to_input(batch["image"], mean, std), torch.from_numpy(batch["label"]).long()
+    x_eval = to_input(eval_batch["image"], mean, std)
+
+    def evaluate() -> None:
+        with torch.no_grad():
+            teacher(x_eval).argmax(1)
+
+    return {
+        "ce": lambda: train_step(student, opt, x, y),
+        "bkd": lambda: train_step(student, opt, x, y, teacher, weights),
+        "eval": evaluate,
+    }
+
+
+class LongTailDataset(torch.utils.data.Dataset):
+    """uint8 NHWC images with the BKD repo's train transforms: RandomCrop(32, padding=4),
+    RandomHorizontalFlip, ToTensor, Normalize (per image, in the loader workers)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std):
+        self.images, self.labels = images, labels
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng()
+        padded = np.pad(self.images[i], ((4, 4), (4, 4), (0, 0)))
+        top, left = rng.integers(0, 9, 2)
+        crop = padded[top : top + 32, left : left + 32]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        x = (crop.astype(np.float32) / 255.0 - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), int(self.labels[i])
+
+
+def time_training_loop(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    class_counts: np.ndarray,
+    mean,
+    std,
+    steps: int,
+    skip: int,
+    distill: bool,
+    num_workers: int,
+    batch_size: int = 128,
+) -> float:
+    """images/s of `steps` training steps (after `skip` warm-up steps) with a DataLoader."""
+    torch.manual_seed(0)
+    student = CifarResNet(32, num_classes)
+    teacher = CifarResNet(32, num_classes).eval() if distill else None
+    weights = effective_number_weights(class_counts) if distill else None
+    opt = make_optimizer(student)
+    loader = torch.utils.data.DataLoader(
+        LongTailDataset(images, labels, mean, std),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+    )
+    done, start = 0, None
+    while done < skip + steps:
+        for x, y in loader:
+            if done == skip:
+                start = time.perf_counter()
+            train_step(student, opt, x, y, teacher, weights)
+            done += 1
+            if done == skip + steps:
+                break
+    return steps * batch_size / (time.perf_counter() - start)
