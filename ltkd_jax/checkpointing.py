@@ -38,6 +38,7 @@ def make_manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp
         best_mode="max",
         read_only=read_only,
         create=not read_only,
+        save_interval_steps=0 if read_only else 1,
     )
     return ocp.CheckpointManager(
         checkpoint_dir(workdir), options=options, item_names=("state", "data")

@@ -123,11 +123,12 @@ def main(argv):
             config.teacher.workdir = teacher_dir
             train.run(config, workdir)
         rows.append((method, train.summarize_run(workdir)))
-    _, task = train.read_run_info(teacher_dir)
+    teacher_config, task = train.read_run_info(teacher_dir)
     caption = (
-        f"Students distilled from {teacher_dir} ({task['dataset']}, "
-        f"{len(task['class_counts'])} classes). Accuracy % on the balanced test split: final "
-        "epoch, and the best epoch's top-1."
+        f"Students distilled from the {teacher_config.model.name} teacher in {teacher_dir} "
+        f"({teacher_config.num_epochs} epochs, {task['dataset']}-LT IF "
+        f"{teacher_config.data.imbalance_factor:g}, {len(task['class_counts'])} classes). "
+        "Accuracy % on the balanced test split: final epoch, and the best epoch's top-1."
     )
     if _SET.value:
         caption += " Schedule overrides for every run: " + ", ".join(_SET.value) + "."
