@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from ltkd_jax import config_lib, methods, models, optim, train
+from ltkd_jax import config_lib, methods, optim, train
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.writers import read_jsonl
 
@@ -73,7 +73,13 @@ def _class_counts(n: int) -> np.ndarray:
 
 
 def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    """This process's peak RSS. VmHWM, not ru_maxrss: a child's ru_maxrss starts at the RSS of
+    the parent that forked it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _import_torch():
@@ -132,10 +138,9 @@ def jax_steps(setting: str, batch: dict, eval_batch: dict) -> dict[str, tuple[Ca
     tx = optim.make_optimizer(config.optim, schedule)
     options = cpu_ops.compiler_options(setting)
     teacher_vars = train.variables_of(train.create_train_state(model, tx, (32, 32, 3), 1, mesh))
-    teacher_model, frozen_vars = model, teacher_vars
-    if cpu_ops.cpu_kernels_enabled(setting):  # as train.load_frozen does
-        teacher_model, frozen_vars = models.fold_for_inference(model, teacher_vars)
-    teacher = train.Teacher(variables=frozen_vars, model=teacher_model)
+    teacher = train.Teacher(variables=teacher_vars, model=model)
+    if cpu_ops.cpu_kernels_enabled(setting):  # as train.prepare_teachers does
+        teacher = train.fold_teacher(teacher)
     task = methods.Task(class_counts=_class_counts(n), class_groups=np.zeros(n, np.int32))
 
     out = {}

@@ -204,6 +204,8 @@ def time_training_loop(
         num_workers=num_workers,
         drop_last=True,
         persistent_workers=num_workers > 0,
+        # not fork: the calling process may be running JAX's thread pools
+        multiprocessing_context="spawn" if num_workers > 0 else None,
     )
     done, start = 0, None
     while done < skip + steps:

@@ -11,6 +11,8 @@ Every model maps normalised float images [B, H, W, C_in] (any H, W, C_in) to
 ``(logits [B, num_classes], features [B, D])``; ``features`` is the globally pooled
 penultimate vector, or the output of the optional CBD projection (methods.md 8.2).
 Parameters are always float32; ``dtype`` is the computation dtype.
+``ops`` picks the layers (`cpu_ops.OPS`): Flax's, the CPU kernels of `cpu_ops` (same
+parameters), or, for inference, BatchNorm folded into the convolutions.
 
 Init everywhere (methods.md 5.2): Kaiming-normal fan_in on conv and linear weights, PyTorch
 default uniform linear bias, BN scale 1 / bias 0. (mdistiller initialises its WRN / x4 convs
