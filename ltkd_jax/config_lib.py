@@ -62,6 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.lt_seed = 0  # methods.md 2.1: np.random.seed(0) picks the kept images
     c.data.sampler = "instance"
     c.data.augment = "cifar"
+    # After the geometric augmentation: SimCLR v2 colour jitter (s = 1, p = 0.8) + random
+    # grayscale (p = 0.2), as CBD_ENS's data-aug teachers (methods.md 8.1).
+    c.data.color_jitter = False
     c.data.num_workers = 0
     # Mean/std normalisation of the input (dataset_stats); False feeds pixels in [0, 1],
     # as CBD does (methods.md 8.3).
@@ -108,6 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.head = "linear"
     c.teacher.num_epochs = 200
     c.teacher.count = 1  # CBD ensembles: teachers trained with seeds seed, seed+1, ...
+    # How many of an ensemble's teachers (the last ones) train with colour jitter + grayscale
+    # (data.color_jitter), methods.md 8.1.
+    c.teacher.color_jitter_teachers = 0
 
     # A finished run whose weights start this one (cRT, tau-norm, post-hoc adjustment).
     c.init = ml_collections.ConfigDict()
@@ -257,6 +263,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                 )
     if config.optim.lr <= 0:
         errors.append(f"config.optim.lr={config.optim.lr} must be > 0")
+    if not 0 <= config.teacher.color_jitter_teachers <= config.teacher.count:
+        errors.append(
+            f"config.teacher.color_jitter_teachers={config.teacher.color_jitter_teachers} must "
+            f"be in [0, config.teacher.count={config.teacher.count}]"
+        )
     if errors:
         raise ValueError("invalid config:\n  - " + "\n  - ".join(errors))
 
@@ -355,6 +366,8 @@ def cbd_large_scale_config(
     c.data.sampler = "cbd_stream"
     c.model.head = c.teacher.head = "cosine"
     c.teacher.count = teachers  # seeds seed .. seed + teachers - 1
+    # methods.md 8.1: CBD_ENS = vanilla_seed1/2 + data_aug_seed1/2 (colour jitter + grayscale).
+    c.teacher.color_jitter_teachers = teachers // 2
     c.batch_size = 128
     c.optim.lr = 0.05
     c.optim.nesterov = False

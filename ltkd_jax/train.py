@@ -297,6 +297,7 @@ def train_and_evaluate(
         process_count=jax.process_count(),
         num_workers=config.data.num_workers,
         crop_min_area=config.data.crop_min_area,
+        color_jitter=config.data.color_jitter,
     )
     if steps_per_epoch < 1:
         raise ValueError(
@@ -501,7 +502,13 @@ def init_from_run(state: TrainState, config, num_classes: int, image_shape: tupl
 
 
 def teacher_config(config: ml_collections.ConfigDict, index: int) -> ml_collections.ConfigDict:
-    """Stage 1: the teacher recipe of a distillation config (plain CE, instance sampling)."""
+    """Stage 1: the teacher recipe of a distillation config (plain CE, instance sampling).
+
+    Teacher k trains with seed config.seed + k; the last config.teacher.color_jitter_teachers
+    teachers add colour jitter + grayscale (data.color_jitter, methods.md 8.1). So CBD_ENS's
+    vanilla_seed1/2, data_aug_seed1/2 are here teachers 0-1 (seeds seed, seed + 1) and 2-3
+    (seeds seed + 2, seed + 3): the data-aug pair does not reuse the vanilla pair's seeds.
+    """
     t = ml_collections.ConfigDict(config.to_dict())
     t.method = "ce"
     t.model.name = config.teacher.model
@@ -509,6 +516,7 @@ def teacher_config(config: ml_collections.ConfigDict, index: int) -> ml_collecti
     t.model.projection_dim = 0
     t.num_epochs = config.teacher.num_epochs
     t.seed = config.seed + index
+    t.data.color_jitter = index >= config.teacher.count - config.teacher.color_jitter_teachers
     t.data.sampler = "instance"
     t.loss.class_weighting = "none"
     t.teacher.workdir = ""

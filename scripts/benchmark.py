@@ -3,6 +3,7 @@
     python scripts/benchmark.py                      # ResNet-32, batch 128, CIFAR-sized input
     python scripts/benchmark.py --model=resnet8 --steps=5 --repeats=2 --nomemory
     python scripts/benchmark.py --loop --archive=../shared/data/cifar100-png.zip
+    python scripts/benchmark.py --input              # ImageNet-style input pipeline
 
 Times three pure-compute steps on a pre-built batch (no input pipeline):
 - `teacher step (CE)`: a CE train step (what training a teacher costs);
@@ -19,7 +20,9 @@ process running only that variant (`--memory`).
 `--loop` instead times whole training loops with the real input pipeline on CIFAR-100-LT
 (IF 100): `train.train_and_evaluate` of a CE teacher and a BKD student (images/s as logged,
 the compile window dropped), against the PyTorch loop with a DataLoader and the BKD repo's
-transforms.
+transforms. `--input` times the ImageNet-style input pipeline alone (JPEG decode +
+random-resized crop + flip at 224, images/s per host with 0, 1, 2 grain workers; see
+`scripts/benchmark_input.py` for its own options).
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ _ARCHIVE = flags.DEFINE_string(
 _LOOP_STEPS = flags.DEFINE_integer("loop_steps", 60, "Timed steps per loop (after warm-up).")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps per logged window in --loop.")
 _TORCH_WORKERS = flags.DEFINE_integer("torch_workers", 1, "DataLoader workers in --loop.")
+_INPUT = flags.DEFINE_bool(
+    "input",
+    False,
+    "Time the ImageNet-style input pipeline instead (JPEG decode + random-resized crop, "
+    "images/s per host for 0/1/2 grain workers): runs scripts/benchmark_input.py.",
+)
 
 STEPS = ("teacher step (CE)", "student step (BKD)", "eval")
 _PROBE = "PEAK_RSS_GIB"
@@ -372,9 +381,20 @@ def bench_loop() -> None:
             print(line)
 
 
+def bench_input() -> None:
+    """The input pipeline alone, in its own process (it has flags of its own)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_input.py")
+    subprocess.run([sys.executable, script], check=True)
+
+
 def main(argv):
     del argv
-    bench_loop() if _LOOP.value else bench_steps()
+    if _INPUT.value:
+        bench_input()
+    elif _LOOP.value:
+        bench_loop()
+    else:
+        bench_steps()
 
 
 if __name__ == "__main__":

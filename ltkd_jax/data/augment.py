@@ -5,13 +5,15 @@ random-resized crop + flip for training and resize-shorter-side + centre crop fo
 with Pillow on encoded bytes or uint8 arrays (JPEGs are decoded at a reduced scale when the
 crop allows it). Augmentation runs in numpy/PIL on the host; normalisation is left to the
 jitted train step (`normalize` works on numpy and jax arrays alike), so the host ships 4x
-fewer bytes.
+fewer bytes. Colour augmentation (CBD_ENS's data-aug teachers, methods.md 8.1): SimCLR v2
+colour jitter + random grayscale, vectorised over uint8 batches.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -184,3 +186,156 @@ def resize_center_crop(
     """uint8 [size, size, 3]: resize the shorter side to size / fraction, centre-crop size."""
     im = open_image(image)
     return _crop_resize(im, center_box(*im.size, size, fraction), size, flip=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Colour augmentation: SimCLR v2 colour jitter + random grayscale (methods.md 8.1, CBD_ENS)
+# --------------------------------------------------------------------------------------------
+
+# ITU-R 601-2 luma weights (torchvision rgb_to_grayscale, PIL convert("L")).
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# SimCLR v2 `color_distortion(s)`: ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with p = 0.8, then
+# RandomGrayscale(p = 0.2). CBD's data-aug teachers use s = 1 (methods.md 8.1).
+COLOR_STRENGTH = 1.0
+COLOR_JITTER_P = 0.8
+GRAYSCALE_P = 0.2
+# Op ids of `ColorParams.order`.
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+
+
+class ColorParams(NamedTuple):
+    """Per-image draws of `draw_color_params` (index or slice them like one array)."""
+
+    jitter: np.ndarray  # bool [n]: colour jitter applied (p = jitter_p)
+    factors: np.ndarray  # float32 [n, 3]: brightness, contrast, saturation factors
+    hue: np.ndarray  # float32 [n]: hue shift, in turns, in [-0.2s, 0.2s]
+    order: np.ndarray  # int [n, 4]: the jitter ops (BRIGHTNESS .. HUE) in the order applied
+    gray: np.ndarray  # bool [n]: converted to grayscale after the jitter (p = gray_p)
+
+    def take(self, index) -> ColorParams:
+        return ColorParams(*(a[index] for a in self))
+
+
+def draw_color_params(
+    rng: np.random.Generator,
+    n: int,
+    strength: float = COLOR_STRENGTH,
+    jitter_p: float = COLOR_JITTER_P,
+    gray_p: float = GRAYSCALE_P,
+) -> ColorParams:
+    """Draws the colour augmentation of n images; always the same number of draws for n.
+
+    torchvision ColorJitter ranges: brightness / contrast / saturation factors uniform in
+    [max(0, 1 - 0.8s), 1 + 0.8s], hue uniform in [-min(0.2s, 0.5), min(0.2s, 0.5)], the four
+    ops in an independent random order per image.
+    """
+    jitter = rng.random(n) < jitter_p
+    lo = max(0.0, 1.0 - 0.8 * strength)
+    factors = rng.uniform(lo, 1.0 + 0.8 * strength, size=(n, 3)).astype(np.float32)
+    h = min(0.2 * strength, 0.5)
+    hue = rng.uniform(-h, h, size=n).astype(np.float32)
+    order = np.argsort(rng.random((n, 4)), axis=1)
+    gray = rng.random(n) < gray_p
+    return ColorParams(jitter, factors, hue, order, gray)
+
+
+def _luma(x: np.ndarray) -> np.ndarray:
+    """float [..., 3] -> float [...]: ITU-R 601 luma (per channel: faster than x @ LUMA)."""
+    return x[..., 0] * LUMA[0] + x[..., 1] * LUMA[1] + x[..., 2] * LUMA[2]
+
+
+def _per_image(v: np.ndarray) -> np.ndarray:
+    return v.reshape(-1, 1, 1, 1)
+
+
+def _brightness(x: np.ndarray, f: np.ndarray) -> np.ndarray:
+    return np.clip(x * _per_image(f), 0.0, 1.0)
+
+
+def _contrast(x: np.ndarray, f: np.ndarray) -> np.ndarray:
+    grey = _luma(x) if x.shape[-1] == 3 else x[..., 0]
+    mean = grey.mean(axis=(1, 2)).reshape(-1, 1, 1, 1)
+    f = _per_image(f)
+    return np.clip(x * f + (1.0 - f) * mean, 0.0, 1.0)
+
+
+def _saturation(x: np.ndarray, f: np.ndarray) -> np.ndarray:
+    f = _per_image(f)
+    return np.clip(x * f + (1.0 - f) * _luma(x)[..., None], 0.0, 1.0)
+
+
+def _hue(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Rotates the hue by `shift` turns in HSV space (torchvision adjust_hue's float path).
+
+    RGB -> (H, S, V) as torchvision's _rgb2hsv; back with the closed form
+    c = V - V S clip(min(k, 4 - k), 0, 1), k = (n + 6H) mod 6, n = 5, 3, 1 for R, G, B.
+    """
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    # Elementwise over the 3 channels: much faster than reductions over a length-3 axis.
+    maxc = np.maximum(np.maximum(r, g), b)
+    delta = maxc - np.minimum(np.minimum(r, g), b)
+    d = np.where(delta > 0, delta, np.float32(1.0))
+    # Six times the hue, before the shift; any value where delta = 0 (S = 0 makes H moot).
+    h6 = np.where(maxc == r, (g - b) / d, np.where(maxc == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
+    h6 += np.float32(6.0) * shift.reshape(-1, 1, 1).astype(np.float32)
+    vs = delta  # V * S = maxc * (delta / maxc)
+    k = h6[..., None] + np.array([5.0, 3.0, 1.0], np.float32)
+    k -= np.float32(6.0) * np.floor(k * np.float32(1.0 / 6.0))  # mod 6 (np.mod is slow)
+    ramp = np.clip(np.minimum(k, np.float32(4.0) - k), 0.0, 1.0)
+    return np.clip(maxc[..., None] - vs[..., None] * ramp, 0.0, 1.0).astype(x.dtype)
+
+
+def color_augment(images: np.ndarray, params: ColorParams) -> np.ndarray:
+    """Applies drawn colour jitter + grayscale to a uint8 batch [B, H, W, C] (C = 3 or 1).
+
+    Semantics of torchvision's float ColorJitter / RandomGrayscale, as SimCLR v2's PyTorch
+    ports use them: pixels scaled to [0, 1]; brightness blends towards black (x * f),
+    contrast towards the image's mean luma, saturation towards each pixel's luma, each
+    clipped to [0, 1]; hue is a rotation of H in HSV space; the four ops run in the drawn
+    per-image order. Grayscale replaces every channel by the ITU-R 601 luma. The result is
+    rounded and clipped to uint8 [0, 255]. Images neither jittered nor greyed come back
+    bit-identical. Single-channel images: only brightness and contrast apply (saturation,
+    hue and grayscale are the identity on them). Vectorised over the images that share an
+    op at each of the 4 positions.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"expected a batch [B, H, W, 1 or 3], got shape {images.shape}")
+    if len(params.jitter) != len(images):
+        raise ValueError(f"{len(params.jitter)} colour draws for {len(images)} images")
+    rgb = images.shape[-1] == 3
+    touched = params.jitter | (params.gray & rgb)
+    idx = np.flatnonzero(touched)
+    if idx.size == 0:
+        return images
+    p = params.take(idx)
+    x = images[idx].astype(np.float32) * np.float32(1.0 / 255.0)
+    ops = {
+        BRIGHTNESS: lambda y, s: _brightness(y, p.factors[s, 0]),
+        CONTRAST: lambda y, s: _contrast(y, p.factors[s, 1]),
+    }
+    if rgb:
+        ops[SATURATION] = lambda y, s: _saturation(y, p.factors[s, 2])
+        ops[HUE] = lambda y, s: _hue(y, p.hue[s])
+    for position in range(4):
+        for op, fn in ops.items():
+            sel = np.flatnonzero(p.jitter & (p.order[:, position] == op))
+            if sel.size:
+                x[sel] = fn(x[sel], sel)
+    if rgb and p.gray.any():
+        g = np.flatnonzero(p.gray)
+        x[g] = _luma(x[g])[..., None]
+    out = images.copy()
+    out[idx] = np.clip(np.rint(x * np.float32(255.0)), 0, 255).astype(np.uint8)
+    return out
+
+
+def random_color_augment(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    strength: float = COLOR_STRENGTH,
+    jitter_p: float = COLOR_JITTER_P,
+    gray_p: float = GRAYSCALE_P,
+) -> np.ndarray:
+    """SimCLR v2 colour distortion of a uint8 batch: jitter (p = jitter_p), grayscale (gray_p)."""
+    return color_augment(images, draw_color_params(rng, len(images), strength, jitter_p, gray_p))

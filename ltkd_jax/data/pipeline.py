@@ -4,8 +4,8 @@ Two paths, chosen by the split and the augmentation:
 
 * in-RAM CIFAR-style (`ArraySplit` with 'cifar'/'none'): `MapDataset.source(
   ReweightedIndexSequence)` -> batch (global) -> this process's slice -> gather from RAM ->
-  seeded batch augmentation. Augmentation draws its parameters for the whole *global* batch
-  and keeps this process's slice.
+  seeded batch augmentation. Augmentation (crop/flip, then the optional colour jitter +
+  grayscale) draws its parameters for the whole *global* batch and keeps this process's slice.
 * per example (`RecordSplit`, or 'imagenet' augmentation): `MapDataset.range` over this
   process's positions -> read (+ decode) one example -> transform with a generator seeded by
   (seed, global position) -> batch. Decoding and augmentation run in reader threads and, with
@@ -67,20 +67,30 @@ class _GatherLocal:
 class _AugmentLocal:
     """Random map: augments this process's slice with parameters drawn for the global batch."""
 
-    def __init__(self, kind: str, global_batch_size: int, local: slice, pad: int = 4):
+    def __init__(
+        self,
+        kind: str,
+        global_batch_size: int,
+        local: slice,
+        pad: int = 4,
+        color_jitter: bool = False,
+    ):
         if kind not in augment_lib.AUGMENTS:
             raise ValueError(
                 f"unknown augmentation {kind!r}; choose one of {augment_lib.AUGMENTS}."
             )
-        self.kind, self.pad = kind, pad
+        self.kind, self.pad, self.color_jitter = kind, pad, color_jitter
         self.global_batch_size, self.local = global_batch_size, local
 
     def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator):
-        if self.kind == "none":
-            return batch
-        params = augment_lib.draw_crop_flip(rng, self.global_batch_size, self.pad)
-        rows, cols, flips = (p[self.local] for p in params)
-        image = augment_lib.crop_flip(batch["image"], rows, cols, flips, pad=self.pad)
+        image = batch["image"]
+        if self.kind == "cifar":
+            params = augment_lib.draw_crop_flip(rng, self.global_batch_size, self.pad)
+            rows, cols, flips = (p[self.local] for p in params)
+            image = augment_lib.crop_flip(image, rows, cols, flips, pad=self.pad)
+        if self.color_jitter:  # Drawn after crop/flip: the stream without it is unchanged.
+            color = augment_lib.draw_color_params(rng, self.global_batch_size)
+            image = augment_lib.color_augment(image, color.take(self.local))
         return {"image": image, "label": batch["label"]}
 
 
@@ -106,6 +116,7 @@ def make_train_iterator(
     num_workers: int = 0,
     crop_min_area: float = augment_lib.DEFAULT_MIN_AREA,
     num_threads: int | None = None,
+    color_jitter: bool = False,
 ) -> tuple[grain.DatasetIterator, int]:
     """(iterator, steps_per_epoch) over `num_epochs` epochs of re-weighted, augmented batches.
 
@@ -118,7 +129,9 @@ def make_train_iterator(
     crop (area [crop_min_area, 1], ratio [3/4, 4/3]) + flip (methods.md 8.3); 'none' =
     resize + centre crop for record splits, identity in RAM. `num_workers` > 0 decodes and
     augments in that many grain worker processes (each gets its own copy of in-RAM arrays);
-    `num_threads` reader threads per process (default 2, or 1 per worker).
+    `num_threads` reader threads per process (default 2, or 1 per worker). `color_jitter`
+    adds, after the geometric augmentation, SimCLR v2 colour jitter (strength 1, p = 0.8) +
+    random grayscale (p = 0.2) (methods.md 8.1; augment.color_augment), on both paths.
     """
     if global_batch_size < 1:
         raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
@@ -145,10 +158,15 @@ def make_train_iterator(
             grain.MapDataset.source(indices)
             .batch(global_batch_size, drop_remainder=True)
             .map(_GatherLocal(split.images, split.labels, local))
-            .random_map(_AugmentLocal(augment, global_batch_size, local), seed=_augment_seed(seed))
+            .random_map(
+                _AugmentLocal(augment, global_batch_size, local, color_jitter=color_jitter),
+                seed=_augment_seed(seed),
+            )
         )
     else:
-        transform = TrainTransform(augment, split.image_shape[0], crop_min_area, _is_record(split))
+        transform = TrainTransform(
+            augment, split.image_shape[0], crop_min_area, _is_record(split), color_jitter
+        )
         reader = _ExampleReader(split, indices, transform, global_batch_size, local, seed)
         n_local = len(indices) // global_batch_size * (local.stop - local.start)
         ds = grain.MapDataset.range(n_local).map(reader).batch(local.stop - local.start)
@@ -179,13 +197,23 @@ class TrainTransform:
     """One training image -> uint8 [size, size, 3] (picklable, for grain workers).
 
     `resize`: the input may have any size (record splits) and is first brought to size x size
-    for 'cifar' / 'none'; in-RAM images already are.
+    for 'cifar' / 'none'; in-RAM images already are. `color_jitter`: then SimCLR v2 colour
+    jitter + grayscale (methods.md 8.1), drawn from the same generator after the crop.
     """
 
-    def __init__(self, kind: str, size: int, min_area: float, resize: bool):
+    def __init__(
+        self, kind: str, size: int, min_area: float, resize: bool, color_jitter: bool = False
+    ):
         self.kind, self.size, self.min_area, self.resize = kind, size, min_area, resize
+        self.color_jitter = color_jitter
 
     def __call__(self, image, rng: np.random.Generator) -> np.ndarray:
+        image = self._geometric(image, rng)
+        if self.color_jitter:
+            image = augment_lib.random_color_augment(image[None], rng)[0]
+        return image
+
+    def _geometric(self, image, rng: np.random.Generator) -> np.ndarray:
         if self.kind == "imagenet":
             return augment_lib.random_resized_crop_flip(image, rng, self.size, self.min_area)
         if self.resize:
