@@ -24,35 +24,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ltkd_jax.models.heads import kaiming_normal
-from ltkd_jax.models.resnet_cifar import _bn, _pool_and_classify
+from ltkd_jax.models.resnet_cifar import _bn, _conv, _pool_and_classify
 
 Dtype = Any
-
-
-def _conv(
-    features: int,
-    kernel: int,
-    stride: int,
-    dtype: Dtype,
-    *,
-    groups: int = 1,
-    name: str | None = None,
-) -> nn.Conv:
-    # Explicit symmetric padding k//2 = PyTorch's; Flax "SAME" pads (0, 1) for stride 2.
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=groups,
-        use_bias=False,
-        kernel_init=kaiming_normal,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
 
 
 def _last_bn(train: bool, dtype: Dtype, zero_init: bool) -> nn.BatchNorm:

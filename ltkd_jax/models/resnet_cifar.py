@@ -42,6 +42,8 @@ def _conv(
     dtype: Dtype,
     name: str | None = None,
     ops: str = "xla",
+    *,
+    groups: int = 1,
 ) -> nn.Conv:
     """A bias-free conv; with ``ops='folded'`` it carries its folded BatchNorm as a bias."""
     # Explicit symmetric padding = PyTorch `padding=k//2`. Flax "SAME" pads (0, 1) for stride 2
@@ -52,6 +54,7 @@ def _conv(
         (kernel, kernel),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
+        feature_group_count=groups,
         use_bias=ops == "folded",
         kernel_init=kaiming_normal,
         dtype=dtype,
