@@ -6,7 +6,8 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from test_train import assert_trees_close, params_of, tiny_config
+from test_train import assert_trees_close, params_of
+from tiny import tiny_config
 
 from ltkd_jax import checkpointing, config_lib, losses, methods, train
 from ltkd_jax.models import cpu_ops

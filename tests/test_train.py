@@ -9,33 +9,13 @@ import jax
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, SHARED_DATA
+from tiny import tiny_config
 
 from ltkd_jax import checkpointing, config_lib, data, train
 from ltkd_jax.writers import read_jsonl
 
 CIFAR100_ZIP = SHARED_DATA / "cifar100-png.zip"
 TEST_SIZE = len(data.load_splits("digits")[1])
-
-
-def tiny_config(**overrides):
-    """Digits-LT, ResNet-8, a few steps: seconds on a CPU."""
-    c = config_lib.base_config()
-    c.data.name = "digits"
-    c.data.imbalance_factor = 10.0
-    c.data.augment = "none"
-    c.data.many_threshold, c.data.few_threshold = 50, 20
-    c.model.name = "resnet8"
-    c.batch_size = 32
-    c.num_epochs = 2
-    c.max_steps_per_epoch = 3
-    c.eval_batch_size = 200
-    c.log_every_steps = 2
-    c.optim.lr, c.optim.warmup_epochs, c.optim.decay_epochs = 0.05, 1, (1,)
-    c.progress_bar = False
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        (c[section] if section else c)[field] = value
-    return config_lib.lock(c)
 
 
 def params_of(state):
