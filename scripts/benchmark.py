@@ -4,6 +4,7 @@
     python scripts/benchmark.py --model=resnet8 --steps=5 --repeats=2 --nomemory
     python scripts/benchmark.py --loop --archive=../shared/data/cifar100-png.zip
     python scripts/benchmark.py --input              # ImageNet-style input pipeline
+    python scripts/benchmark.py --convs              # the convolutions alone: the ceiling
 
 Times three pure-compute steps on a pre-built batch (no input pipeline):
 - `teacher step (CE)`: a CE train step (what training a teacher costs);
@@ -16,6 +17,11 @@ by repeat, so machine drift hits all of them alike; the table gives the median i
 its min-max spread and the median of the per-repeat ratios ltkd_jax / PyTorch. Compile time
 is JAX's lower + compile (PyTorch: its first step); peak memory is the peak RSS of a fresh
 process running only that variant (`--memory`).
+
+`--convs` times only the model's 3x3 convolutions, each followed by a ReLU (forward + backward
+to the weights at the training batch, forward at the evaluation batch), for ltkd_jax and
+PyTorch, next to PyTorch's whole CE and eval steps: a whole ltkd_jax step cannot be faster than
+its convolutions, so `convs / PyTorch step` bounds the step ratio XLA's kernels allow.
 
 `--loop` instead times whole training loops with the real input pipeline on CIFAR-100-LT
 (IF 100): `train.train_and_evaluate` of a CE teacher and a BKD student (images/s as logged,
@@ -38,6 +44,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -66,6 +73,12 @@ _ARCHIVE = flags.DEFINE_string(
 _LOOP_STEPS = flags.DEFINE_integer("loop_steps", 60, "Timed steps per loop (after warm-up).")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps per logged window in --loop.")
 _TORCH_WORKERS = flags.DEFINE_integer("torch_workers", 1, "DataLoader workers in --loop.")
+_CONVS = flags.DEFINE_bool(
+    "convs",
+    False,
+    "Time the model's convolutions alone (+ ReLU) against PyTorch's convolutions and whole steps: "
+    "the ceiling XLA:CPU's convolution kernels put on the step ratios.",
+)
 _INPUT = flags.DEFINE_bool(
     "input",
     False,
@@ -302,6 +315,85 @@ def bench_steps() -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# --convs: the convolutions alone
+# ---------------------------------------------------------------------------------------
+
+
+def conv_layers(depth: int) -> list[tuple[int, int, int]]:
+    """(in, out, stride) of the 3x3 convolutions of a CIFAR ResNet-(6n+2), in order."""
+    n = (depth - 2) // 6
+    layers, width = [(3, 16, 1)], 16
+    for planes, stride in ((16, 1), (32, 2), (64, 2)):
+        for i in range(n):
+            layers += [(width, planes, stride if i == 0 else 1), (planes, planes, 1)]
+            width = planes
+    return layers
+
+
+def jax_conv_steps(setting: str, layers: list) -> dict[str, tuple[Callable, float]]:
+    """`train` / `eval` of the convolution chain as ltkd_jax runs it under cpu_kernels=`setting`."""
+    conv = (
+        cpu_ops.conv_dwgemm
+        if cpu_ops.cpu_kernels_enabled(setting)
+        else jax.lax.conv_general_dilated
+    )
+    rng = np.random.default_rng(0)
+    weights = [jnp.asarray(rng.normal(0, 0.1, (3, 3, i, o)), jnp.float32) for i, o, _ in layers]
+
+    def forward(ws, x):
+        for (_, _, stride), w in zip(layers, ws, strict=True):
+            x = conv(
+                x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            x = jax.nn.relu(x)
+        return x
+
+    options = cpu_ops.compiler_options(setting)
+    out = {}
+    for name, fn, size in (
+        ("train", jax.grad(lambda ws, x: jnp.sum(forward(ws, x))), _BATCH.value),
+        ("eval", forward, _EVAL_BATCH.value),
+    ):
+        x = jnp.asarray(rng.normal(size=(size, 32, 32, 3)), jnp.float32)
+        start = time.perf_counter()
+        compiled = jax.jit(fn, compiler_options=options).lower(weights, x).compile()
+        compile_s = time.perf_counter() - start
+        out[name] = (lambda c=compiled, x=x: jax.block_until_ready(c(weights, x)), compile_s)
+    return out
+
+
+def bench_convs() -> None:
+    ref = _import_torch() if _TORCH.value else None
+    depth = _torch_depth(_MODEL.value)
+    if depth is None:
+        raise app.UsageError(f"--convs needs a CIFAR ResNet-(6n+2), not {_MODEL.value}")
+    layers = conv_layers(depth)
+    variants = {f"ltkd_jax cpu {s}, convs": jax_conv_steps(s, layers) for s in _CPU_KERNELS.value}
+    if ref is not None:
+        torch_convs = ref.make_conv_steps(layers, _BATCH.value, _EVAL_BATCH.value)
+        variants["pytorch, convs"] = {k: (fn, 0.0) for k, fn in torch_convs.items()}
+        whole = torch_steps(ref, *_batches(_CLASSES.value))
+        variants["pytorch, whole step"] = {"train": whole[STEPS[0]], "eval": whole[STEPS[2]]}
+    print(
+        f"\n{_MODEL.value}: {len(layers)} 3x3 convolutions (+ ReLU); {_REPEATS.value} alternating"
+    )
+    print(f"repeats of {_STEPS.value} steps; 'ceiling' = median per-repeat ratio of the row to")
+    print("PyTorch's whole step (train = its CE step)")
+    for step, size in (("train", _BATCH.value), ("eval", _EVAL_BATCH.value)):
+        rates = alternate(
+            {k: v[step][0] for k, v in variants.items()}, _STEPS.value, _REPEATS.value, size
+        )
+        for name, r in rates.items():
+            line = f"{step:<6} {name:<28} {size:>4} {statistics.median(r):>8.1f} images/s"
+            line += f" ({min(r):.0f}-{max(r):.0f})"
+            if "pytorch, whole step" in rates and name != "pytorch, whole step":
+                base = rates["pytorch, whole step"]
+                ceiling = statistics.median(a / b for a, b in zip(r, base, strict=True))
+                line += f"  ceiling {ceiling:.2f}"
+            print(line)
+
+
+# ---------------------------------------------------------------------------------------
 # --loop: whole training loops with the input pipeline
 # ---------------------------------------------------------------------------------------
 
@@ -393,6 +485,8 @@ def main(argv):
         bench_input()
     elif _LOOP.value:
         bench_loop()
+    elif _CONVS.value:
+        bench_convs()
     else:
         bench_steps()
 

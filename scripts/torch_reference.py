@@ -154,6 +154,32 @@ def make_steps(
     }
 
 
+def make_conv_steps(
+    layers: list[tuple[int, int, int]], batch_size: int, eval_size: int
+) -> dict[str, Callable[[], None]]:
+    """`train` (forward + backward to the weights) and `eval` (forward) of the model's 3x3
+    convolutions alone, each followed by a ReLU: the convolution share of its steps."""
+    torch.manual_seed(0)
+    chain = nn.Sequential(
+        *[
+            m
+            for c_in, c_out, stride in layers
+            for m in (nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.ReLU())
+        ]
+    )
+    x, x_eval = torch.randn(batch_size, 3, 32, 32), torch.randn(eval_size, 3, 32, 32)
+
+    def train() -> None:
+        chain.zero_grad(set_to_none=True)
+        chain(x).sum().backward()
+
+    def evaluate() -> None:
+        with torch.no_grad():
+            chain(x_eval)
+
+    return {"train": train, "eval": evaluate}
+
+
 class LongTailDataset(torch.utils.data.Dataset):
     """uint8 NHWC images with the BKD repo's train transforms: RandomCrop(32, padding=4),
     RandomHorizontalFlip, ToTensor, Normalize (per image, in the loader workers)."""

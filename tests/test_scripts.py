@@ -1,0 +1,50 @@
+"""The benchmark script runs end to end (small model, one step, no PyTorch) and prints rates."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARK = os.path.join(ROOT, "scripts", "benchmark.py")
+SMALL = ["--model=resnet8", "--steps=1", "--repeats=1", "--notorch", "--cpu_kernels=on"]
+# The median images/s: before the min-max spread in the step table, before "images/s" in --convs.
+STEP_RATE = re.compile(r"(\d+\.\d+)\s+\d+-\d+")
+CONV_RATE = re.compile(r"(\d+\.\d+) images/s")
+
+
+@pytest.mark.parametrize(
+    "flags, rows, rate",
+    [
+        (
+            ["--nomemory"],
+            ["teacher step (CE)    ltkd_jax cpu on", "student step (BKD)   ltkd_jax cpu on"]
+            + ["eval                 ltkd_jax cpu on"],
+            STEP_RATE,
+        ),
+        (
+            ["--convs"],
+            ["train  ltkd_jax cpu on, convs", "eval   ltkd_jax cpu on, convs"],
+            CONV_RATE,
+        ),
+    ],
+    ids=["steps", "convs"],
+)
+def test_benchmark_prints_a_rate_per_row(flags, rows, rate):
+    done = subprocess.run(
+        [sys.executable, BENCHMARK, *SMALL, *flags],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in rows:
+        lines = [line for line in done.stdout.splitlines() if line.startswith(row)]
+        assert len(lines) == 1, f"no single {row!r} row in:\n{done.stdout}"
+        assert float(rate.search(lines[0]).group(1)) > 0, lines[0]
