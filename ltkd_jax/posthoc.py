@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from ltkd_jax import losses, sharding, train
+from ltkd_jax.models import cpu_ops
 from ltkd_jax.writers import MetricWriter
 
 POSTHOC = ("tau_norm", "posthoc_la")
@@ -64,9 +65,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     teacher = train.load_frozen(config.init.workdir, run_config, num_classes, image_shape, mesh)
     mean, std = train.input_stats(config, image_shape)
+    options = cpu_ops.compiler_options(train.cpu_kernels(config))
     eval_fn = jax.jit(
         functools.partial(train.eval_step, model=teacher.model, mean=mean, std=std),
         out_shardings=sharding.replicated(mesh),
+        compiler_options=options,
     )
     batch_size = -(-config.eval_batch_size // mesh.devices.size) * mesh.devices.size
     log_prior = np.log(task.class_counts / task.class_counts.sum()).astype(np.float32)

@@ -1,9 +1,11 @@
 """CPU fast paths for the CIFAR ResNets: same parameters, same results, faster XLA:CPU programs.
 
-Profiles of the ResNet-32 train step on XLA:CPU (AVX-512 hosts, 2 cores) show the
-convolutions themselves are a small share of the step; the time goes to (1) the layout
-transposes XLA inserts around the weight-gradient convolutions and (2) BatchNorm's per-channel
-reductions, which XLA:CPU emits as slow loop nests. Hence:
+On XLA:CPU (2 AVX-512 cores) most of a ResNet-32 train step is its convolutions, which XLA
+runs with Eigen kernels at about 40% of the speed of PyTorch's oneDNN ones over forward and
+both gradients (75% forward only). They run as asynchronous thunks, so profiler traces
+under-report them; `scripts/benchmark.py --convs` times them alone. Around them, time goes to
+(1) the layout transposes XLA inserts for the weight-gradient convolutions and (2) BatchNorm's
+per-channel reductions, which XLA:CPU emits as slow loop nests. Hence:
 
 - :func:`conv_dwgemm`: a convolution whose weight gradient is one GEMM over shifted copies of
   the input and the output gradient (no batch-minor transposes); forward and input gradient
