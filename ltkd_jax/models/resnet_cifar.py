@@ -194,6 +194,31 @@ class WideBasicBlock(nn.Module):
         return out + shortcut
 
 
+def _post_activation_resnet(
+    model: nn.Module, x: jax.Array, train: bool, stem: int, widths: Sequence[int], block
+) -> tuple[jax.Array, jax.Array]:
+    """conv3x3(stem) -> BN -> ReLU -> one stage of n `block`s per width (stride 2 from the
+    second stage) -> pool and classify; the body of `model`'s compact ``__call__`` (ResNet-6n+2).
+    """
+    if (model.depth - 2) % 6:
+        raise ValueError(f"{type(model).__name__} depth must be 6n+2, got {model.depth}")
+    n = (model.depth - 2) // 6
+    x = _conv(stem, 3, 1, model.dtype, ops=model.ops)(x.astype(model.dtype))
+    x = nn.relu(_bn(train, model.dtype, ops=model.ops)(x))
+    for stage, planes in enumerate(widths):
+        for i in range(n):
+            stride = 2 if stage > 0 and i == 0 else 1
+            x = block(planes, stride, model.dtype, model.ops)(x, train)
+    return _pool_and_classify(
+        x,
+        num_classes=model.num_classes,
+        head=model.head,
+        projection_dim=model.projection_dim,
+        dtype=model.dtype,
+        regressor_dim=model.regressor_dim,
+    )
+
+
 class CifarResNet(nn.Module):
     """He et al. CIFAR ResNet-(6n+2), option-A shortcuts (methods.md 5.2).
 
@@ -218,23 +243,7 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        if (self.depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
-        n = (self.depth - 2) // 6
-        x = _conv(self.widths[0], 3, 1, self.dtype, ops=self.ops)(x.astype(self.dtype))
-        x = nn.relu(_bn(train, self.dtype, ops=self.ops)(x))
-        for stage, planes in enumerate(self.widths):
-            for i in range(n):
-                stride = 2 if stage > 0 and i == 0 else 1
-                x = BasicBlockA(planes, stride, self.dtype, self.ops)(x, train)
-        return _pool_and_classify(
-            x,
-            num_classes=self.num_classes,
-            head=self.head,
-            projection_dim=self.projection_dim,
-            dtype=self.dtype,
-            regressor_dim=self.regressor_dim,
-        )
+        return _post_activation_resnet(self, x, train, self.widths[0], self.widths, BasicBlockA)
 
 
 class ResNetX4(nn.Module):
@@ -261,23 +270,8 @@ class ResNetX4(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        if (self.depth - 2) % 6:
-            raise ValueError(f"ResNet depth must be 6n+2, got {self.depth}")
-        n = (self.depth - 2) // 6
-        x = _conv(self.num_filters[0], 3, 1, self.dtype, ops=self.ops)(x.astype(self.dtype))
-        x = nn.relu(_bn(train, self.dtype, ops=self.ops)(x))
-        for stage, planes in enumerate(self.num_filters[1:]):
-            for i in range(n):
-                stride = 2 if stage > 0 and i == 0 else 1
-                x = BasicBlockB(planes, stride, self.dtype, self.ops)(x, train)
-        return _pool_and_classify(
-            x,
-            num_classes=self.num_classes,
-            head=self.head,
-            projection_dim=self.projection_dim,
-            dtype=self.dtype,
-            regressor_dim=self.regressor_dim,
-        )
+        stem, *widths = self.num_filters
+        return _post_activation_resnet(self, x, train, stem, widths, BasicBlockB)
 
 
 class WideResNet(nn.Module):
