@@ -330,7 +330,7 @@ def conv_layers(depth: int) -> list[tuple[int, int, int]]:
     return layers
 
 
-def jax_conv_steps(setting: str, layers: list) -> dict[str, tuple[Callable, float]]:
+def jax_conv_steps(setting: str, layers: list) -> dict[str, Callable]:
     """`train` / `eval` of the convolution chain as ltkd_jax runs it under cpu_kernels=`setting`."""
     conv = (
         cpu_ops.conv_dwgemm
@@ -355,10 +355,8 @@ def jax_conv_steps(setting: str, layers: list) -> dict[str, tuple[Callable, floa
         ("eval", forward, _EVAL_BATCH.value),
     ):
         x = jnp.asarray(rng.normal(size=(size, 32, 32, 3)), jnp.float32)
-        start = time.perf_counter()
         compiled = jax.jit(fn, compiler_options=options).lower(weights, x).compile()
-        compile_s = time.perf_counter() - start
-        out[name] = (lambda c=compiled, x=x: jax.block_until_ready(c(weights, x)), compile_s)
+        out[name] = lambda c=compiled, x=x: jax.block_until_ready(c(weights, x))
     return out
 
 
@@ -370,10 +368,9 @@ def bench_convs() -> None:
     layers = conv_layers(depth)
     variants = {f"ltkd_jax cpu {s}, convs": jax_conv_steps(s, layers) for s in _CPU_KERNELS.value}
     if ref is not None:
-        torch_convs = ref.make_conv_steps(layers, _BATCH.value, _EVAL_BATCH.value)
-        variants["pytorch, convs"] = {k: (fn, 0.0) for k, fn in torch_convs.items()}
+        variants["pytorch, convs"] = ref.make_conv_steps(layers, _BATCH.value, _EVAL_BATCH.value)
         whole = torch_steps(ref, *_batches(_CLASSES.value))
-        variants["pytorch, whole step"] = {"train": whole[STEPS[0]], "eval": whole[STEPS[2]]}
+        variants["pytorch, whole step"] = {"train": whole[STEPS[0]][0], "eval": whole[STEPS[2]][0]}
     print(
         f"\n{_MODEL.value}: {len(layers)} 3x3 convolutions (+ ReLU); {_REPEATS.value} alternating"
     )
@@ -381,7 +378,7 @@ def bench_convs() -> None:
     print("PyTorch's whole step (train = its CE step)")
     for step, size in (("train", _BATCH.value), ("eval", _EVAL_BATCH.value)):
         rates = alternate(
-            {k: v[step][0] for k, v in variants.items()}, _STEPS.value, _REPEATS.value, size
+            {k: v[step] for k, v in variants.items()}, _STEPS.value, _REPEATS.value, size
         )
         for name, r in rates.items():
             line = f"{step:<6} {name:<28} {size:>4} {statistics.median(r):>8.1f} images/s"
