@@ -24,5 +24,5 @@ from ltkd_jax import config_lib
 
 def get_config(arg=None):
     c = config_lib.cifar_config(arg, "bkd", temperature=2.0, alpha=1.0)
-    c.loss.class_weighting = "drw" if c.data.name == "cifar10" else "reweight"
+    c.loss.class_weighting = config_lib.bkd_repo_weighting(c.data.name)
     return config_lib.lock(c)

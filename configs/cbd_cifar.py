@@ -3,7 +3,7 @@
     python -m ltkd_jax.main --config configs/cbd_cifar.py --workdir runs/cbd_c100 \
         --config.data.archive=../shared/data/cifar100-png.zip
 
-    # the ensemble: 2 teachers (seeds 0 and 1; the second with colour jitter + grayscale)
+    # the ensemble: 2 teachers (seeds 1000 and 2000; the second with colour jitter + grayscale)
     # trained first, distilled together
     python -m ltkd_jax.main --config configs/cbd_cifar.py:teachers=2 --workdir runs/cbdens \
         --config.data.archive=../shared/data/cifar100-png.zip

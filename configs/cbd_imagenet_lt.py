@@ -13,7 +13,9 @@ same backbone and cosine head) into WORKDIR/teacher. ResNet-50 v1, cosine classi
 fixed sigma 20, student projection Dense(2048) + ReLU; stage 2 samples with CBD's
 class-balancing example-stream resampler (`cbd_stream`); loss (1 - 0.4) CE + 0.4 * 100 *
 (1 - cos) on features. 90 epochs, batch 128, lr 0.05 cosine per step without warm-up, heavy-
-ball momentum 0.9, weight decay 5e-4 on all parameters; random-resized crop area [0.05, 1].
+ball momentum 0.9; the official weight decay 5e-4 as its code applies it, an effective 2.5e-4
+on all parameters (config_lib.cbd_large_scale_config says why); random-resized crop area
+[0.05, 1]. The last BN of each ResNet-50 block starts with gamma 0, as in the official code.
 """
 
 from ltkd_jax import config_lib

@@ -25,6 +25,7 @@ HEADS = ("linear", "normed", "cosine")
 SCHEDULES = ("step", "cosine")
 DTYPES = ("float32", "bfloat16")
 CPU_KERNELS = ("auto", "on", "off")
+EVAL_GROUPS = ("shot", "tail33")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -72,6 +73,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Shot groups by training count (methods.md 3): many > 100, few < 20.
     c.data.many_threshold = 100
     c.data.few_threshold = 20
+    # How classes are grouped for the many / medium / few report: shot (the thresholds
+    # above, the LDAM / decoupling protocol) | tail33 (top 33% / next 34% / bottom 33% of
+    # classes by training count, as LTKD reports its "tail").
+    c.data.eval_groups = "shot"
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet32"
@@ -81,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
     # CPU fast paths (models/cpu_ops.py: GEMM weight-gradient convs and BatchNorm, BN folded
     # into frozen teachers, no YNNPACK fusions): auto = on when JAX runs on the CPU.
     c.model.cpu_kernels = "auto"
+    # ImageNet-style ResNets: start the last BatchNorm gamma of every block at 0 (CBD's code).
+    c.model.zero_init_residual = False
 
     # Loss hyper-parameters. An empty (None) field means "the method's default" (methods.md);
     # set one to override it, e.g. --config.loss.temperature=4.
@@ -98,8 +105,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.cb_beta = 0.9999
     c.loss.drw_epoch = 160
     c.loss.warmup_epochs = 20  # DKD's linear warm-up of the distillation term
-    c.loss.rebalance = "r1"  # LTKD-R cross-group rebalancing: r1 | r2 | none
-    c.loss.groups = "shot"  # LTKD-R class groups: shot | thirds
+    # LTKD cross-group rebalancing: batch (the paper's batch-level rule) | r1 | r2 | none.
+    c.loss.rebalance = "batch"
+    # LTKD class groups: tail33 (top 33% / next 34% / bottom 33% of classes by training
+    # count, the paper's) | shot (the evaluation groups) | thirds.
+    c.loss.groups = "tail33"
     c.loss.prior_placement = "inside"  # DU-KD: inside | outside | teacher (methods.md 6.2)
 
     # The frozen teacher(s) of a distillation method.
@@ -110,7 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.model = "resnet32"
     c.teacher.head = "linear"
     c.teacher.num_epochs = 200
-    c.teacher.count = 1  # CBD ensembles: teachers trained with seeds seed, seed+1, ...
+    # CBD ensembles: how many teachers; teacher k trains with seed + 1000 * (k + 1).
+    c.teacher.count = 1
     # How many of an ensemble's teachers (the last ones) train with colour jitter + grayscale
     # (data.color_jitter), methods.md 8.1.
     c.teacher.color_jitter_teachers = 0
@@ -212,6 +223,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     errors += _check_choice(config, "data.augment", d.augment, AUGMENTATIONS)
     errors += _check_choice(config, "data.in_memory", d.in_memory, IN_MEMORY)
     errors += _check_choice(config, "data.on_corrupt", d.on_corrupt, ON_CORRUPT)
+    errors += _check_choice(config, "data.eval_groups", d.eval_groups, EVAL_GROUPS)
     errors += _check_data_sources(d)
     errors += _check_choice(config, "model.name", config.model.name, tuple(models.MODELS))
     errors += _check_choice(config, "model.head", config.model.head, HEADS)
@@ -276,7 +288,15 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
 RECIPES = ("bkd", "mdistiller")
 
 
-def cifar_config(arg: str | None, method: str, **loss) -> ml_collections.ConfigDict:
+def bkd_repo_weighting(dataset: str) -> str:
+    """The class-weighting rule the BKD repository forces for every loss (train_student.py):
+    DRW on CIFAR-10, effective-number re-weighting from epoch 0 on CIFAR-100."""
+    return "drw" if dataset == "cifar10" else "reweight"
+
+
+def cifar_config(
+    arg: str | None, method: str, *, bkd_repo_rule: bool = False, **loss
+) -> ml_collections.ConfigDict:
     """A CIFAR-LT config for `method`, from the `file.py:k=v,...` argument.
 
     Arguments: dataset (cifar10 | cifar100), imb (imbalance factor), student and teacher
@@ -284,6 +304,8 @@ def cifar_config(arg: str | None, method: str, **loss) -> ml_collections.ConfigD
     heterogeneous pairs), teacher_workdir (a finished teacher run; empty = train it first
     into WORKDIR/teacher), recipe (bkd = methods.md 5.3, the default, so every method is
     compared on one recipe; mdistiller = methods.md 7.2). `loss` sets config.loss fields.
+    `bkd_repo_rule`: under recipe=bkd, weight the loss by class as the BKD repository does
+    for every loss (`bkd_repo_weighting`); other recipes keep config.loss.class_weighting.
     """
     args = parse_arg(
         arg,
@@ -305,6 +327,8 @@ def cifar_config(arg: str | None, method: str, **loss) -> ml_collections.ConfigD
     c.teacher.workdir = args.teacher_workdir
     for key, value in loss.items():
         c.loss[key] = value
+    if bkd_repo_rule and args.recipe == "bkd":
+        c.loss.class_weighting = bkd_repo_weighting(args.dataset)
     if args.recipe == "mdistiller":
         # methods.md 7.2: 240 epochs, batch 64, lr 0.05, x0.1 at 150/180/210, wd 5e-4.
         for section in (c, c.teacher):
@@ -312,6 +336,7 @@ def cifar_config(arg: str | None, method: str, **loss) -> ml_collections.ConfigD
         c.batch_size = 64
         c.optim.lr, c.optim.weight_decay = 0.05, 5e-4
         c.optim.warmup_epochs, c.optim.decay_epochs, c.optim.decay_factor = 0, (150, 180, 210), 0.1
+        c.data.eval_groups = "tail33"  # LTKD's tables report the bottom 33% as "tail"
     return c
 
 
@@ -351,21 +376,31 @@ def cbd_large_scale_config(
 ) -> ml_collections.ConfigDict:
     """CBD stage 2 as its official code runs it (methods.md 8.2-8.3).
 
+    `weight_decay` is the official config's value; the effective decay applied is half of it
+    (see below). The official code shuffles its example stream with a 1000-example buffer;
+    ours shuffles each epoch globally, a deliberate choice: the same class balance per pass
+    and no dependence on the order the examples are stored in.
+
     ResNet-50 with the fixed-sigma cosine head for teachers and student, the class-balancing
     example-stream resampler, (1 - 0.4) CE + 0.4 * 100 * (1 - cos); batch 128, lr
     0.1 * 128 / 256 cosine per step without warm-up, heavy-ball momentum, crop area
     [0.05, 1], pixels in [0, 1] without mean/std normalisation.
     """
     method = "cbd" if teachers == 1 else "cbd_ensemble"
+    # The official train.py adds weight_decay * 0.5 * tf.nn.l2_loss(trainable variables) =
+    # weight_decay / 4 * sum(theta^2) to the loss: a gradient of weight_decay / 2 * theta on
+    # every variable, BatchNorm included. The optimiser's coupled decay adds
+    # optim.weight_decay * theta, so it gets half the official config's number.
     c = large_scale_config(
-        dataset, method, model="resnet50", epochs=epochs, weight_decay=weight_decay
+        dataset, method, model="resnet50", epochs=epochs, weight_decay=weight_decay / 2
     )
+    c.model.zero_init_residual = True  # the official blocks' bn_2: gamma_initializer='zeros'
     c.loss.alpha, c.loss.beta = 0.4, 100.0
     c.data.crop_min_area = 0.05
     c.data.normalize = False
     c.data.sampler = "cbd_stream"
     c.model.head = c.teacher.head = "cosine"
-    c.teacher.count = teachers  # seeds seed .. seed + teachers - 1
+    c.teacher.count = teachers  # seeds seed + 1000, seed + 2000, ... (train.teacher_seed)
     # methods.md 8.1: CBD_ENS = vanilla_seed1/2 + data_aug_seed1/2 (colour jitter + grayscale).
     c.teacher.color_jitter_teachers = teachers // 2
     c.batch_size = 128

@@ -254,6 +254,18 @@ def shot_groups(class_counts: ArrayLike, many: int = 100, few: int = 20) -> Arra
     return jnp.where(counts > many, 0, jnp.where(counts < few, 2, 1)).astype(jnp.int32)
 
 
+def tail33_groups(class_counts: ArrayLike) -> Array:
+    """LTKD's split (Kim, CVPR 2026, per the paper-notes digest): classes sorted by training
+    count (descending, ties by index); the top 33% are head (0), the bottom 33% tail (2), the
+    rest medium (1). CIFAR-100: 33 / 34 / 33; 10 classes: 3 / 4 / 3. int32 [C]."""
+    counts = jnp.asarray(class_counts)
+    num_classes = counts.shape[-1]
+    edge = max(round(0.33 * num_classes), 1)
+    order = jnp.argsort(-counts, stable=True)
+    rank = jnp.zeros(num_classes, jnp.int32).at[order].set(jnp.arange(num_classes, dtype=jnp.int32))
+    return jnp.where(rank < edge, 0, jnp.where(rank >= num_classes - edge, 2, 1)).astype(jnp.int32)
+
+
 def thirds_groups(class_counts: ArrayLike, num_groups: int = 3) -> Array:
     """Classes sorted by count (descending, ties by index) and cut into equal blocks
     (methods.md 7A.3 option ``thirds``); the last block takes the remainder (CIFAR-100:
@@ -757,7 +769,7 @@ def group_kl_decomposition(
     }
 
 
-_LTKD_REBALANCE = ("r1", "r2", "none")
+_LTKD_REBALANCE = ("batch", "r1", "r2", "none")
 _LTKD_WITHIN = ("uniform", "mean", "teacher")
 
 
@@ -778,6 +790,7 @@ def rebalanced_group_log_masses(
     - ``"r2"``: group-level correction outside T:
       ``log Qt = ls(log Q + log(|G_k|/C) - log pi_{G_k})``, ``pi_{G_k} = sum_{c in G_k} pi_c``.
     - ``"none"``: ``Qt = Q`` (the teacher's own group masses, vanilla KD's cross term).
+    - ``"batch"``: batch-level rebalancing, see ``batch_rebalanced_group_log_masses``.
 
     Stop-gradient (checklist 3).
     """
@@ -788,6 +801,8 @@ def rebalanced_group_log_masses(
     masks = _group_masks(class_groups, num_groups)
     if rebalance == "none":
         return _group_log_probs(v / temperature, masks)[0]
+    if rebalance == "batch":
+        return _batch_rebalance(_group_log_probs(v / temperature, masks)[0], masks)
     if class_counts is None:
         raise ValueError(f"rebalance={rebalance!r} needs class_counts")
     log_prior = _log_prior(class_counts, dtype)
@@ -802,6 +817,47 @@ def rebalanced_group_log_masses(
         jnp.maximum(group_prior, tiny)
     )
     return jax.nn.log_softmax(log_q + correction, axis=-1)
+
+
+def _batch_rebalance(log_q: Array, masks: Array) -> Array:
+    """Scales each group's column of ``Q`` [B, K] so the batch's group masses become equal,
+    then renormalises every row (see ``batch_rebalanced_group_log_masses``)."""
+    log_batch_mass = jax.nn.logsumexp(log_q, axis=0)  # log sum_b Q_bk
+    log_uniform = jax.nn.logsumexp(log_batch_mass) - jnp.log(log_q.shape[-1])
+    # An empty group has mass ~0 in every row; scaling it up would give it mass, so it keeps 1.
+    log_scale = jnp.where(jnp.any(masks, axis=-1), log_uniform - log_batch_mass, 0.0)
+    return jax.lax.stop_gradient(jax.nn.log_softmax(log_q + log_scale, axis=-1))
+
+
+def batch_rebalanced_group_log_masses(
+    teacher_logits: ArrayLike,
+    *,
+    class_groups: ArrayLike,
+    num_groups: int = 3,
+    temperature: float = 4.0,
+) -> Array:
+    """LTKD's batch-level rebalanced teacher group targets ``log Qt`` [B, K].
+
+    The paper-notes digest of Kim (CVPR 2026, arXiv 2506.18496) describes the rule in words:
+    within each batch, sum the teacher's group-level probabilities over the batch, compute
+    per-group scaling factors that move the groups toward a uniform distribution, scale each
+    sample's group probabilities and renormalise them. The exact form is OUR choice::
+
+        M_k   = sum_b Q_bk                         (batch group masses, teacher at T)
+        s_k   = (sum_j M_j / K) / M_k              (scales every M_k to the uniform mass)
+        Qt_bk = s_k Q_bk / sum_j s_j Q_bj          (per-sample renormalisation)
+
+    Summing or averaging the masses gives the same ``s`` up to a common factor, which the
+    renormalisation removes. If every row has the same ``Q``, ``Qt`` is exactly uniform;
+    otherwise the batch masses of ``Qt`` move toward uniform. Under ``jit`` with a sharded
+    batch the sums run over the global batch, so the result does not depend on the device
+    count. The statistics come from the teacher only, behind ``stop_gradient``. Empty groups
+    keep mass 0.
+    """
+    dtype = _compute_dtype(teacher_logits)
+    v = _teacher(teacher_logits, dtype)
+    masks = _group_masks(class_groups, num_groups)
+    return _batch_rebalance(_group_log_probs(v / temperature, masks)[0], masks)
 
 
 def ltkd_loss(
@@ -820,10 +876,18 @@ def ltkd_loss(
     rebalance: str = "r1",
     within_weighting: str = "uniform",
 ) -> LossOutput:
-    """LTKD - RECONSTRUCTION "LTKD-R" (Kim, CVPR 2026; methods.md 7A.3, checklist 21-24; TV16).
+    """LTKD (Kim, "Distilling Balanced Knowledge from a Biased Teacher", CVPR 2026,
+    arXiv 2506.18496) - in part a RECONSTRUCTION (methods.md 7A.3; TV16): rebalanced
+    cross-group + re-weighted within-group KD.
 
-    Reconstruction: only the abstracts are known; the decomposition it rests on is exact
-    (7A.2). With classes partitioned into groups ``G_k`` (head / medium / tail)::
+    Sources: the paper's abstract and a third-party paper-notes digest; no official code is
+    public. From the digest: the three groups (top 33% / next 34% / bottom 33% of classes by
+    training count, ``tail33_groups``), the batch-level rebalancing of the teacher's group
+    masses (``rebalance="batch"``), a uniform constant in place of the teacher's group masses
+    as within-group weights, and the total CE + T^2 (alpha cross + beta within). Our choices:
+    the exact scaling formula (``batch_rebalanced_group_log_masses``), T = 4, alpha = beta = 1,
+    and the alternative rules r1 / r2. The KL decomposition it rests on is exact. With classes
+    partitioned into groups ``G_k`` (head / medium / tail)::
 
         L = ce_weight * CE(z, y)
           + alpha * T^2 * batchmean KL(Qt || P)                       (rebalanced cross-group)
@@ -837,8 +901,11 @@ def ltkd_loss(
     - ``class_groups`` [C] int in ``0..num_groups-1`` (0 = head); default
       ``shot_groups(class_counts)`` (many / medium / few by training count); ``thirds_groups``
       is the other option. ``num_groups`` must be static.
-    - ``rebalance`` in ``{"r1", "r2", "none"}`` for ``Qt`` (see
-      ``rebalanced_group_log_masses``); never mix R1 and R2 in one comparison (checklist 23).
+    - ``rebalance`` in ``{"batch", "r1", "r2", "none"}`` for ``Qt`` (see
+      ``rebalanced_group_log_masses``); never mix rules in one comparison (checklist 23).
+      ``"batch"`` is the rule the paper-notes digest of the CVPR 2026 paper describes
+      (``batch_rebalanced_group_log_masses``) and the trainer's default (``config.loss``);
+      this function keeps ``"r1"`` as its default so the recorded test vectors stay valid.
     - ``within_weighting``: ``"uniform"`` (``w_k = 1``, default), ``"mean"`` (``1/K``) or
       ``"teacher"`` (``w_k = Q_k`` per sample, vanilla KD's weights).
 
@@ -917,6 +984,7 @@ def get_loss(name: str) -> Callable[..., LossOutput]:
 
 __all__ = [
     "LOSSES",
+    "batch_rebalanced_group_log_masses",
     "bkd_loss",
     "cbd_loss",
     "class_prior",
@@ -940,6 +1008,7 @@ __all__ = [
     "posthoc_logit_adjust",
     "rebalanced_group_log_masses",
     "shot_groups",
+    "tail33_groups",
     "tau_normalize",
     "tgls_loss",
     "thirds_groups",

@@ -287,16 +287,9 @@ def _krdistill(config, task):
 
 
 def _ltkd(config, task):
-    """LTKD-R (reconstruction, methods.md 7A.3): rebalanced cross-group, re-weighted within."""
+    """LTKD: rebalanced cross-group, re-weighted within-group KD (losses.ltkd_loss)."""
     counts = jnp.asarray(task.class_counts)
-    if config.loss.groups == "shot":
-        groups = jnp.asarray(task.class_groups)
-    elif config.loss.groups == "thirds":
-        groups = losses.thirds_groups(task.class_counts)
-    else:
-        raise ValueError(
-            f"config.loss.groups={config.loss.groups!r} is not known; choose shot or thirds"
-        )
+    groups = ltkd_groups(config.loss.groups, task)
 
     def loss(student, labels, teachers, ctx):
         return losses.ltkd_loss(
@@ -310,6 +303,36 @@ def _ltkd(config, task):
         )
 
     return loss
+
+
+LTKD_GROUPS = ("tail33", "shot", "thirds")
+LTKD_REBALANCE = ("batch", "r1", "r2", "none")
+
+
+def ltkd_groups(name: str, task: Task) -> jnp.ndarray:
+    """LTKD's class groups: tail33 (33/34/33% by count, the paper's), shot (the evaluation
+    groups of the task) or thirds (three equal blocks, the last taking the remainder)."""
+    if name == "tail33":
+        return losses.tail33_groups(task.class_counts)
+    if name == "shot":
+        return jnp.asarray(task.class_groups)
+    if name == "thirds":
+        return losses.thirds_groups(task.class_counts)
+    raise ValueError(f"config.loss.groups={name!r} is not known; choose one of {LTKD_GROUPS}")
+
+
+def _ltkd_needs(config) -> Needs:
+    """Checks LTKD's choices from the config alone, before any data or teacher is loaded."""
+    if config.loss.groups not in LTKD_GROUPS:
+        raise ValueError(
+            f"config.loss.groups={config.loss.groups!r} is not known; choose one of {LTKD_GROUPS}"
+        )
+    if config.loss.rebalance not in LTKD_REBALANCE:
+        raise ValueError(
+            f"config.loss.rebalance={config.loss.rebalance!r} is not known; choose one of "
+            f"{LTKD_REBALANCE}"
+        )
+    return Needs(teachers=1)
 
 
 def _cbd_loss(config, task):
@@ -349,7 +372,7 @@ METHODS: dict[str, Recipe] = {
     "bkd": Recipe(ONE_TEACHER, _bkd),
     "dukd": Recipe(ONE_TEACHER, _dukd),
     "krdistill": Recipe(_krdistill_needs, _krdistill),
-    "ltkd": Recipe(ONE_TEACHER, _ltkd),
+    "ltkd": Recipe(_ltkd_needs, _ltkd),
     "cbd": Recipe(_needs(Needs(teachers=1, head="cosine", projection=True)), _cbd_loss),
     "cbd_ensemble": Recipe(_needs(Needs(teachers=-1, head="cosine", projection=True)), _cbd_loss),
     "crt": Recipe(_needs(Needs(frozen_backbone=True)), _ce_unweighted),

@@ -26,7 +26,17 @@ from flax import struct
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from ltkd_jax import checkpointing, config_lib, data, methods, metrics, models, optim, sharding
+from ltkd_jax import (
+    checkpointing,
+    config_lib,
+    data,
+    losses,
+    methods,
+    metrics,
+    models,
+    optim,
+    sharding,
+)
 from ltkd_jax.methods import ModelOutput
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.writers import MetricWriter, read_jsonl
@@ -75,6 +85,8 @@ def build_model(
         projection_dim=projection_dim,
         regressor_dim=teacher_dims[0] if needs.regressor else None,
         ops=cpu_ops.model_ops(cpu_kernels(config)),
+        # Runs recorded before the field existed lack it; it only changes the initial state.
+        zero_init_residual=m.get("zero_init_residual", False),
     )
 
 
@@ -239,7 +251,10 @@ def load_task(config: ml_collections.ConfigDict):
     train, test = _load_splits(d)
     train_lt = data.make_longtail(train, d.imbalance_factor, profile=d.profile, seed=d.lt_seed)
     counts = train_lt.class_counts()
-    groups = data.shot_groups(counts, many=d.many_threshold, few=d.few_threshold)
+    if d.eval_groups == "tail33":
+        groups = np.asarray(losses.tail33_groups(counts))
+    else:
+        groups = data.shot_groups(counts, many=d.many_threshold, few=d.few_threshold)
     task = methods.Task(class_counts=counts, class_groups=np.asarray(groups), dataset=d.name)
     return train_lt, test, task
 
@@ -501,13 +516,26 @@ def init_from_run(state: TrainState, config, num_classes: int, image_shape: tupl
     )
 
 
+TEACHER_SEED_STRIDE = 1000
+
+
+def teacher_seed(seed: int, index: int) -> int:
+    """The seed of stage-1 teacher `index` of a run with seed `seed`: seed + 1000 * (index + 1).
+
+    Distinct from the student's seed and from every other teacher's; with seeds below 1000
+    (as in a table over seeds 0, 1, 2) no teacher seed equals any student seed either.
+    """
+    return seed + TEACHER_SEED_STRIDE * (index + 1)
+
+
 def teacher_config(config: ml_collections.ConfigDict, index: int) -> ml_collections.ConfigDict:
     """Stage 1: the teacher recipe of a distillation config (plain CE, instance sampling).
 
-    Teacher k trains with seed config.seed + k; the last config.teacher.color_jitter_teachers
-    teachers add colour jitter + grayscale (data.color_jitter, methods.md 8.1). So CBD_ENS's
-    vanilla_seed1/2, data_aug_seed1/2 are here teachers 0-1 (seeds seed, seed + 1) and 2-3
-    (seeds seed + 2, seed + 3): the data-aug pair does not reuse the vanilla pair's seeds.
+    Teacher k trains with `teacher_seed(config.seed, k)`, so no teacher shares the student's
+    initial weights, sampler order or augmentation stream. The last
+    config.teacher.color_jitter_teachers teachers add colour jitter + grayscale
+    (data.color_jitter). So CBD_ENS's vanilla_seed1/2, data_aug_seed1/2 are here teachers 0-1
+    and 2-3, four distinct seeds: the data-aug pair does not reuse the vanilla pair's seeds.
     """
     t = ml_collections.ConfigDict(config.to_dict())
     t.method = "ce"
@@ -515,7 +543,7 @@ def teacher_config(config: ml_collections.ConfigDict, index: int) -> ml_collecti
     t.model.head = config.teacher.head
     t.model.projection_dim = 0
     t.num_epochs = config.teacher.num_epochs
-    t.seed = config.seed + index
+    t.seed = teacher_seed(config.seed, index)
     t.data.color_jitter = index >= config.teacher.count - config.teacher.color_jitter_teachers
     t.data.sampler = "instance"
     t.loss.class_weighting = "none"

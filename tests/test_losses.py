@@ -246,6 +246,51 @@ def test_tv16_rebalanced_targets():
     assert_close(r2, [[0.062808, 0.216086, 0.721106], [0.055298, 0.183163, 0.761539]])
 
 
+def test_batch_rebalancing_by_hand():
+    # Three classes, one per group, T = 1: the teacher's group masses are its softmax.
+    q = np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2]])  # head-heavy: batch masses 1.2, 0.5, 0.3
+    scale = (2.0 / 3.0) / q.sum(0)  # each batch mass moved to the uniform 2/3
+    expected = q * scale / (q * scale).sum(1, keepdims=True)
+    got = losses.batch_rebalanced_group_log_masses(
+        np.log(q), class_groups=np.array([0, 1, 2]), temperature=1.0
+    )
+    assert_close(np.exp(got), expected)
+    # Same through the generic entry point; and the batch masses move toward uniform.
+    via = losses.rebalanced_group_log_masses(
+        np.log(q), class_groups=np.array([0, 1, 2]), temperature=1.0, rebalance="batch"
+    )
+    assert_close(np.exp(via), expected)
+    before = np.abs(q.mean(0) - 1 / 3).max()
+    after = np.abs(np.exp(got).mean(0) - 1 / 3).max()
+    assert after < 0.5 * before
+
+
+def test_batch_rebalancing_identical_rows_become_uniform():
+    v = np.tile(V6[:1], (4, 1))  # a head-heavy teacher, the same row four times
+    q = np.exp(losses.rebalanced_group_log_masses(V6[:1], class_groups=G6, rebalance="none"))
+    assert q[0, 0] > 0.4  # head-heavy indeed
+    qt = np.exp(losses.batch_rebalanced_group_log_masses(v, class_groups=G6))
+    assert_close(qt, np.full((4, 3), 1 / 3))
+
+
+def test_batch_rebalancing_keeps_empty_groups_empty():
+    qt = np.exp(
+        losses.batch_rebalanced_group_log_masses(
+            V6, class_groups=np.array([0, 0, 1, 1, 1, 3]), num_groups=4
+        )
+    )
+    assert_close(qt[:, 2], [0.0, 0.0])
+    assert_close(qt.sum(1), [1.0, 1.0])
+
+
+def test_tail33_groups():
+    counts = cifar_lt_counts(500, 100, 100.0)
+    groups = np.asarray(losses.tail33_groups(counts))
+    assert np.bincount(groups).tolist() == [33, 34, 33]
+    assert (groups[:33] == 0).all() and (groups[-33:] == 2).all()  # sorted by count
+    assert np.bincount(losses.tail33_groups(cifar_lt_counts(5000, 10, 100.0))).tolist() == [3, 4, 3]
+
+
 def test_tv16_ltkd_gradients():
     kw = dict(labels=Y6, teacher_logits=V6, class_counts=N6, class_groups=G6, temperature=4.0)
 
@@ -333,6 +378,14 @@ CASES: dict[str, Case] = {
     ),
     "cbd": Case(losses.cbd_loss, {**C3, "features": F_S, "teacher_features": (T1, T2)}),
     "ltkd": Case(losses.ltkd_loss, LT6, jit_grad_check=True),
+    "ltkd_batch": Case(losses.ltkd_loss, LT6, {"rebalance": "batch"}, jit_grad_check=True),
+    # The batch rule with an empty group (it must keep mass 0) and a group of size 1.
+    "ltkd_batch_odd_groups": Case(
+        losses.ltkd_loss,
+        {**LT6, "class_groups": np.array([0, 0, 1, 1, 1, 3])},
+        {"num_groups": 4, "rebalance": "batch"},
+        jit_grad_check=True,
+    ),
     # R2 with "mean" weights on four groups, one empty and one of size 1.
     "ltkd_r2_odd_groups": Case(
         losses.ltkd_loss,

@@ -49,6 +49,7 @@ def get_model(
     projection_dim: int | None = None,
     regressor_dim: int | None = None,
     ops: str = "xla",
+    zero_init_residual: bool = False,
 ) -> nn.Module:
     """Build a registered model.
 
@@ -63,6 +64,8 @@ def get_model(
         (KRDistill's regressor onto the teacher's features, methods.md 7.2).
       ops: ``xla`` (Flax layers) or ``cpu`` (`cpu_ops` kernels, same parameters); the
         ImageNet-style models always use ``xla``.
+      zero_init_residual: ImageNet-style models only: the last BatchNorm of every residual
+        block starts with gamma 0 (the official CBD code's ``gamma_initializer='zeros'``).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
@@ -74,7 +77,7 @@ def get_model(
         dtype=dtype,
         projection_dim=projection_dim,
         regressor_dim=regressor_dim,
-        **({"ops": ops} if name in CPU_OPS_MODELS else {}),
+        **({"ops": ops} if name in CPU_OPS_MODELS else {"zero_init_residual": zero_init_residual}),
     )
 
 

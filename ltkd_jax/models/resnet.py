@@ -31,11 +31,8 @@ Dtype = Any
 
 def _last_bn(train: bool, dtype: Dtype, zero_init: bool) -> nn.BatchNorm:
     """The block's last BN; zero gamma makes every residual block start as the identity
-    (Goyal et al.; optional, off by default as in torchvision)."""
-    bn = _bn(train, dtype)
-    if zero_init:
-        bn = bn.clone(scale_init=nn.initializers.zeros)
-    return bn
+    (Goyal et al.; the official CBD code; off by default as in torchvision)."""
+    return _bn(train, dtype, zero_scale=zero_init)
 
 
 def _shortcut(x: jax.Array, out: int, stride: int, train: bool, dtype: Dtype) -> jax.Array:

@@ -64,7 +64,9 @@ def _conv(
     )
 
 
-def _bn(train: bool, dtype: Dtype, name: str | None = None, ops: str = "xla"):
+def _bn(
+    train: bool, dtype: Dtype, name: str | None = None, ops: str = "xla", zero_scale: bool = False
+):
     """BatchNorm (`cpu_ops.BatchNorm` for ``ops='cpu'``; the identity once folded)."""
     if ops == "folded":
         if train:
@@ -81,6 +83,7 @@ def _bn(train: bool, dtype: Dtype, name: str | None = None, ops: str = "xla"):
         dtype=dtype,
         param_dtype=jnp.float32,
         name=name,
+        **({"scale_init": nn.initializers.zeros} if zero_scale else {}),
     )
 
 
@@ -115,7 +118,15 @@ def _pool_and_classify(
     features = jnp.mean(x, axis=(1, 2))
     if projection_dim is not None:
         # methods.md 8.2: CBD students distil the post-projection vector.
-        proj = linear(projection_dim, features.shape[-1], dtype=dtype, name="projection")
+        # Keras Dense defaults, as the official CBD code builds it: Glorot-uniform, zero bias.
+        proj = nn.Dense(
+            projection_dim,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nn.initializers.glorot_uniform(),
+            bias_init=nn.initializers.zeros,
+            name="projection",
+        )
         features = nn.relu(proj(features))
     logits = make_head(head, num_classes, features.shape[-1], dtype=dtype)(features)
     if regressor_dim is not None:
