@@ -67,6 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
     # grayscale (p = 0.2), as CBD_ENS's data-aug teachers (methods.md 8.1).
     c.data.color_jitter = False
     c.data.num_workers = 0
+    # In-RAM splits (CIFAR, digits, folders that fit) live on the devices and a whole chunk
+    # of steps (gather, crop/flip, step) runs in one jitted call; False feeds every batch
+    # from the host through grain, as record splits and colour jitter always do.
+    c.data.device_resident = True
     # Mean/std normalisation of the input (dataset_stats); False feeds pixels in [0, 1],
     # as CBD does (methods.md 8.3).
     c.data.normalize = True
@@ -147,6 +151,9 @@ def base_config() -> ml_collections.ConfigDict:
     # > 0 caps the steps of every epoch: smoke runs of the real recipe on a CPU.
     c.max_steps_per_epoch = 0
     c.log_every_steps = 50
+    # Steps per jitted call on the device-resident path; 0 = a whole epoch. Smaller chunks
+    # advance the progress bar more often, at one host round trip each.
+    c.scan_steps = 0
     c.num_devices = 0  # 0 = every device JAX sees; n = the first n (a data-parallel mesh)
     c.progress_bar = True
     c.keep_checkpoints = 2  # the latest N are kept, plus the best by top-1
@@ -242,6 +249,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
             "e.g. --config.data.archive=../shared/data/cifar100-png.zip, or leave it empty to "
             "download"
         )
+    if config.scan_steps < 0:
+        errors.append(f"config.scan_steps={config.scan_steps} must be >= 0 (0 = a whole epoch)")
     for field in ("batch_size", "eval_batch_size", "num_epochs", "eval_every_epochs"):
         if config[field] < 1:
             errors.append(f"config.{field}={config[field]} must be a positive integer")

@@ -30,6 +30,7 @@ from ltkd_jax import (
     checkpointing,
     config_lib,
     data,
+    feeds,
     losses,
     methods,
     metrics,
@@ -37,6 +38,7 @@ from ltkd_jax import (
     optim,
     sharding,
 )
+from ltkd_jax.data import device as device_data
 from ltkd_jax.methods import ModelOutput
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.writers import MetricWriter, read_jsonl
@@ -194,8 +196,9 @@ def eval_step(
     return metrics.eval_counts(logits, batch["label"], batch["mask"])
 
 
-def evaluate(eval_fn, variables, test_split, mesh, batch_size: int, class_groups) -> dict:
-    """Every test image exactly once, on any number of processes (padding is masked)."""
+def _sum_eval_counts(eval_fn, variables, test_split, mesh, batch_size: int) -> dict:
+    """Per-class counts over every test image exactly once, on any number of processes
+    (padding is masked), batches fed from the host."""
     counts = None
     for local in data.eval_batches(
         test_split,
@@ -204,26 +207,125 @@ def evaluate(eval_fn, variables, test_split, mesh, batch_size: int, class_groups
         process_count=jax.process_count(),
     ):
         counts = metrics.add_counts(counts, eval_fn(variables, sharding.global_batch(mesh, local)))
+    return counts
+
+
+def evaluate(eval_fn, variables, test_split, mesh, batch_size: int, class_groups) -> dict:
+    """Every test image exactly once, on any number of processes (padding is masked)."""
+    counts = _sum_eval_counts(eval_fn, variables, test_split, mesh, batch_size)
     return metrics.summarize(counts, class_groups)
+
+
+def train_chunk(
+    state: TrainState,
+    teachers: tuple[Teacher, ...],
+    data: dict,
+    plan: dict,
+    ctx: dict,
+    *,
+    batch_sharding,
+    **step_kwargs,
+) -> tuple[TrainState, dict]:
+    """`train_step` over the K global batches of a plan, in one `lax.scan` on the device.
+
+    `data` is the device-resident split, `plan` the [K, B] indices and crops
+    (`data.device.plan_batches`). Returns the final state and the stacked [K] metrics.
+    """
+
+    def body(state, step_plan):
+        batch = jax.lax.with_sharding_constraint(
+            device_data.make_batch(data, step_plan), batch_sharding
+        )
+        return train_step(state, teachers, batch, ctx, **step_kwargs)
+
+    return jax.lax.scan(body, state, plan)
+
+
+def evaluate_resident(
+    variables: dict, layout: dict, logit_offset=None, *, model, mean: tuple, std: tuple
+) -> dict:
+    """Summed `eval_step` counts over a device-resident test split ([N, B, ...] layout)."""
+    step = functools.partial(eval_step, model=model, mean=mean, std=std)
+    first = jax.tree.map(lambda x: x[0], layout)
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(step, variables, first, logit_offset)
+    )
+
+    def body(total, batch):
+        counts = step(variables, batch, logit_offset)
+        return jax.tree.map(jnp.add, total, counts), None
+
+    return jax.lax.scan(body, zeros, layout)[0]
 
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _mean_metrics(window: list[dict]) -> dict:
-    stacked = jax.device_get(window)
-    return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+def _first_non_finite(step0: int, chunk: dict) -> tuple[int, dict] | None:
+    """(step, bad values) of the first step in a chunk of stacked [K] metrics with a
+    non-finite value, or None."""
+    finite = np.all([np.isfinite(v) for v in chunk.values()], axis=0)
+    if finite.all():
+        return None
+    i = int(np.argmin(finite))
+    return step0 + i + 1, {k: float(v[i]) for k, v in chunk.items() if not np.isfinite(v[i])}
 
 
-def _check_finite(step: int, scalars: dict, workdir: str) -> None:
-    bad = {k: v for k, v in scalars.items() if not np.isfinite(v)}
+def _check_finite(step0: int, chunk: dict, workdir: str) -> None:
+    bad = _first_non_finite(step0, chunk)
     if bad:
         raise FloatingPointError(
-            f"non-finite training metrics at step {step}: {bad}. The last good checkpoint in "
-            f"{checkpointing.checkpoint_dir(workdir)} is kept; lower config.optim.lr, check the "
-            "data and the loss hyper-parameters, then rerun the same command to resume from it."
+            f"non-finite training metrics at step {bad[0]}: {bad[1]}. The last good checkpoint "
+            f"in {checkpointing.checkpoint_dir(workdir)} is kept; lower config.optim.lr, check "
+            "the data and the loss hyper-parameters, then rerun the same command to resume "
+            "from it."
         )
+
+
+class _TrainLog:
+    """Per-step metrics of finished chunks -> one train record per log window.
+
+    Windows end every config.log_every_steps steps and at every epoch end, whatever the
+    chunk size, so records land on the same steps on the device and the host path.
+    """
+
+    def __init__(self, writer: MetricWriter, config, steps_per_epoch: int, progress):
+        self.writer, self.progress = writer, progress
+        self.log_every, self.batch_size = config.log_every_steps, config.batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.window: list[dict] = []
+        self.seconds = 0.0
+
+    def add(self, step0: int, chunk: dict, seconds: float) -> None:
+        """Chunk = stacked [K] metrics of steps step0 .. step0 + K - 1 (host numpy)."""
+        k = len(next(iter(chunk.values())))
+        for i in range(k):
+            step = step0 + i + 1
+            self.window.append({name: v[i] for name, v in chunk.items()})
+            self.seconds += seconds / k
+            if step % self.log_every == 0 or step % self.steps_per_epoch == 0:
+                self._flush(step)
+
+    def _flush(self, step: int) -> None:
+        scalars = {k: float(np.mean([m[k] for m in self.window])) for k in self.window[0]}
+        scalars["images_per_sec"] = len(self.window) * self.batch_size / max(self.seconds, 1e-9)
+        epoch = (step - 1) // self.steps_per_epoch + 1
+        self.writer.write_scalars(
+            step, scalars, log=self.progress.disable, epoch=epoch, split="train"
+        )
+        self.progress.set_postfix(loss=f"{scalars['loss']:.3f}", epoch=epoch)
+        self.window, self.seconds = [], 0.0
+
+
+def _chunks(start: int, total: int, steps_per_epoch: int, size: int):
+    """(t0, t1) ranges covering [start, total), never crossing an epoch end."""
+    t = start
+    while t < total:
+        epoch_end = (t // steps_per_epoch + 1) * steps_per_epoch
+        t1 = min(epoch_end, total, t + size)
+        yield t, t1
+        t = t1
 
 
 @functools.lru_cache(maxsize=8)
@@ -301,24 +403,7 @@ def train_and_evaluate(
         num_devices,
     )
 
-    iterator, steps_per_epoch = data.make_train_iterator(
-        train_split,
-        global_batch_size=config.batch_size,
-        sampler=config.data.sampler,
-        seed=config.seed,
-        num_epochs=config.num_epochs,
-        augment=config.data.augment,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_workers=config.data.num_workers,
-        crop_min_area=config.data.crop_min_area,
-        color_jitter=config.data.color_jitter,
-    )
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"config.batch_size={config.batch_size} exceeds the {len(train_split)} training "
-            "images; lower it"
-        )
+    feed, steps_per_epoch = _make_feed(config, train_split, mesh)
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     total_steps = steps_per_epoch * config.num_epochs
@@ -331,7 +416,7 @@ def train_and_evaluate(
     state = create_train_state(model, tx, train_split.image_shape, config.seed, mesh)
 
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
-    restored = checkpointing.restore_latest(manager, state, iterator)
+    restored = checkpointing.restore_latest(manager, state, feed.checkpoint_item(0))
     if restored is not None:
         state = restored
         logging.info("resumed from step %d in %s", int(state.step), workdir)
@@ -339,19 +424,6 @@ def train_and_evaluate(
         state = init_from_run(state, config, num_classes, train_split.image_shape)
     start_step = int(state.step)
 
-    repl = sharding.replicated(mesh)
-    options = cpu_ops.compiler_options(cpu_kernels(config))
-    p_train_step = jax.jit(
-        functools.partial(train_step, method=method, schedule=schedule, mean=mean, std=std),
-        donate_argnums=(0,),
-        out_shardings=(repl, repl),
-        compiler_options=options,
-    )
-    p_eval_step = jax.jit(
-        functools.partial(eval_step, model=model, mean=mean, std=std),
-        out_shardings=repl,
-        compiler_options=options,
-    )
     writer.write_json(
         "task.json",
         {
@@ -364,42 +436,30 @@ def train_and_evaluate(
             "num_devices": num_devices,
         },
     )
+    step_kwargs = dict(method=method, schedule=schedule, mean=mean, std=std)
+    train_fn = _compile_train(config, mesh, feed, step_kwargs)
+    evaluator = _make_evaluator(config, mesh, model, test_split, eval_batch_size, mean, std)
     progress = _progress_bar(config, total_steps, start_step)
-    window: list[dict] = []
-    window_start = time.perf_counter()
-    ctx = None
-    for step in range(start_step, total_steps):
-        epoch = step // steps_per_epoch
-        if ctx is None or step % steps_per_epoch == 0:
-            ctx = jax.device_put(method.epoch_context(epoch), repl)
-        batch = sharding.global_batch(mesh, next(iterator))
-        state, step_metrics = p_train_step(state, teachers, batch, ctx)
-        window.append(step_metrics)
-        progress.update(1)
-        end_of_epoch = (step + 1) % steps_per_epoch == 0
-        if (step + 1) % config.log_every_steps == 0 or end_of_epoch:
-            scalars = _mean_metrics(window)
-            elapsed = time.perf_counter() - window_start
-            scalars["images_per_sec"] = len(window) * config.batch_size / elapsed
-            _check_finite(step + 1, scalars, workdir)
-            writer.write_scalars(
-                step + 1, scalars, log=progress.disable, epoch=epoch + 1, split="train"
+    log = _TrainLog(writer, config, steps_per_epoch, progress)
+    chunk = config.scan_steps if feed.on_device else config.log_every_steps
+    for t0, t1 in _chunks(start_step, total_steps, steps_per_epoch, chunk or steps_per_epoch):
+        epoch = t0 // steps_per_epoch
+        ctx = jax.device_put(method.epoch_context(epoch), sharding.replicated(mesh))
+        started = time.perf_counter()
+        state, chunk_metrics = train_fn(state, teachers, ctx, t0, t1)
+        chunk_metrics = jax.device_get(chunk_metrics)  # the one host sync of the chunk
+        _check_finite(t0, chunk_metrics, workdir)
+        log.add(t0, chunk_metrics, time.perf_counter() - started)
+        progress.update(t1 - t0)
+        end_of_epoch = t1 % steps_per_epoch == 0
+        if end_of_epoch and ((epoch + 1) % config.eval_every_epochs == 0 or t1 == total_steps):
+            progress.set_postfix_str(f"epoch {epoch + 1}: evaluating")
+            results = metrics.summarize(evaluator(variables_of(state)), task.class_groups)
+            writer.write_scalars(t1, results, epoch=epoch + 1, split="test")
+            # Asynchronous: the next chunk runs while orbax writes this one.
+            checkpointing.save(
+                manager, t1, state, feed.checkpoint_item(t1), {"top1": results["top1"]}
             )
-            progress.set_postfix(loss=f"{scalars['loss']:.3f}", epoch=epoch + 1)
-            window, window_start = [], time.perf_counter()
-        last_step = step + 1 == total_steps
-        if end_of_epoch and ((epoch + 1) % config.eval_every_epochs == 0 or last_step):
-            results = evaluate(
-                p_eval_step,
-                variables_of(state),
-                test_split,
-                mesh,
-                eval_batch_size,
-                task.class_groups,
-            )
-            writer.write_scalars(step + 1, results, epoch=epoch + 1, split="test")
-            checkpointing.save(manager, step + 1, state, iterator, {"top1": results["top1"]})
-            window_start = time.perf_counter()  # evaluation time is not training time
     progress.close()
     manager.wait_until_finished()
     if start_step >= total_steps:
@@ -407,6 +467,85 @@ def train_and_evaluate(
     manager.close()
     writer.close()
     return state
+
+
+def _make_feed(config: ml_collections.ConfigDict, train_split, mesh):
+    """(feed, uncapped steps per epoch): on the device when the split allows it."""
+    if config.batch_size > len(train_split):
+        raise ValueError(
+            f"config.batch_size={config.batch_size} exceeds the {len(train_split)} training "
+            "images; lower it"
+        )
+    steps_per_epoch = len(train_split) // config.batch_size
+    if feeds.uses_device(config, train_split):
+        return feeds.DeviceFeed(train_split, config, mesh), steps_per_epoch
+    iterator, _ = data.make_train_iterator(
+        train_split,
+        global_batch_size=config.batch_size,
+        sampler=config.data.sampler,
+        seed=config.seed,
+        num_epochs=config.num_epochs,
+        augment=config.data.augment,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_workers=config.data.num_workers,
+        crop_min_area=config.data.crop_min_area,
+        color_jitter=config.data.color_jitter,
+    )
+    return feeds.HostFeed(iterator, mesh), steps_per_epoch
+
+
+def _compile_train(config: ml_collections.ConfigDict, mesh, feed, step_kwargs: dict):
+    """train_fn(state, teachers, ctx, t0, t1) -> (state, stacked [t1 - t0] metrics)."""
+    repl = sharding.replicated(mesh)
+    options = cpu_ops.compiler_options(cpu_kernels(config))
+    if feed.on_device:
+        p_chunk = jax.jit(
+            functools.partial(
+                train_chunk, batch_sharding=sharding.data_sharded(mesh), **step_kwargs
+            ),
+            donate_argnums=(0,),
+            out_shardings=(repl, repl),
+            compiler_options=options,
+        )
+        return lambda state, teachers, ctx, t0, t1: p_chunk(
+            state, teachers, feed.data, feed.plan(t0, t1), ctx
+        )
+    p_step = jax.jit(
+        functools.partial(train_step, **step_kwargs),
+        donate_argnums=(0,),
+        out_shardings=(repl, repl),
+        compiler_options=options,
+    )
+
+    def host_chunk(state, teachers, ctx, t0, t1):
+        outputs = []
+        for batch in feed.batches(t1 - t0):
+            state, step_metrics = p_step(state, teachers, batch, ctx)
+            outputs.append(step_metrics)
+        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+
+    return host_chunk
+
+
+def _make_evaluator(config, mesh, model, test_split, batch_size: int, mean, std):
+    """variables -> summed per-class counts over the test split (one call when resident)."""
+    repl = sharding.replicated(mesh)
+    options = cpu_ops.compiler_options(cpu_kernels(config))
+    if config.data.device_resident and isinstance(test_split, data.ArraySplit):
+        layout = device_data.eval_layout(test_split, batch_size, mesh)
+        p_eval = jax.jit(
+            functools.partial(evaluate_resident, model=model, mean=mean, std=std),
+            out_shardings=repl,
+            compiler_options=options,
+        )
+        return lambda variables: jax.device_get(p_eval(variables, layout))
+    p_eval_step = jax.jit(
+        functools.partial(eval_step, model=model, mean=mean, std=std),
+        out_shardings=repl,
+        compiler_options=options,
+    )
+    return lambda variables: _sum_eval_counts(p_eval_step, variables, test_split, mesh, batch_size)
 
 
 # ---------------------------------------------------------------------------------------

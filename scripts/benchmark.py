@@ -23,10 +23,13 @@ to the weights at the training batch, forward at the evaluation batch), for ltkd
 PyTorch, next to PyTorch's whole CE and eval steps: a whole ltkd_jax step cannot be faster than
 its convolutions, so `convs / PyTorch step` bounds the step ratio XLA's kernels allow.
 
-`--loop` instead times whole training loops with the real input pipeline on CIFAR-100-LT
-(IF 100): `train.train_and_evaluate` of a CE teacher and a BKD student (images/s as logged,
-the compile window dropped), against the PyTorch loop with a DataLoader and the BKD repo's
-transforms. `--input` times the ImageNet-style input pipeline alone (JPEG decode +
+`--loop` instead times whole training loops on CIFAR-100-LT (IF 100):
+`train.train_and_evaluate` of a CE teacher and a BKD student, each two epochs of
+`--loop_steps` steps, the second epoch timed (images/s as logged), once with the
+device-resident epochs and once fed by grain from the host; next to the pure jitted steps
+(one `loop/pure ratio` line per loop) and the PyTorch loop with a DataLoader and the BKD
+repo's transforms. It ends with the peak host RSS and, where the backend reports it, the
+peak device memory. `--input` times the ImageNet-style input pipeline alone (JPEG decode +
 random-resized crop + flip at 224, images/s per host with 0, 1, 2 grain workers; see
 `scripts/benchmark_input.py` for its own options).
 """
@@ -395,14 +398,18 @@ def bench_convs() -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def _loop_config(method: str, setting: str, workdir_teacher: str = ""):
+def _loop_config(method: str, resident: bool, workdir_teacher: str = ""):
+    """Two epochs of --loop_steps steps: the first compiles, the second is timed."""
     c = config_lib.base_config()
     c.method = method
     c.data.archive = _ARCHIVE.value
-    c.model.cpu_kernels = setting
-    c.num_epochs = 1
-    c.max_steps_per_epoch = _LOOP_STEPS.value + _LOG_EVERY.value
-    c.log_every_steps = _LOG_EVERY.value
+    c.data.device_resident = resident
+    c.model.cpu_kernels = _CPU_KERNELS.value[0]
+    c.model.name = c.teacher.model = _MODEL.value
+    c.num_epochs = 2
+    c.max_steps_per_epoch = _LOOP_STEPS.value
+    c.log_every_steps = _LOOP_STEPS.value  # one train record per epoch
+    c.eval_every_epochs = 2
     c.progress_bar = False
     c.teacher.workdir = workdir_teacher
     if method == "bkd":
@@ -411,16 +418,16 @@ def _loop_config(method: str, setting: str, workdir_teacher: str = ""):
 
 
 def _logged_rate(workdir: str) -> float:
-    """Median logged images/s over the windows after the first (which holds the compile)."""
+    """images/s of the second epoch's training (the first holds the compile)."""
     rows = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "train"]
-    return statistics.median(r["images_per_sec"] for r in rows[1:])
+    return rows[-1]["images_per_sec"]
 
 
-def jax_loop(setting: str, root: str) -> tuple[float, float]:
-    """(teacher, student) images/s of train_and_evaluate with cpu_kernels=`setting`."""
+def jax_loop(resident: bool, root: str) -> tuple[float, float]:
+    """(teacher, student) in-loop images/s of train_and_evaluate."""
     teacher_dir = tempfile.mkdtemp(dir=root)
-    train.train_and_evaluate(_loop_config("ce", setting), teacher_dir)
-    student_config = _loop_config("bkd", setting, teacher_dir)
+    train.train_and_evaluate(_loop_config("ce", resident), teacher_dir)
+    student_config = _loop_config("bkd", resident, teacher_dir)
     student_dir = tempfile.mkdtemp(dir=root)
     teachers = train.prepare_teachers(student_config, student_dir)
     train.train_and_evaluate(student_config, student_dir, teachers=teachers)
@@ -428,7 +435,7 @@ def jax_loop(setting: str, root: str) -> tuple[float, float]:
 
 
 def torch_loop(ref) -> tuple[float, float]:
-    split, _, task = train.load_task(_loop_config("ce", "off"))
+    split, _, task = train.load_task(_loop_config("ce", False))
     kwargs = {
         "num_classes": split.num_classes,
         "class_counts": task.class_counts,
@@ -444,30 +451,56 @@ def torch_loop(ref) -> tuple[float, float]:
     )
 
 
+def _pure_step_rates() -> tuple[list[float], list[float]]:
+    """images/s of the pure jitted CE and BKD steps on a pre-built batch, per repeat."""
+    batch, eval_batch = _batches(_CLASSES.value)
+    steps = jax_steps(_CPU_KERNELS.value[0], batch, eval_batch)
+    rates = alternate(
+        {name: steps[name][0] for name in STEPS[:2]}, _STEPS.value, _REPEATS.value, _BATCH.value
+    )
+    return rates[STEPS[0]], rates[STEPS[1]]
+
+
+def _device_memory() -> str:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" not in stats:
+        return "device memory: not reported by this backend"
+    return f"device memory: peak {stats['peak_bytes_in_use'] / 2**30:.2f} GiB in use"
+
+
 def bench_loop() -> None:
+    """In-loop vs pure-step images/s, for the device-resident and the grain-fed loop."""
     ref = _import_torch() if _TORCH.value else None
+    variants = {"ltkd_jax device-resident": True, "ltkd_jax grain feed": False}
     rates: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as root:
         for _ in range(_REPEATS.value):
-            for setting in _CPU_KERNELS.value:
-                rates.setdefault(f"ltkd_jax cpu {setting}", []).append(jax_loop(setting, root))
+            for name, resident in variants.items():
+                rates.setdefault(name, []).append(jax_loop(resident, root))
             if ref is not None:
                 rates.setdefault("pytorch", []).append(torch_loop(ref))
-    print(f"\ntraining loops on CIFAR-100-LT (IF 100), batch 128, {_LOOP_STEPS.value} steps")
-    print(f"after {_LOG_EVERY.value} warm-up steps; {_REPEATS.value} alternating repeats")
-    print(f"{'loop':<16} {'variant':<18} {'images/s':>9} {'spread':>11} {'x PyTorch':>9}")
+    pure = _pure_step_rates()
+    device = jax.devices()[0]
+    print(f"\ntraining loops on CIFAR-100-LT (IF 100), batch {_BATCH.value}, ltkd_jax on")
+    print(f"{device.device_kind} ({jax.__version__}); epoch 2 of 2 x {_LOOP_STEPS.value} steps")
+    print(f"timed, {_REPEATS.value} alternating repeats; pure = the jitted step alone")
+    print(f"{'loop':<16} {'variant':<26} {'images/s':>9} {'spread':>11} {'x PyTorch':>9}")
     for k, loop in enumerate(("teacher (CE)", "student (BKD)")):
+        print(f"{loop:<16} {'ltkd_jax pure step':<26} {statistics.median(pure[k]):>9.1f}")
         for name, runs in rates.items():
             r = [run[k] for run in runs]
-            line = (
-                f"{loop:<16} {name:<18} {statistics.median(r):>9.1f} {min(r):>5.0f}-{max(r):<5.0f}"
-            )
+            line = f"{loop:<16} {name:<26} {statistics.median(r):>9.1f}"
+            line += f" {min(r):>5.0f}-{max(r):<5.0f}"
             if "pytorch" in rates and name != "pytorch":
                 torch_r = [run[k] for run in rates["pytorch"]]
-                line += (
-                    f" {statistics.median(a / b for a, b in zip(r, torch_r, strict=True)):>9.2f}"
-                )
+                ratio = statistics.median(a / b for a, b in zip(r, torch_r, strict=True))
+                line += f" {ratio:>9.2f}"
             print(line)
+    for k, loop in enumerate(("teacher (CE)", "student (BKD)")):
+        for name in variants:
+            ratio = statistics.median(run[k] for run in rates[name]) / statistics.median(pure[k])
+            print(f"{loop} {name} loop/pure ratio: {ratio:.2f}")
+    print(f"host memory: peak RSS {_peak_rss_gib():.2f} GiB; {_device_memory()}")
 
 
 def bench_input() -> None:

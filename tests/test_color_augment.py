@@ -158,7 +158,7 @@ def test_teacher_config_jitters_only_the_last_teachers():
     assert (ens.teacher.count, ens.teacher.color_jitter_teachers) == (4, 2)
     teachers = [train.teacher_config(ens, k) for k in range(4)]
     assert [t.data.color_jitter for t in teachers] == [False, False, True, True]
-    assert [t.seed for t in teachers] == [0, 1, 2, 3]
+    assert [t.seed for t in teachers] == [1000, 2000, 3000, 4000]  # never the student's 0
     assert ens.data.color_jitter is False  # the student trains without it
     assert _load("cbd_cifar", "teachers=4").teacher.color_jitter_teachers == 2
     assert _load("cbd_cifar", "teachers=2").teacher.color_jitter_teachers == 1

@@ -48,3 +48,33 @@ def test_benchmark_prints_a_rate_per_row(flags, rows, rate):
         lines = [line for line in done.stdout.splitlines() if line.startswith(row)]
         assert len(lines) == 1, f"no single {row!r} row in:\n{done.stdout}"
         assert float(rate.search(lines[0]).group(1)) > 0, lines[0]
+
+
+CIFAR100_ZIP = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar100-png.zip")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists(CIFAR100_ZIP), reason="needs ../shared/data/cifar100-png.zip"
+)
+def test_benchmark_loop_prints_loop_over_pure_ratios():
+    done = subprocess.run(
+        [
+            sys.executable,
+            BENCHMARK,
+            *SMALL,
+            "--loop",
+            "--loop_steps=2",
+            f"--archive={CIFAR100_ZIP}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ratios = re.findall(r"loop/pure ratio: (\d+\.\d+)", done.stdout)
+    assert len(ratios) == 4, done.stdout  # 2 loops x (device-resident, grain feed)
+    assert all(float(r) > 0 for r in ratios)
+    assert "host memory: peak RSS" in done.stdout

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import grain
 import numpy as np
@@ -64,14 +65,35 @@ class _GatherLocal:
         return {"image": self.images[idx], "label": self.labels[idx].astype(np.int32)}
 
 
+class BatchAugment(NamedTuple):
+    """The augmentation draws of one global batch."""
+
+    crop: tuple[np.ndarray, np.ndarray, np.ndarray]  # rows, cols, flips, each [B]
+    color: augment_lib.ColorParams | None  # colour jitter + grayscale, when enabled
+
+
+def draw_batch_augment(
+    seed: int, batch_index: int, global_batch_size: int, pad: int, color_jitter: bool = False
+) -> BatchAugment:
+    """Pad-crop-flip (and colour) draws of global batch `batch_index`, from a generator seeded
+    by (seed, batch_index): the same on every process, on the grain and on the device path."""
+    rng = np.random.default_rng([_augment_seed(seed), batch_index])
+    crop = augment_lib.draw_crop_flip(rng, global_batch_size, pad)
+    # Drawn after crop/flip: the stream without colour jitter is unchanged.
+    color = augment_lib.draw_color_params(rng, global_batch_size) if color_jitter else None
+    return BatchAugment(crop, color)
+
+
 class _AugmentLocal:
-    """Random map: augments this process's slice with parameters drawn for the global batch."""
+    """Map with index: augments this process's slice of global batch `index` with the draws
+    of `draw_batch_augment` for the whole global batch."""
 
     def __init__(
         self,
         kind: str,
         global_batch_size: int,
         local: slice,
+        seed: int,
         pad: int = 4,
         color_jitter: bool = False,
     ):
@@ -79,18 +101,21 @@ class _AugmentLocal:
             raise ValueError(
                 f"unknown augmentation {kind!r}; choose one of {augment_lib.AUGMENTS}."
             )
-        self.kind, self.pad, self.color_jitter = kind, pad, color_jitter
+        self.kind, self.pad, self.color_jitter, self.seed = kind, pad, color_jitter, seed
         self.global_batch_size, self.local = global_batch_size, local
 
-    def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator):
+    def __call__(self, index: int, batch: dict[str, np.ndarray]):
         image = batch["image"]
+        if self.kind == "none" and not self.color_jitter:
+            return batch
+        draws = draw_batch_augment(
+            self.seed, index, self.global_batch_size, self.pad, self.color_jitter
+        )
         if self.kind == "cifar":
-            params = augment_lib.draw_crop_flip(rng, self.global_batch_size, self.pad)
-            rows, cols, flips = (p[self.local] for p in params)
+            rows, cols, flips = (p[self.local] for p in draws.crop)
             image = augment_lib.crop_flip(image, rows, cols, flips, pad=self.pad)
-        if self.color_jitter:  # Drawn after crop/flip: the stream without it is unchanged.
-            color = augment_lib.draw_color_params(rng, self.global_batch_size)
-            image = augment_lib.color_augment(image, color.take(self.local))
+        if draws.color is not None:
+            image = augment_lib.color_augment(image, draws.color.take(self.local))
         return {"image": image, "label": batch["label"]}
 
 
@@ -145,22 +170,14 @@ def make_train_iterator(
         raise ValueError(
             f"global batch size {global_batch_size} exceeds the {len(split)} training examples"
         )
-    indices = ReweightedIndexSequence(
-        split.labels,
-        split.num_classes,
-        sampler=sampler,
-        seed=seed,
-        epoch_len=steps_per_epoch * global_batch_size,
-        num_epochs=num_epochs,
-    )
+    indices = index_sequence(split, global_batch_size, sampler, seed, num_epochs)
     if isinstance(split, ArraySplit) and augment in ("cifar", "none"):
         ds = (
             grain.MapDataset.source(indices)
             .batch(global_batch_size, drop_remainder=True)
             .map(_GatherLocal(split.images, split.labels, local))
-            .random_map(
-                _AugmentLocal(augment, global_batch_size, local, color_jitter=color_jitter),
-                seed=_augment_seed(seed),
+            .map_with_index(
+                _AugmentLocal(augment, global_batch_size, local, seed, color_jitter=color_jitter)
             )
         )
     else:
@@ -171,6 +188,20 @@ def make_train_iterator(
         n_local = len(indices) // global_batch_size * (local.stop - local.start)
         ds = grain.MapDataset.range(n_local).map(reader).batch(local.stop - local.start)
     return iter(_to_iter(ds, num_workers, num_threads)), steps_per_epoch
+
+
+def index_sequence(
+    split: Split, global_batch_size: int, sampler: str, seed: int, num_epochs: int
+) -> ReweightedIndexSequence:
+    """The dataset indices of every training batch: epochs of steps_per_epoch * batch draws."""
+    return ReweightedIndexSequence(
+        split.labels,
+        split.num_classes,
+        sampler=sampler,
+        seed=seed,
+        epoch_len=len(split) // global_batch_size * global_batch_size,
+        num_epochs=num_epochs,
+    )
 
 
 def _is_record(split: Split) -> bool:

@@ -1,0 +1,91 @@
+"""How training batches reach the step: on the device, or from the host through grain.
+
+- `DeviceFeed` (in-RAM splits, `data.supports`): the split lives on the devices; per chunk
+  of steps the host sends only the plan (indices and augmentation draws, a few KB) and the
+  trainer runs the whole chunk in one jitted `lax.scan` (`train.train_chunk`).
+- `HostFeed` (record splits, per-example augmentation, colour jitter): grain batches,
+  placed on the devices `PREFETCH_BATCHES` ahead of the step so the host work and the step
+  overlap.
+
+Both expose the object a checkpoint stores as its `data` item, so a resumed run continues
+from the same batch.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+
+import grain
+import ml_collections
+
+from ltkd_jax import sharding
+from ltkd_jax.data import device, pipeline
+from ltkd_jax.data.sources import Split
+
+# Device batches queued ahead of the step on the host path: two keep the next transfer in
+# flight while the step runs, without holding much device memory.
+PREFETCH_BATCHES = 2
+
+
+class DeviceFeed:
+    """The training split uploaded once; batch plans drawn per chunk."""
+
+    on_device = True
+
+    def __init__(self, split: Split, config: ml_collections.ConfigDict, mesh):
+        self.mesh = mesh
+        self.batch_size = config.batch_size
+        self.seed = config.seed
+        self.augment = config.data.augment
+        self.sequence = pipeline.index_sequence(
+            split, config.batch_size, config.data.sampler, config.seed, config.num_epochs
+        )
+        self.data = device.upload(split.images, split.labels, mesh)
+        self.position = device.StepPosition()
+
+    def plan(self, t0: int, t1: int) -> dict:
+        """[t1 - t0, B] device arrays: the indices and crops of global batches t0 .. t1 - 1."""
+        return device.plan_batches(
+            self.sequence,
+            t0,
+            t1,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            augment=self.augment,
+        ).to_device(self.mesh)
+
+    def checkpoint_item(self, next_step: int) -> device.StepPosition:
+        self.position.next_batch = next_step
+        return self.position
+
+
+class HostFeed:
+    """grain batches of this process, assembled into global device arrays ahead of use."""
+
+    on_device = False
+
+    def __init__(self, iterator: grain.DatasetIterator, mesh):
+        self.iterator, self.mesh = iterator, mesh
+
+    def batches(self, count: int) -> Iterator[dict]:
+        """The next `count` global batches, each put on the devices up to PREFETCH_BATCHES
+        steps before it is used. Never reads past `count`, so the iterator stands exactly at
+        the end of the chunk when a checkpoint saves its position."""
+        queue: collections.deque = collections.deque()
+        taken = 0
+        while taken < count or queue:
+            while taken < count and len(queue) < PREFETCH_BATCHES:
+                queue.append(sharding.global_batch(self.mesh, next(self.iterator)))
+                taken += 1
+            yield queue.popleft()
+
+    def checkpoint_item(self, next_step: int) -> grain.DatasetIterator:
+        del next_step  # the iterator knows its position
+        return self.iterator
+
+
+def uses_device(config: ml_collections.ConfigDict, split: Split) -> bool:
+    """The device path when the config allows it and the split and augmentation support it."""
+    d = config.data
+    return bool(d.device_resident) and device.supports(split, d.augment, d.color_jitter)
