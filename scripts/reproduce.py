@@ -9,7 +9,8 @@ Tables and rows: `ltkd_jax/tables.py` and docs/reproduce.md. Every run is a
 `ROOT/TABLE/seed<S>/<row>`: one CE teacher per seed first, then the other rows. A finished
 run is skipped, a cut one resumes from its last checkpoint, so rerunning the same command
 fills a table over several short device windows. Writes `OUT/TABLE.md`, `OUT/TABLE.json`
-and `OUT/TABLE.png` from whatever runs are finished.
+and `OUT/TABLE.png` from whatever runs are finished (`--short`: `TABLE_short.*`, and run
+folders of their own).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging as std_logging
 import os
 import pathlib
 import shlex
@@ -25,7 +27,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python scripts/reproduce.py` from a checkout
@@ -41,20 +43,31 @@ RECORD = "reproduce.json"  # the finished run's provenance, in its workdir
 ATTEMPTS = "reproduce_attempts.jsonl"  # one line per start and per end of a training call
 GROUPS = ("top1", "many", "medium", "few", "tail")
 
-_TABLE = flags.DEFINE_enum("table", None, list(tables.TABLES), "The table to reproduce.")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed); one teacher per seed.")
-_ROOT = flags.DEFINE_string("root", "runs/reproduce", "Where the run folders live.")
-_ARCHIVE = flags.DEFINE_string(
-    "archive", "", "Dataset zip; empty = ../shared/data/cifar100-png.zip or cifar10-jpeg.zip."
-)
-_OUT = flags.DEFINE_string("out", "results", "Folder for TABLE.md, TABLE.json, TABLE.png.")
-_SHORT = flags.DEFINE_bool("short", False, "The CPU smoke schedule: few epochs, capped steps.")
-_SHORT_EPOCHS = flags.DEFINE_integer("short_epochs", 3, "Epochs of every --short run.")
-_SHORT_STEPS = flags.DEFINE_integer("short_steps", 20, "Steps per epoch of --short runs.")
-_ONLY = flags.DEFINE_list("only", [], "Train only these rows (plus their teacher); all = empty.")
-_SET = flags.DEFINE_multi_string("set", [], "field=value override for every run's config.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and its device time; run nothing.")
-_COLLECT = flags.DEFINE_bool("collect_only", False, "Train nothing; write the tables.")
+
+def define_flags() -> None:
+    """The command line; defined on demand so tests can import this module's functions."""
+    flags.DEFINE_enum("table", None, list(tables.TABLES), "The table to reproduce.")
+    flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed); one teacher per seed.")
+    flags.DEFINE_string("root", "runs/reproduce", "Where the run folders live.")
+    flags.DEFINE_string(
+        "archive", "", "Dataset zip; empty = ../shared/data/cifar100-png.zip or cifar10-jpeg.zip."
+    )
+    flags.DEFINE_string("out", "results", "Folder for TABLE.md, TABLE.json, TABLE.png.")
+    flags.DEFINE_bool("short", False, "The CPU smoke schedule: few epochs, capped steps.")
+    flags.DEFINE_integer("short_epochs", 3, "Epochs of every --short run.")
+    flags.DEFINE_integer("short_steps", 20, "Steps per epoch of --short runs.")
+    flags.DEFINE_list("only", [], "Train only these rows (plus their teacher); all = empty.")
+    flags.DEFINE_multi_string("set", [], "field=value override for every run's config.")
+    flags.DEFINE_bool("dry_run", False, "Print the plan and its device time; run nothing.")
+    flags.DEFINE_bool("collect_only", False, "Train nothing; write the tables.")
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Drops the INFO chatter of orbax and grain, as `ltkd_jax.main` does."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        noisy = any(part in record.pathname for part in ("/orbax/", "/grain/"))
+        return record.levelno >= std_logging.WARNING or not noisy
 
 
 @dataclasses.dataclass
@@ -135,7 +148,7 @@ def plan_table(
         archive = ARCHIVES[table.dataset]
     runs = []
     for seed in seeds:
-        seed_dir = os.path.join(root, table.name, f"seed{seed}")
+        seed_dir = os.path.join(root, output_name(table, short), f"seed{seed}")
         teacher_dir = os.path.join(seed_dir, table.teacher.key)
         for row in table.all_rows:
             workdir = os.path.join(seed_dir, row.key)
@@ -160,6 +173,11 @@ def plan_table(
                 parsed, _ = parse_command(argv)
             runs.append(Run(row, seed, workdir, argv, parsed))
     return runs
+
+
+def output_name(table: tables.Table, short) -> str:
+    """TABLE, or TABLE_short: smoke runs never share folders or outputs with full ones."""
+    return table.name + ("_short" if short else "")
 
 
 def select(runs: list[Run], only: list[str], table: tables.Table) -> list[Run]:
@@ -198,6 +216,35 @@ def epochs_done(run: Run) -> int:
     if any(r.get("epoch") == run.config.num_epochs for r in tests):
         return run.config.num_epochs
     return max([r.get("epoch", 0) - 1 for r in records if "epoch" in r] + [0])
+
+
+def check_same_config(run: Run) -> None:
+    """Refuses to resume or reuse a folder that holds a run of another config."""
+    path = os.path.join(run.workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        stored = _flatten(json.load(f))
+    wanted = _flatten(json.loads(json.dumps(run.config.to_dict())))
+    differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    if differ:
+        shown = ", ".join(
+            f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now" for k in differ[:4]
+        )
+        raise ValueError(
+            f"{run.workdir} holds a run of another config ({shown}); pass another --root "
+            "(or delete that folder) instead of mixing two schedules in one run"
+        )
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def is_done(run: Run) -> bool:
@@ -622,7 +669,7 @@ def write_outputs(table, runs, seeds, out, short, extra) -> dict:
         **results,
     }
     os.makedirs(out, exist_ok=True)
-    base = os.path.join(out, table.name)
+    base = os.path.join(out, output_name(table, short))
     with open(base + ".json", "w") as f:
         json.dump(document, f, indent=1, default=str)
     text = markdown(table, results, seeds, short, extra)
@@ -638,18 +685,22 @@ def write_outputs(table, runs, seeds, out, short, extra) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _TABLE.value is None:
+    f = flags.FLAGS
+    if f.table is None:
         raise app.UsageError(f"pass --table, one of {list(tables.TABLES)}")
-    table = tables.TABLES[_TABLE.value]
-    seeds = [int(s) for s in _SEEDS.value]
-    short = (_SHORT_EPOCHS.value, _SHORT_STEPS.value) if _SHORT.value else None
-    extra = tuple(_SET.value)
-    runs = plan_table(table, seeds, _ROOT.value, _ARCHIVE.value, short=short, extra=extra)
-    todo = select(runs, _ONLY.value, table)
-    if _DRY_RUN.value:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    table = tables.TABLES[f.table]
+    seeds = [int(s) for s in f.seeds]
+    short = (f.short_epochs, f.short_steps) if f.short else None
+    extra = tuple(f.set)
+    runs = plan_table(table, seeds, f.root, f.archive, short=short, extra=extra)
+    todo = select(runs, f.only, table)
+    if f.dry_run:
         print(print_plan(table, todo))
         return
-    if not _COLLECT.value:
+    for run in runs:
+        check_same_config(run)
+    if not f.collect_only:
         env = environment()
         for run in todo:
             if is_done(run):
@@ -658,8 +709,9 @@ def main(argv):
                 print(f"running {run.command}", flush=True)
                 execute(run, env)
                 write_record(run)
-    write_outputs(table, runs, seeds, _OUT.value, short, extra)
+    write_outputs(table, runs, seeds, f.out, short, extra)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
