@@ -92,7 +92,7 @@ class Run:
 # ---------------------------------------------------------------------------------------
 
 
-def parse_command(argv: list[str]):
+def parse_command(argv: list[str]) -> tuple[object, str]:
     """(config, workdir) exactly as `python -m ltkd_jax.main ARGV` builds them."""
     from ml_collections import config_flags
 
@@ -119,7 +119,7 @@ def short_schedule(config, epochs: int, steps: int) -> list[str]:
     """Overrides that compress a run's schedule to `epochs` epochs of at most `steps` steps.
 
     The epoch-valued fields (LR warm-up and decay, DRW switch, DKD warm-up) shrink in the
-    same proportion, so every phase of the recipe still happens; evaluation only at the end.
+    same proportion, so the recipe's phases keep their place; evaluation only at the end.
     """
     scale = epochs / config.num_epochs
     decay = tuple(round(d * scale) for d in config.optim.decay_epochs)
