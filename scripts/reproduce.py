@@ -219,14 +219,18 @@ def epochs_done(run: Run) -> int:
 
 
 def check_same_config(run: Run) -> None:
-    """Refuses to resume or reuse a folder that holds a run of another config."""
+    """Refuses to resume or reuse a folder that holds a run of another config.
+
+    Fields only one side has are left out: a field added to the library later (with a
+    default that keeps the old behaviour) must not block resuming an older run.
+    """
     path = os.path.join(run.workdir, "config.json")
     if not os.path.exists(path):
         return
     with open(path) as f:
         stored = _flatten(json.load(f))
     wanted = _flatten(json.loads(json.dumps(run.config.to_dict())))
-    differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    differ = sorted(k for k in stored.keys() & wanted.keys() if stored[k] != wanted[k])
     if differ:
         shown = ", ".join(
             f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now" for k in differ[:4]
