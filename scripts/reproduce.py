@@ -570,6 +570,16 @@ def against_kd_lines(table: tables.Table, by_key: dict, few: str) -> list[str]:
     return [*lines, ""]
 
 
+def table_command(table: tables.Table, seeds, short, extra) -> str:
+    """The reproduce.py command line that fills this table (run folders aside)."""
+    parts = ["python scripts/reproduce.py", f"--table={table.name}"]
+    parts.append("--seeds=" + ",".join(map(str, seeds)))
+    if short:
+        parts += ["--short", f"--short_epochs={short[0]}", f"--short_steps={short[1]}"]
+    parts += [f"--set={shlex.quote(e)}" for e in extra]
+    return " ".join(parts)
+
+
 def markdown(table, results, seeds, short, extra) -> str:
     columns = ["top1", "many", "medium", "few"] + (["tail"] if table.tail_fraction else [])
     names = {"top1": "top-1", "tail": f"tail (bottom {table.tail_fraction:.0%})"}
@@ -584,7 +594,7 @@ def markdown(table, results, seeds, short, extra) -> str:
         "the balanced test split at the final epoch (tau-norm: the best tau), mean ± sample "
         "standard deviation over seeds; 'best' is the best epoch's top-1 (a test-set choice, "
         "for information). many / medium / few: > 100, 20-100, < 20 training images. "
-        "Produced by `python scripts/reproduce.py --table=" + table.name + "`.",
+        f"Produced by `{table_command(table, seeds, short, extra)}`.",
         "",
         *[f"- {n}" for n in table.notes],
         *([""] if table.notes else []),
@@ -668,6 +678,7 @@ def write_outputs(table, runs, seeds, out, short, extra) -> dict:
         "short": list(short) if short else None,
         "extra_overrides": list(extra),
         "seeds": seeds,
+        "command": table_command(table, seeds, short, extra),
         "references": [dataclasses.asdict(r) for r in table.references],
         "notes": list(table.notes),
         **results,

@@ -303,6 +303,10 @@ def test_report_states_the_gap_to_each_reference_and_the_kd_comparison_in_words(
 
     short = reproduce.markdown(table, results, [0], (3, 20), ())
     assert "NOT a reproduction" in short and "smoke schedule: not comparable" in short
+    assert (
+        "`python scripts/reproduce.py --table=cifar100_lt_if100_r32x4_r8x4 --seeds=0 --short "
+        "--short_epochs=3 --short_steps=20`" in short
+    )
 
 
 def test_report_says_within_target_for_a_close_result():
