@@ -25,6 +25,7 @@ names it and the StableHLO artifact is still written.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -32,11 +33,12 @@ import logging as logging_std
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
 from ltkd_jax import data, inference, models, train
 
@@ -201,7 +203,7 @@ def export_run(
     if not check["ok"]:
         problems.append(f"StableHLO logits differ by {check['max_abs_diff']:.3g}")
 
-    missing = onnx_available() if onnx else "not requested (--onnx=false)"
+    missing = onnx_available() if onnx else "not requested (--no-onnx)"
     if missing:
         report["artifacts"]["onnx"] = {"skipped": missing}
         if onnx:
@@ -251,30 +253,45 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir.")
-_OUT = flags.DEFINE_string("out", None, "Folder for the artifacts.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "last", "last, best (test top-1) or a step.")
-_ONNX = flags.DEFINE_bool("onnx", True, "Also write model.onnx (needs the [export] extra).")
-_LATENCY = flags.DEFINE_bool("latency", True, "Time onnxruntime on the CPU at batch 1 and 64.")
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ltkd_jax.export", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--workdir", required=True, help="a finished run's workdir")
+    parser.add_argument("--out", required=True, help="folder for the artifacts")
+    parser.add_argument("--checkpoint", default="last", help="last, best (test top-1) or a step")
+    parser.add_argument(
+        "--onnx",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write model.onnx (needs the [export] extra)",
+    )
+    parser.add_argument(
+        "--latency",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time onnxruntime on the CPU at batch 1 and 64",
+    )
+    return parser.parse_args(argv)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.set_verbosity(logging.WARNING)  # orbax logs a dozen lines per restore
     try:
         report = export_run(
-            _WORKDIR.value,
-            _OUT.value,
-            checkpoint=_CHECKPOINT.value,
-            onnx=_ONNX.value,
-            latency=_LATENCY.value,
+            args.workdir,
+            args.out,
+            checkpoint=args.checkpoint,
+            onnx=args.onnx,
+            latency=args.latency,
         )
     except ExportError as e:
         print(f"export failed: {e}", file=sys.stderr)
-        sys.exit(1)
+        return 1
     print(format_report(report))
+    return 0
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir", "out"])
-    app.run(main)
+    sys.exit(main())

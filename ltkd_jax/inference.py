@@ -203,9 +203,16 @@ def checkpoint_step(workdir: str, checkpoint: str) -> int:
 
 
 def load_run(
-    workdir: str, checkpoint: str = "last", *, mesh: jax.sharding.Mesh | None = None
+    workdir: str,
+    checkpoint: str = "last",
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    metadata: tuple[tuple[str, ...], Preprocess] | None = None,
 ) -> LoadedRun:
-    """Restores a run's checkpoint read-only (no optimiser state), as the trainer built it."""
+    """Restores a run's checkpoint read-only (no optimiser state), as the trainer built it.
+
+    `metadata` = (class names, Preprocess) when known; else `run_metadata(workdir)`.
+    """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     run_config, run_task = train.read_run_info(workdir)
     mesh = mesh or sharding.make_mesh(0)
@@ -213,7 +220,7 @@ def load_run(
     model = train.build_model(run_config, int(run_task["num_classes"]))
     target = train._abstract_variables(model, tuple(run_task["image_shape"]), mesh)
     variables, step = checkpointing.restore_variables(workdir, target, step=step)
-    class_names, prep = run_metadata(workdir, run_config)
+    class_names, prep = metadata or run_metadata(workdir, run_config)
     if len(class_names) != run_task["num_classes"]:
         raise ValueError(
             f"{workdir}: {len(class_names)} class names for {run_task['num_classes']} classes; "
