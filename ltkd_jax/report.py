@@ -191,7 +191,9 @@ def plot_confusion(report: dict, path: str) -> None:
     n = len(names)
     side = float(np.clip(0.14 * n + 2.5, 5, 24))
     fig, ax = plt.subplots(figsize=(side + 1, side))
-    im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    # sqrt colour scale: the off-diagonal errors (where the tail goes) stay visible.
+    norm = matplotlib.colors.PowerNorm(0.5, vmin=0, vmax=1)
+    im = ax.imshow(matrix, cmap="viridis", norm=norm, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of the true class's test images")
     step = max(1, math.ceil(n / 150))  # every label up to 150 classes
     ticks = np.arange(0, n, step)
