@@ -1,6 +1,7 @@
 """`ltkd_jax.export`: StableHLO with a symbolic batch (everywhere), ONNX round trip (with the
 [export] extra)."""
 
+import functools
 import json
 import os
 
@@ -49,13 +50,24 @@ def test_stablehlo_symbolic_batch(run, tmp_path, batch):
 def test_unfoldable_model_exports_with_constant_batchnorm():
     """A pre-activation WRN cannot fold its BatchNorm: it is exported as constants."""
     model = models.get_model("wrn16_2", 5)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+    shapes = jax.eval_shape(
+        functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, 8, 8, 3))
+    )  # random values, no init compile (seconds on a loaded CPU); non-trivial BN statistics
+    rng = np.random.default_rng(0)
+
+    def draw(path, s):
+        positive = jax.tree_util.keystr(path).endswith("['var']")
+        return rng.uniform(0.5, 1.5, s.shape) if positive else 0.2 * rng.normal(size=s.shape)
+
+    variables = jax.tree_util.tree_map_with_path(
+        lambda p, s: np.asarray(draw(p, s), np.float32), shapes
+    )
     prep = inference.Preprocess(8, 3, (0.5,) * 3, (0.25,) * 3, 1.0)
     fn = export.inference_function(model, variables, prep)
     exported = export.export_stablehlo(fn, prep, platforms=("cpu",))  # one lowering: faster
     call = jax.export.deserialize(bytearray(exported)).call
     x = images(3, (8, 8, 3))
-    assert_close(fn(x), np.asarray(call(x)))
+    assert_close(jax.jit(fn)(x), np.asarray(call(x)))
 
 
 def test_export_run_writes_and_checks_everything(run, tmp_path):
@@ -85,3 +97,29 @@ def test_export_without_onnx_still_writes_stablehlo(run, tmp_path):
     assert report["artifacts"]["stablehlo"]["ok"]
     assert "skipped" in report["artifacts"]["onnx"]
     assert not os.path.exists(tmp_path / "model.onnx")
+
+
+def test_unconvertible_op_is_named():
+    if missing := export.onnx_available():
+        pytest.skip(f"needs the [export] extra: {missing}")
+    prep = inference.Preprocess(4, 1, (0.5,), (0.5,), 1.0)
+
+    def fn(x):  # a host callback has no ONNX equivalent
+        x = x.astype(jnp.float32)
+        return jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+    with pytest.raises(export.ExportError, match="pure_callback"):
+        export.export_onnx(fn, prep, os.devnull)
+
+
+def test_onnx_failure_keeps_stablehlo(run, tmp_path, monkeypatch):
+    def fail(*args):
+        raise export.ExportError("jax2onnx could not convert the model: no plugin for 'x'")
+
+    monkeypatch.setattr(export, "onnx_available", lambda: None)
+    monkeypatch.setattr(export, "export_onnx", fail)
+    with pytest.raises(export.ExportError, match="no plugin for 'x'"):
+        export.export_run(run.workdir, str(tmp_path))
+    assert os.path.getsize(tmp_path / export.STABLEHLO_FILE) > 0
+    written = json.load(open(tmp_path / export.REPORT_FILE))
+    assert written["artifacts"]["stablehlo"]["ok"] and "error" in written["artifacts"]["onnx"]
