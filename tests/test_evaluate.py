@@ -96,3 +96,33 @@ def test_cli_reports_mismatch_without_traceback(workdir, tmp_path, capsys):
     assert evaluate.main(["--workdir", workdir, "--data", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "evaluate:" in err and "'cat'" in err
+
+
+@pytest.mark.parametrize("in_memory", ["yes", "no"])  # resized once (crop 1) / per read (0.875)
+def test_evaluate_reproduces_a_folder_run(tmp_path, in_memory):
+    """A run trained on a user's folder (JPEG, PNG, grayscale, RGBA, uneven sizes): its test/
+    folder through `evaluate` gives the trainer's numbers exactly."""
+    from test_data_folder import make_tree  # noqa: PLC0415
+
+    from ltkd_jax import config_lib, train  # noqa: PLC0415
+
+    root = str(tmp_path / "mydata")
+    make_tree(root)
+    c = config_lib.base_config()
+    c.data.name, c.data.root, c.data.data_dir = "folder", root, str(tmp_path / "tfds")
+    c.data.in_memory, c.data.imbalance_factor, c.data.augment = in_memory, 1.0, "none"
+    c.data.many_threshold, c.data.few_threshold = 20, 10
+    c.model.name, c.num_epochs, c.batch_size, c.eval_batch_size = "resnet8", 1, 16, 8
+    c.max_steps_per_epoch, c.optim.warmup_epochs, c.progress_bar = 2, 0, False
+    workdir = str(tmp_path / "run")
+    train.run(config_lib.lock(c), workdir)
+    if in_memory == "no":  # an older run: labels and preprocessing derived from the dataset
+        os.remove(os.path.join(workdir, inference.LABELS_FILE))
+        os.remove(os.path.join(workdir, inference.PREPROCESS_FILE))
+    result = evaluate.evaluate_folder(workdir, os.path.join(root, "test"), str(tmp_path / "o"))
+    final = final_test_record(workdir)
+    assert result["overall"]["num_examples"] == final["num_examples"] == 12
+    for key in (*GROUPS, "top5", "nll"):
+        assert result["overall"][key] == final[key], key
+    expected = 1.0 if in_memory == "yes" else 0.875
+    assert inference.load_run(workdir).preprocess.crop_fraction == expected
