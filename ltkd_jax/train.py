@@ -794,6 +794,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     teachers = prepare_teachers(config, workdir)
     train_and_evaluate(config, workdir, teachers=teachers)
     summary = summarize_run(workdir)
+    from ltkd_jax import report  # it builds on this module
+
+    report.write_training_reports(config, workdir)  # WORKDIR/report/, labels, preprocessing
     if jax.process_index() == 0:
         lines = []
         for k, teacher_dir in enumerate(teacher_workdirs(config, workdir)):

@@ -1,0 +1,264 @@
+"""The evaluation report of a run: `report.json`, `per_class.png` and `confusion.png`.
+
+`report.json` holds the overall scores of `metrics.summarize` (top-1, top-5, NLL, many /
+medium / few), one entry per class (training count, shot group, test images, accuracy =
+recall, precision) and the confusion matrix (rows: true class, columns: predicted, in logit
+order; left out above `MAX_CONFUSION_CLASSES` classes). `per_class.png` plots per-class
+accuracy against training count on a log axis, the plot long-tail papers use;
+`confusion.png` shows the row-normalised confusion matrix with classes from head to tail.
+
+Counts are summed on device like the trainer's (`metrics.eval_counts`, plus predicted-class
+counts and the confusion matrix), so the report of the run's own test split reproduces the
+trainer's numbers. `write_training_reports` writes it into `WORKDIR/report/` at the end of
+every training run (`train.run`), with `labels.json` and `preprocess.json` in the workdir.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from ltkd_jax import data, inference, metrics, sharding, train
+from ltkd_jax.models import cpu_ops
+
+REPORT_DIR = "report"
+MAX_CONFUSION_CLASSES = 1000  # a C x C count matrix is summed per batch and stored as JSON
+
+
+def report_counts(
+    variables: dict, batch: dict, *, model, mean: tuple, std: tuple, confusion: bool
+) -> dict:
+    """`train.eval_step`'s per-class counts of one batch, plus per-class predicted counts and,
+    with `confusion`, the [true, predicted] count matrix (padding masked out)."""
+    logits, _ = model.apply(variables, train.preprocess(batch["image"], mean, std), train=False)
+    counts = metrics.eval_counts(logits, batch["label"], batch["mask"])
+    num_classes = logits.shape[-1]
+    weight = batch["mask"].astype(jnp.float32)[:, None]
+    predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes) * weight
+    counts["predicted"] = predicted.sum(0)
+    if confusion:
+        true = jax.nn.one_hot(batch["label"], num_classes) * weight
+        counts["confusion"] = true.T @ predicted
+    return counts
+
+
+def counts_fn(run: inference.LoadedRun):
+    """jit(variables, global batch) -> counts, compiled as the trainer compiles evaluation."""
+    return jax.jit(
+        functools.partial(
+            report_counts,
+            model=run.model,
+            mean=run.preprocess.mean,
+            std=run.preprocess.std,
+            confusion=run.num_classes <= MAX_CONFUSION_CLASSES,
+        ),
+        out_shardings=sharding.replicated(run.mesh),
+        compiler_options=cpu_ops.compiler_options(train.cpu_kernels(run.config)),
+    )
+
+
+def collect_counts(run: inference.LoadedRun, batches: Iterable[dict]) -> dict:
+    """Sums `counts_fn` over this process's slices of global batches {image, label, mask}."""
+    fn = counts_fn(run)
+    total = None
+    for local in batches:
+        total = metrics.add_counts(total, fn(run.variables, sharding.global_batch(run.mesh, local)))
+    if total is None:
+        raise ValueError("no image to evaluate")
+    return total
+
+
+def _finite(x):
+    """NaN (a group without classes, a class never predicted) -> None, valid JSON."""
+    if isinstance(x, int):
+        return x
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def build_report(
+    counts: dict,
+    class_names: Sequence[str],
+    class_counts: np.ndarray,
+    class_groups: np.ndarray,
+    **meta,
+) -> dict:
+    """The report dict of summed counts; `meta` (workdir, data, step, ...) is stored as is."""
+    summary = metrics.summarize(counts, class_groups)
+    per_class_acc = summary.pop("per_class_acc")
+    seen, correct, predicted = counts["seen"], counts["correct"], counts["predicted"]
+    per_class = []
+    for c, name in enumerate(class_names):
+        per_class.append(
+            {
+                "class": name,
+                "train_count": int(class_counts[c]),
+                "group": metrics.GROUP_NAMES[int(class_groups[c])],
+                "test_count": int(seen[c]),
+                "accuracy": _finite(per_class_acc[c]) if seen[c] else None,
+                "recall": _finite(per_class_acc[c]) if seen[c] else None,
+                "precision": _finite(correct[c] / predicted[c]) if predicted[c] else None,
+            }
+        )
+    out = {**meta, "overall": {k: _finite(v) for k, v in summary.items()}, "per_class": per_class}
+    if "confusion" in counts:
+        out["confusion_matrix"] = np.asarray(counts["confusion"]).astype(np.int64).tolist()
+    return out
+
+
+def write_report(report: dict, out_dir: str, thresholds: tuple[int, int] | None = None) -> None:
+    """report.json, per_class.png and (with a confusion matrix) confusion.png in `out_dir`."""
+    import json  # noqa: PLC0415
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    plot_per_class(report, os.path.join(out_dir, "per_class.png"), thresholds)
+    if "confusion_matrix" in report:
+        plot_confusion(report, os.path.join(out_dir, "confusion.png"))
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def plot_per_class(report: dict, path: str, thresholds: tuple[int, int] | None = None) -> None:
+    """Per-class accuracy against training count (log x), coloured by shot group."""
+    import matplotlib  # noqa: PLC0415 (heavy; only reports need it)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rows = [r for r in report["per_class"] if r["accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
+    for group, color in colors.items():
+        sel = [r for r in rows if r["group"] == group]
+        if sel:
+            ax.scatter(
+                [max(r["train_count"], 1) for r in sel],
+                [100 * r["accuracy"] for r in sel],
+                s=14,
+                color=color,
+                alpha=0.8,
+                label=f"{group} ({len(sel)} classes)",
+            )
+    if thresholds:  # groups: many > many_threshold, few < few_threshold
+        for t in thresholds:
+            ax.axvline(t, color="grey", linestyle=":", linewidth=1)
+    if len(rows) <= 20:
+        for r in rows:
+            ax.annotate(
+                r["class"], (max(r["train_count"], 1), 100 * r["accuracy"]), fontsize=7, alpha=0.7
+            )
+    ax.set_xscale("log")
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("training images of the class (log scale)")
+    ax.set_ylabel("test accuracy of the class (%)")
+    o = report["overall"]
+    ax.set_title(
+        f"top-1 {_pct(o['top1'])}  many {_pct(o['many'])}  medium {_pct(o['medium'])}  "
+        f"few {_pct(o['few'])}",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def plot_confusion(report: dict, path: str) -> None:
+    """Row-normalised confusion matrix (recall on the diagonal), classes ordered from the
+    most to the least frequent in training; sized so 100 classes keep readable labels."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    matrix = np.asarray(report["confusion_matrix"], np.float64)
+    order = np.argsort([-r["train_count"] for r in report["per_class"]], kind="stable")
+    matrix = matrix[np.ix_(order, order)]
+    matrix = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    names = [report["per_class"][i]["class"] for i in order]
+    n = len(names)
+    side = float(np.clip(0.14 * n + 2.5, 5, 24))
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    # sqrt colour scale: the off-diagonal errors (where the tail goes) stay visible.
+    norm = matplotlib.colors.PowerNorm(0.5, vmin=0, vmax=1)
+    im = ax.imshow(matrix, cmap="viridis", norm=norm, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of the true class's test images")
+    step = max(1, math.ceil(n / 150))  # every label up to 150 classes
+    ticks = np.arange(0, n, step)
+    font = float(np.clip(700 / max(n, 1), 3, 9))
+    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90, fontsize=font)
+    ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=font)
+    ax.set_xlabel("predicted class (head to tail)")
+    ax.set_ylabel("true class (head to tail)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150 if n <= 100 else 100)
+    plt.close(fig)
+
+
+def thresholds_of(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    return int(config.data.few_threshold), int(config.data.many_threshold)
+
+
+def format_overall(report: dict) -> str:
+    o = report["overall"]
+    return (
+        f"top-1 {_pct(o['top1'])}  many {_pct(o['many'])}  medium {_pct(o['medium'])}  "
+        f"few {_pct(o['few'])}  ({o['num_examples']} images)"
+    )
+
+
+def write_run_report(workdir: str) -> dict:
+    """Evaluates a run's last checkpoint on its own test split and writes WORKDIR/report/,
+    plus labels.json and preprocess.json in WORKDIR. Runs on every process (collective
+    restore and sharded evaluation, as in training); process 0 writes the files."""
+    run_config, _ = train.read_run_info(workdir)
+    train_split, test, _ = train.load_task(run_config)
+    names = tuple(train_split.class_names) or tuple(str(i) for i in range(train_split.num_classes))
+    metadata = (names, inference.preprocess_for(run_config, test))
+    mesh = sharding.make_mesh(run_config.num_devices)
+    run = inference.load_run(workdir, mesh=mesh, metadata=metadata)
+    batches = data.eval_batches(
+        test,
+        batch_size=run.batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    counts = collect_counts(run, batches)
+    report = build_report(
+        counts,
+        run.class_names,
+        run.class_counts,
+        run.class_groups,
+        workdir=run.workdir,
+        data=f"{run_config.data.name} test split",
+        checkpoint_step=run.step,
+    )
+    if jax.process_index() == 0:
+        inference.write_metadata(run.workdir, *metadata)
+        write_report(report, os.path.join(run.workdir, REPORT_DIR), thresholds_of(run_config))
+        logging.info("report of %s: %s", workdir, format_overall(report))
+    return report
+
+
+def write_training_reports(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """`write_run_report` for a finished `train.run`: its teachers trained here, then the
+    student. A failure is logged, not raised: the checkpoints are already saved, and
+    `python -m ltkd_jax.evaluate` can write the report later."""
+    dirs = [] if config.teacher.workdir else train.teacher_workdirs(config, workdir)
+    for d in [*dirs, workdir]:
+        try:
+            write_run_report(d)
+        except Exception:  # noqa: BLE001 (see docstring)
+            logging.exception("could not write the evaluation report of %s", d)
