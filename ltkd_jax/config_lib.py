@@ -55,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.on_corrupt = "error"
     # The split evaluated as "test"; empty = the dataset's (test, or iNat's validation).
     c.data.eval_split = ""
+    # Fraction of each training class held out (seeded, stratified) as a validation split
+    # that selects the best checkpoint, when the data has no val/ split; 0 = none (the
+    # benchmarks: best is then chosen on test, as in their literature).
+    c.data.val_fraction = 0.0
     # Smallest crop area of the 'imagenet' random-resized crop: 0.08 torchvision, 0.05 CBD.
     c.data.crop_min_area = 0.08
     c.data.imbalance_factor = 100.0

@@ -182,9 +182,10 @@ def effective_number_weights(class_counts: ArrayLike, beta: ArrayLike = 0.9999) 
     ``w_c = (1 - beta) / (1 - beta^{n_c})``, then ``w <- C * w / sum(w)`` (sums to C).
     ``beta = 0`` gives all ones. Computed as ``expm1(b) / expm1(n_c b)`` with ``b = log(beta)``,
     taken in float64 when ``beta`` is a Python number: in float32, ``1 - 0.9999`` alone has a
-    relative error of 1e-4 (TV15 wants 4 digits, 11.0 six).
+    relative error of 1e-4 (TV15 wants 4 digits, 11.0 six). A class with no images weighs
+    as one with a single image (``n_c = 0`` would divide by zero).
     """
-    counts = _cast(class_counts, jnp.result_type(float))
+    counts = jnp.maximum(_cast(class_counts, jnp.result_type(float)), 1)
     if isinstance(beta, (int, float)):
         if beta == 0:
             return jnp.ones_like(counts)
@@ -200,8 +201,9 @@ def inverse_frequency_weights(class_counts: ArrayLike, power: float = 1.0) -> Ar
     """Inverse-frequency class weights ``w_c ∝ n_c^{-power}``, scaled to sum to C.
 
     ``power = 1``: inverse frequency; ``0.5``: inverse square root (methods.md 1 samplers).
+    An empty class weighs as a one-image class (no division by zero).
     """
-    counts = _cast(class_counts, jnp.result_type(float))
+    counts = jnp.maximum(_cast(class_counts, jnp.result_type(float)), 1)
     w = counts ** (-power)
     return counts.shape[-1] * w / jnp.sum(w)
 
