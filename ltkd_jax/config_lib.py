@@ -384,8 +384,8 @@ def folder_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     Arguments: root (the path; also `--config.data.root`), imb (1 = as it is, > 1 = an
     exponential long-tailed subset), model, augment (imagenet | cifar for <= 64 px images),
     size (0 = automatic), epochs. Recipe: 100 epochs, batch 128, SGD 0.9, lr 0.1 with 5
-    warm-up epochs and cosine decay, weight decay 5e-4; the teacher of a distillation
-    method shares it.
+    warm-up epochs (half the epochs when fewer than 10) and cosine decay, weight decay 5e-4;
+    the teacher of a distillation method shares it.
     """
     args = parse_arg(
         arg, root="", imb=1.0, model="resnet10", augment="imagenet", size=0, epochs=100
@@ -403,7 +403,7 @@ def folder_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     c.eval_batch_size = 200
     c.optim.lr = 0.1
     c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 5
+    c.optim.warmup_epochs = min(5, args.epochs // 2)  # a short smoke run (epochs=1) still decays
     c.optim.weight_decay = 5e-4
     return c
 

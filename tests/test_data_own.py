@@ -237,7 +237,6 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
             "eval_batch_size": 8,
             "max_steps_per_epoch": 3,
             "log_every_steps": 1,
-            "optim.warmup_epochs": 0,
             "progress_bar": False,
         },
     )
