@@ -205,7 +205,7 @@ def _mean_metrics(window: list[dict]) -> dict:
 
 
 def _time_estimate(seconds_per_step: float, steps_left: int) -> str:
-    """The start-up time estimate, from the first timed window (evaluation not included)."""
+    """The time estimate, from a timed window after compilation (evaluation not included)."""
     minutes = seconds_per_step * steps_left / 60
     return (
         f"{1000 * seconds_per_step:.0f} ms per step: about {minutes:.0f} min for the remaining "
@@ -681,7 +681,7 @@ def format_summary(name: str, summary: dict) -> str:
         return "  n/a" if x is None or x != x else f"{100 * x:5.1f}"
 
     final, best = summary["final"], summary["best"]
-    chosen = "" if summary.get("selected_on", "test") == "test" else ", chosen on val"
+    chosen = f", chosen on {summary.get('selected_on', 'test')}"
     return (
         f"{name:<10} final (epoch {final['epoch']}): top-1 {pct(final['top1'])}%  "
         f"mean-class {pct(final.get('mean_class_acc'))}%  many {pct(final['many'])}%  "

@@ -265,3 +265,13 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
     caption = compare.caption_for(run_config, run_task, "t", train.summarize_run(str(workdir)))
     assert "imbalanced test split" in caption and "chosen on val" in caption
     assert "balanced test split" not in caption.replace("imbalanced test split", "")
+
+    # A post-hoc tau is chosen on val too: the best tau is the val argmax, test is reported.
+    posthoc = config_lib.with_method(config, config)
+    posthoc.method, posthoc.init.workdir = "posthoc_la", str(workdir)
+    best = train.run(config_lib.lock(posthoc), str(tmp_path / "la"))
+    records = train.read_jsonl(str(tmp_path / "la" / "metrics.jsonl"))
+    val_top1 = [r["top1"] for r in records if r["split"] == "val"]
+    tests = [r for r in records if r["split"] == "test"]
+    assert len(val_top1) == len(tests) == 21
+    assert best["top1"] == tests[int(np.argmax(val_top1))]["top1"]
