@@ -181,7 +181,7 @@ def load_dataset(
                     name, archive, data_dir, image_size, list_dir, on_corrupt, eval_split
                 )
             )
-        return DataSplits(*(s and _maybe_in_memory(s, in_memory) for s in splits))
+        return DataSplits(*(None if s is None else _maybe_in_memory(s, in_memory) for s in splits))
     if name not in builders.CONFIG_NAMES:
         raise ValueError(
             f"unknown dataset {name!r}; choose one of {DATASETS}, e.g. --config.data.name=cifar100."
