@@ -3,18 +3,25 @@
     python -m ltkd_jax.main --config configs/ce_folder.py --workdir runs/ce_mydata \
         --config.data.root=/path/to/mydata
 
-or `--config configs/ce_folder.py:root=/path/to/mydata`. The tree needs `train/` and one of
-`test/`, `val/`, `validation/` (or set --config.data.eval_split), each with one folder per class:
+or `--config configs/ce_folder.py:root=/path/to/mydata`. The tree needs `train/` and `test/`
+(without `test/`, `val/` or `validation/` is the test split; --config.data.eval_split picks
+another), each with one folder per class; a `val/` beside `test/` chooses the best epoch:
 
     mydata/train/cat/001.jpg  mydata/train/dog/002.png  ...  mydata/test/cat/101.jpg
 
 The first run checks every image and prepares ArrayRecord files in `data.data_dir` (default
-~/tensorflow_datasets); corrupt images are listed with their paths and stop preparation
-(nothing is written) unless --config.data.on_corrupt=skip. The train split is used as it is
-(`imb=1`); `:imb=100` keeps an exponentially long-tailed subset (methods.md 2.1). Images are
-fed at `data.image_size` (0 = 224, or the typical shorter side when smaller), decoded into
-RAM when that takes <= 2 GiB (`data.in_memory`), otherwise per example in
-`data.num_workers` grain workers. Small images (<= 64 px): `:model=resnet32,augment=cifar`.
+~/tensorflow_datasets), keyed on a fingerprint of the files (paths, sizes, mtimes): a
+changed folder is prepared again, with a log line saying what changed. Corrupt images are
+listed with their paths and stop preparation (nothing is written) unless
+--config.data.on_corrupt=skip. The train split is used as it is (`imb=1`); `:imb=100` cuts
+an exponentially long-tailed subset out of a *balanced* folder (methods.md 2.1) and is
+refused on one that is already imbalanced. A `val/` split (or `data.val_fraction`) chooses
+the best checkpoint; shot groups use thresholds derived from the class counts when the
+CIFAR ones (100 / 20) leave a group empty. Images are fed at `size` (0 = the typical
+shorter side, rounded down to a multiple of 32, at most 224; logged), decoded into RAM when
+that takes <= 2 GiB (`data.in_memory`), otherwise per example in `data.num_workers` grain
+workers. Small images (<= 64 px): `:model=resnet32,augment=cifar`. docs/own_data.md has
+the whole walk-through; configs/folder.py runs any other method.
 
 Multi-host (TPU VM pod slice; same command on every worker, data on every host's disk):
 

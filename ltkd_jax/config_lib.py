@@ -56,6 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.on_corrupt = "error"
     # The split evaluated as "test"; empty = the dataset's (test, or iNat's validation).
     c.data.eval_split = ""
+    # Fraction of each training class held out (seeded, stratified) as a validation split
+    # that selects the best checkpoint, when the data has no val/ split; 0 = none (the
+    # benchmarks: best is then chosen on test, as in their literature).
+    c.data.val_fraction = 0.0
     # Smallest crop area of the 'imagenet' random-resized crop: 0.08 torchvision, 0.05 CBD.
     c.data.crop_min_area = 0.08
     c.data.imbalance_factor = 100.0
@@ -424,8 +428,8 @@ def folder_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     Arguments: root (the path; also `--config.data.root`), imb (1 = as it is, > 1 = an
     exponential long-tailed subset), model, augment (imagenet | cifar for <= 64 px images),
     size (0 = automatic), epochs. Recipe: 100 epochs, batch 128, SGD 0.9, lr 0.1 with 5
-    warm-up epochs and cosine decay, weight decay 5e-4; the teacher of a distillation
-    method shares it.
+    warm-up epochs (half the epochs when fewer than 10) and cosine decay, weight decay 5e-4;
+    the teacher of a distillation method shares it.
     """
     args = parse_arg(
         arg, root="", imb=1.0, model="resnet10", augment="imagenet", size=0, epochs=100
@@ -443,6 +447,56 @@ def folder_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     c.eval_batch_size = 200
     c.optim.lr = 0.1
     c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 5
+    c.optim.warmup_epochs = min(5, args.epochs // 2)  # a short smoke run (epochs=1) still decays
     c.optim.weight_decay = 5e-4
+    return c
+
+
+# What a method's own config (configs/<method>_cifar.py) sets beyond the shared recipe:
+# `with_method` carries these, plus the whole `loss` section, onto another recipe.
+METHOD_FIELDS = (
+    "method",
+    "model.head",
+    "teacher.head",
+    "teacher.count",
+    "teacher.color_jitter_teachers",
+    "data.sampler",
+)
+# Loss settings counted in epochs: scaled to the recipe's length by `with_method`.
+EPOCH_FIELDS = ("drw_epoch", "warmup_epochs")
+
+
+def method_config(method: str) -> ml_collections.ConfigDict:
+    """The config of configs/<method>_cifar.py (default argument): a method's loss settings."""
+    import importlib.util  # noqa: PLC0415
+    import pathlib  # noqa: PLC0415
+
+    configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    path = configs / f"{method}_cifar.py"
+    if not path.exists():
+        known = sorted(p.name.removesuffix("_cifar.py") for p in configs.glob("*_cifar.py"))
+        raise ValueError(
+            f"no config for method {method!r} ({path} is missing); choose one of {known}"
+        )
+    spec = importlib.util.spec_from_file_location(f"config_{method}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(None)
+
+
+def with_method(
+    recipe: ml_collections.ConfigDict, method: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """`recipe` (data, models, schedule) running the method of `method` (a method's config,
+    e.g. `method_config('dkd')`) with its loss settings. Loss settings counted in epochs
+    (DRW start, DKD warm-up) keep their fraction of training: 160 of 200 epochs becomes 80
+    of 100. Returns an unlocked copy; `recipe` is unchanged."""
+    c = ml_collections.ConfigDict(recipe.to_dict())
+    for field in METHOD_FIELDS:
+        section, _, name = field.rpartition(".")
+        (c[section] if section else c)[name] = (method[section] if section else method)[name]
+    c.loss = ml_collections.ConfigDict(method.loss.to_dict())
+    scale = recipe.num_epochs / method.num_epochs
+    for name in EPOCH_FIELDS:
+        c.loss[name] = int(round(method.loss[name] * scale))
     return c

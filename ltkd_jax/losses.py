@@ -182,9 +182,10 @@ def effective_number_weights(class_counts: ArrayLike, beta: ArrayLike = 0.9999) 
     ``w_c = (1 - beta) / (1 - beta^{n_c})``, then ``w <- C * w / sum(w)`` (sums to C).
     ``beta = 0`` gives all ones. Computed as ``expm1(b) / expm1(n_c b)`` with ``b = log(beta)``,
     taken in float64 when ``beta`` is a Python number: in float32, ``1 - 0.9999`` alone has a
-    relative error of 1e-4 (TV15 wants 4 digits, 11.0 six).
+    relative error of 1e-4 (TV15 wants 4 digits, 11.0 six). A class with no images weighs
+    as one with a single image (``n_c = 0`` would divide by zero).
     """
-    counts = _cast(class_counts, jnp.result_type(float))
+    counts = jnp.maximum(_cast(class_counts, jnp.result_type(float)), 1)
     if isinstance(beta, (int, float)):
         if beta == 0:
             return jnp.ones_like(counts)
@@ -200,8 +201,9 @@ def inverse_frequency_weights(class_counts: ArrayLike, power: float = 1.0) -> Ar
     """Inverse-frequency class weights ``w_c ∝ n_c^{-power}``, scaled to sum to C.
 
     ``power = 1``: inverse frequency; ``0.5``: inverse square root (methods.md 1 samplers).
+    An empty class weighs as a one-image class (no division by zero).
     """
-    counts = _cast(class_counts, jnp.result_type(float))
+    counts = jnp.maximum(_cast(class_counts, jnp.result_type(float)), 1)
     w = counts ** (-power)
     return counts.shape[-1] * w / jnp.sum(w)
 
@@ -252,18 +254,6 @@ def shot_groups(class_counts: ArrayLike, many: int = 100, few: int = 20) -> Arra
     2 few (``n < few``), 1 medium otherwise. int32 [C]."""
     counts = jnp.asarray(class_counts)
     return jnp.where(counts > many, 0, jnp.where(counts < few, 2, 1)).astype(jnp.int32)
-
-
-def tail33_groups(class_counts: ArrayLike) -> Array:
-    """LTKD's split (Kim, CVPR 2026, per the paper-notes digest): classes sorted by training
-    count (descending, ties by index); the top 33% are head (0), the bottom 33% tail (2), the
-    rest medium (1). CIFAR-100: 33 / 34 / 33; 10 classes: 3 / 4 / 3. int32 [C]."""
-    counts = jnp.asarray(class_counts)
-    num_classes = counts.shape[-1]
-    edge = max(round(0.33 * num_classes), 1)
-    order = jnp.argsort(-counts, stable=True)
-    rank = jnp.zeros(num_classes, jnp.int32).at[order].set(jnp.arange(num_classes, dtype=jnp.int32))
-    return jnp.where(rank < edge, 0, jnp.where(rank >= num_classes - edge, 2, 1)).astype(jnp.int32)
 
 
 def thirds_groups(class_counts: ArrayLike, num_groups: int = 3) -> Array:
@@ -881,13 +871,14 @@ def ltkd_loss(
     cross-group + re-weighted within-group KD.
 
     Sources: the paper's abstract and a third-party paper-notes digest; no official code is
-    public. From the digest: the three groups (top 33% / next 34% / bottom 33% of classes by
-    training count, ``tail33_groups``), the batch-level rebalancing of the teacher's group
-    masses (``rebalance="batch"``), a uniform constant in place of the teacher's group masses
-    as within-group weights, and the total CE + T^2 (alpha cross + beta within). Our choices:
-    the exact scaling formula (``batch_rebalanced_group_log_masses``), T = 4, alpha = beta = 1,
-    and the alternative rules r1 / r2. The KL decomposition it rests on is exact. With classes
-    partitioned into groups ``G_k`` (head / medium / tail)::
+    public. From the digest: the three groups (top 33% / next 34% / bottom 33% of classes
+    by training count, ``data.longtail.tail33_groups``), the batch-level rebalancing of the
+    teacher's group masses (``rebalance="batch"``), a uniform constant in place of the
+    teacher's group masses as within-group weights, and the total CE + T^2 (alpha cross +
+    beta within). Our choices: the exact scaling formula
+    (``batch_rebalanced_group_log_masses``), T = 4, alpha = beta = 1, and the alternative
+    rules r1 / r2. The KL decomposition it rests on is exact. With classes partitioned
+    into groups ``G_k`` (head / medium / tail)::
 
         L = ce_weight * CE(z, y)
           + alpha * T^2 * batchmean KL(Qt || P)                       (rebalanced cross-group)
@@ -1008,7 +999,6 @@ __all__ = [
     "posthoc_logit_adjust",
     "rebalanced_group_log_masses",
     "shot_groups",
-    "tail33_groups",
     "tau_normalize",
     "tgls_loss",
     "thirds_groups",

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from ltkd_jax import losses
+from ltkd_jax.data import longtail
 
 
 class ModelOutput(NamedTuple):
@@ -313,7 +314,7 @@ def ltkd_groups(name: str, task: Task) -> jnp.ndarray:
     """LTKD's class groups: tail33 (33/34/33% by count, the paper's), shot (the evaluation
     groups of the task) or thirds (three equal blocks, the last taking the remainder)."""
     if name == "tail33":
-        return losses.tail33_groups(task.class_counts)
+        return jnp.asarray(longtail.tail33_groups(task.class_counts))
     if name == "shot":
         return jnp.asarray(task.class_groups)
     if name == "thirds":

@@ -1,8 +1,10 @@
 """Evaluation metrics: per-class counts on device, accuracies and shot groups on the host.
 
-The balanced test split makes top-1 equal to the mean per-class accuracy; the many /
-medium / few scores are unweighted means of per-class accuracy within each group, with
-groups defined by *training* counts (methods.md 3).
+`mean_class_acc` (the unweighted mean of per-class accuracy) is the balanced metric: on a
+balanced test split (CIFAR-LT, ImageNet-LT) it equals top-1, on an imbalanced one (a
+user's folder) top-1 is dominated by the head classes. The many / medium / few scores are
+unweighted means of per-class accuracy within each group, with groups defined by
+*training* counts (methods.md 3). Classes without test images are left out of every mean.
 """
 
 from __future__ import annotations
@@ -43,20 +45,27 @@ def add_counts(total: dict | None, batch: dict) -> dict:
 def summarize(counts: dict, class_groups: np.ndarray) -> dict:
     """Turns summed counts into top-1, top-5, NLL, per-class and many / medium / few accuracy.
 
-    A group with no class (CIFAR-10-LT has no few-shot class) reports NaN, not 0.
+    A group with no evaluated class (CIFAR-10-LT has no few-shot class) is None ("n/a"):
+    JSON null, skipped by TensorBoard, never a NaN. `per_class_acc` is None for a class
+    without test images. `test_imbalance` = largest / smallest class in the evaluated split
+    (1 = balanced).
     """
-    seen = np.maximum(counts["seen"], 1)
-    per_class = counts["correct"] / seen
-    total = float(counts["seen"].sum())
+    seen = np.asarray(counts["seen"])
+    present = seen > 0
+    per_class = np.asarray(counts["correct"]) / np.maximum(seen, 1)
+    total = float(seen.sum())
     out = {
         "top1": float(counts["correct"].sum() / total),
         "top5": float(counts["correct5"].sum() / total),
         "nll": float(counts["nll"] / total),
-        "mean_class_acc": float(per_class.mean()),
+        "mean_class_acc": float(per_class[present].mean()),
+        "test_imbalance": float(seen[present].max() / seen[present].min()),
         "num_examples": int(total),
     }
     for g, name in enumerate(GROUP_NAMES):
-        members = class_groups == g
-        out[name] = float(per_class[members].mean()) if members.any() else float("nan")
-    out["per_class_acc"] = per_class.tolist()
+        members = (np.asarray(class_groups) == g) & present
+        out[name] = float(per_class[members].mean()) if members.any() else None
+    out["per_class_acc"] = [
+        float(a) if p else None for a, p in zip(per_class, present, strict=True)
+    ]
     return out

@@ -5,9 +5,10 @@
 - `posthoc_la`: predictions from `z - tau * log(pi)` (Menon et al.).
 
 Nothing is trained. Every tau's test results go to `WORKDIR/metrics.jsonl` (split
-`test`, with a `tau` field) and the run's summary is the best tau. CIFAR-LT has no
-validation split, so that choice is made on the test split: an optimistic protocol, as
-the results table says.
+`test`, with a `tau` field) and the run's summary is the best tau. With a validation split
+(a folder's val/, or data.val_fraction) tau is chosen on it (records with split `val`).
+CIFAR-LT has no validation split, so there the choice is made on the test split: an
+optimistic protocol, as the results table says.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "--config.init.workdir to its workdir"
         )
     mesh = sharding.make_mesh(config.num_devices)
-    train_split, test_split, task = train.load_task(config)
+    train_split, test_split, task, val_split, _ = train.load_task_data(config)
     num_classes = train_split.num_classes
     run_config, run_task = train.read_run_info(config.init.workdir)
     image_shape = train_split.image_shape
@@ -88,8 +89,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             evaluate, variables, test_split, mesh, batch_size, task.class_groups
         )
         writer.write_scalars(0, results, split="test", epoch=epoch, tau=float(tau))
-        if best is None or results["top1"] > best[1]["top1"]:
-            best = (float(tau), results)
+        chooser = results
+        if val_split is not None:
+            chooser = train.evaluate(
+                evaluate, variables, val_split, mesh, batch_size, task.class_groups
+            )
+            writer.write_scalars(0, chooser, split="val", epoch=epoch, tau=float(tau))
+        if best is None or chooser["top1"] > best[2]:
+            best = (float(tau), results, chooser["top1"])
     writer.close()
     logging.info("%s: best tau %.1f, top-1 %.4f", config.method, best[0], best[1]["top1"])
     return {"tau": best[0], "epoch": epoch, **best[1]}

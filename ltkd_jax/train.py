@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,6 @@ from ltkd_jax import (
     config_lib,
     data,
     feeds,
-    losses,
     methods,
     metrics,
     models,
@@ -272,6 +271,15 @@ def _first_non_finite(step0: int, chunk: dict) -> tuple[int, dict] | None:
     return step0 + i + 1, {k: float(v[i]) for k, v in chunk.items() if not np.isfinite(v[i])}
 
 
+def _time_estimate(seconds_per_step: float, steps_left: int) -> str:
+    """The time estimate, from a timed window after compilation (evaluation not included)."""
+    minutes = seconds_per_step * steps_left / 60
+    return (
+        f"{1000 * seconds_per_step:.0f} ms per step: about {minutes:.0f} min for the remaining "
+        f"{steps_left} steps (plus evaluation)"
+    )
+
+
 def _check_finite(step0: int, chunk: dict, workdir: str) -> None:
     bad = _first_non_finite(step0, chunk)
     if bad:
@@ -330,13 +338,13 @@ def _chunks(start: int, total: int, steps_per_epoch: int, size: int):
 
 @functools.lru_cache(maxsize=8)
 def _cached_splits(name: str, data_dir: str, archive: str, options: tuple):
-    return data.load_splits(
+    return data.load_dataset(
         name, data_dir=data_dir or None, archive=archive or None, **dict(options)
     )
 
 
-def _load_splits(d: ml_collections.ConfigDict):
-    """Both splits, prepared once: on several hosts process 0 prepares, the others wait."""
+def _load_splits(d: ml_collections.ConfigDict) -> data.DataSplits:
+    """The dataset's splits, prepared once: on several hosts process 0 prepares, the others wait."""
     key = (d.name, d.data_dir, d.archive, tuple(sorted(data.split_options(d).items())))
     if jax.process_count() > 1 and jax.process_index() != 0:
         multihost_utils.sync_global_devices("ltkd_jax:data_prepared")
@@ -347,18 +355,28 @@ def _load_splits(d: ml_collections.ConfigDict):
     return splits
 
 
-def load_task(config: ml_collections.ConfigDict):
-    """(long-tailed train split, balanced test split, `methods.Task`)."""
+class TaskData(NamedTuple):
+    """What a run trains and evaluates on (`data.task_splits`), with its `methods.Task`."""
+
+    train: data.Split
+    test: data.Split
+    task: methods.Task
+    val: data.Split | None  # selects the best checkpoint when present
+    info: dict  # class names, data fingerprint, shot thresholds, ...: goes into task.json
+
+
+def load_task_data(config: ml_collections.ConfigDict) -> TaskData:
+    """The run's splits and task (`data.task_splits`: long-tail cut, val, checks, groups)."""
     d = config.data
-    train, test = _load_splits(d)
-    train_lt = data.make_longtail(train, d.imbalance_factor, profile=d.profile, seed=d.lt_seed)
-    counts = train_lt.class_counts()
-    if d.eval_groups == "tail33":
-        groups = np.asarray(losses.tail33_groups(counts))
-    else:
-        groups = data.shot_groups(counts, many=d.many_threshold, few=d.few_threshold)
-    task = methods.Task(class_counts=counts, class_groups=np.asarray(groups), dataset=d.name)
-    return train_lt, test, task
+    t = data.task_splits(_load_splits(d), d)
+    task = methods.Task(class_counts=t.class_counts, class_groups=t.class_groups, dataset=d.name)
+    return TaskData(t.train, t.test, task, t.val, t.info)
+
+
+def load_task(config: ml_collections.ConfigDict):
+    """(long-tailed train split, test split, `methods.Task`)."""
+    t = load_task_data(config)
+    return t.train, t.test, t.task
 
 
 def train_and_evaluate(
@@ -378,7 +396,8 @@ def train_and_evaluate(
             f"config.method={config.method!r} needs {wanted} teacher(s), got {len(teachers)}; "
             "use train.run(), which trains or loads them from config.teacher"
         )
-    train_split, test_split, task = load_task(config)
+    task_data = load_task_data(config)
+    train_split, test_split, task, val_split = task_data[:4]
     num_classes = train_split.num_classes
     mean, std = input_stats(config, train_split.image_shape)
     eval_batch_size = _round_up(config.eval_batch_size, num_devices)
@@ -407,6 +426,16 @@ def train_and_evaluate(
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     total_steps = steps_per_epoch * config.num_epochs
+    logging.info(
+        "%s at %s, %d steps per epoch x %d epochs = %d steps, batches built %s (a time "
+        "estimate follows the first chunk of steps after compilation)",
+        config.model.name,
+        "x".join(map(str, train_split.image_shape)),
+        steps_per_epoch,
+        config.num_epochs,
+        total_steps,
+        "on the device" if feed.on_device else "by grain on the host",
+    )
 
     model = build_model(config, num_classes, teachers=teachers)
     schedule = optim.make_schedule(config.optim, steps_per_epoch, config.num_epochs)
@@ -434,28 +463,42 @@ def train_and_evaluate(
             "class_groups": task.class_groups,
             "steps_per_epoch": steps_per_epoch,
             "num_devices": num_devices,
+            **task_data.info,
         },
     )
     step_kwargs = dict(method=method, schedule=schedule, mean=mean, std=std)
     train_fn = _compile_train(config, mesh, feed, step_kwargs)
-    evaluator = _make_evaluator(config, mesh, model, test_split, eval_batch_size, mean, std)
+    evaluate_test, evaluate_val = (
+        _make_evaluator(config, mesh, model, split, eval_batch_size, mean, std)
+        if split is not None
+        else None
+        for split in (test_split, val_split)
+    )
     progress = _progress_bar(config, total_steps, start_step)
     log = _TrainLog(writer, config, steps_per_epoch, progress)
     chunk = config.scan_steps if feed.on_device else config.log_every_steps
-    for t0, t1 in _chunks(start_step, total_steps, steps_per_epoch, chunk or steps_per_epoch):
+    for n, (t0, t1) in enumerate(
+        _chunks(start_step, total_steps, steps_per_epoch, chunk or steps_per_epoch)
+    ):
         epoch = t0 // steps_per_epoch
         ctx = jax.device_put(method.epoch_context(epoch), sharding.replicated(mesh))
         started = time.perf_counter()
         state, chunk_metrics = train_fn(state, teachers, ctx, t0, t1)
         chunk_metrics = jax.device_get(chunk_metrics)  # the one host sync of the chunk
+        seconds = time.perf_counter() - started
         _check_finite(t0, chunk_metrics, workdir)
-        log.add(t0, chunk_metrics, time.perf_counter() - started)
+        log.add(t0, chunk_metrics, seconds)
+        if n == 1:  # the first chunk after compilation
+            logging.info(_time_estimate(seconds / (t1 - t0), total_steps - t1))
         progress.update(t1 - t0)
         end_of_epoch = t1 % steps_per_epoch == 0
         if end_of_epoch and ((epoch + 1) % config.eval_every_epochs == 0 or t1 == total_steps):
             progress.set_postfix_str(f"epoch {epoch + 1}: evaluating")
-            results = metrics.summarize(evaluator(variables_of(state)), task.class_groups)
+            results = metrics.summarize(evaluate_test(variables_of(state)), task.class_groups)
             writer.write_scalars(t1, results, epoch=epoch + 1, split="test")
+            if evaluate_val is not None:  # val, when there is one, chooses the best checkpoint
+                results = metrics.summarize(evaluate_val(variables_of(state)), task.class_groups)
+                writer.write_scalars(t1, results, epoch=epoch + 1, split="val")
             # Asynchronous: the next chunk runs while orbax writes this one.
             checkpointing.save(
                 manager, t1, state, feed.checkpoint_item(t1), {"top1": results["top1"]}
@@ -572,12 +615,21 @@ def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
 def check_compatible(
     what: str, workdir: str, run_config, run_task: dict, config, num_classes, image_shape
 ) -> None:
-    """A teacher / init run must match the student task: dataset, classes, input shape."""
-    problems = []
+    """A teacher / init run must match the student task: dataset (and, for prepared image
+    data, its contents' fingerprint), classes, input shape."""
+    problems, fixes = [], []
     if run_config.data.name != config.data.name:
         problems.append(
             f"it was trained on {run_config.data.name!r}, the student on {config.data.name!r}"
         )
+    ours = _load_splits(config.data).train.fingerprint
+    theirs = run_task.get("data_fingerprint", "")
+    if ours and theirs and ours != theirs:
+        problems.append(
+            f"its data (fingerprint {theirs[:12]}) differs from the student's ({ours[:12]}): "
+            "another folder, or the same one with images added, removed or changed"
+        )
+        fixes.append("retrain it on this data (omit config.teacher.workdir to train it first)")
     if run_task["num_classes"] != num_classes:
         problems.append(f"it has {run_task['num_classes']} classes, the student task {num_classes}")
     if tuple(run_task["image_shape"]) != tuple(image_shape):
@@ -585,10 +637,19 @@ def check_compatible(
             f"its input shape is {tuple(run_task['image_shape'])}, the student's "
             f"{tuple(image_shape)}"
         )
+        fixes.append(
+            f"set the student's image size to the run's: --config.data.image_size="
+            f"{run_task['image_shape'][0]} (size={run_task['image_shape'][0]} in the folder "
+            "configs)"
+        )
     if problems:
+        fixes.append(f"point the config at a run trained on the same dataset ({config.data.name})")
         raise ValueError(
-            f"{what} in {workdir} does not fit this task: " + "; ".join(problems) + ". Point "
-            f"the config at a run trained on the same dataset ({config.data.name})."
+            f"{what} in {workdir} does not fit this task: "
+            + "; ".join(problems)
+            + ". Fix: "
+            + ", or ".join(fixes)
+            + "."
         )
 
 
@@ -760,12 +821,22 @@ def _progress_bar(config, total: int, initial: int):
 
 
 def summarize_run(workdir: str) -> dict:
-    """Final and best test results of a run, read from its metrics file."""
-    tests = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "test"]
+    """Final and best test results of a run, read from its metrics file.
+
+    "best" is the test record of the evaluation with the highest top-1 on the val split
+    when the run has one (`selected_on` says which split chose it), else on test.
+    """
+    records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    tests = [r for r in records if r["split"] == "test"]
     if not tests:
         raise ValueError(f"no evaluation recorded in {workdir}/metrics.jsonl")
-    best = max(tests, key=lambda r: r["top1"])
-    return {"final": tests[-1], "best": best}
+    vals = [r for r in records if r["split"] == "val"]
+    if vals:
+        chosen = max(vals, key=lambda r: r["top1"])["step"]
+        best = next(r for r in tests if r["step"] == chosen)
+    else:
+        best = max(tests, key=lambda r: r["top1"])
+    return {"final": tests[-1], "best": best, "selected_on": "val" if vals else "test"}
 
 
 def format_summary(name: str, summary: dict) -> str:
@@ -773,10 +844,12 @@ def format_summary(name: str, summary: dict) -> str:
         return "  n/a" if x is None or x != x else f"{100 * x:5.1f}"
 
     final, best = summary["final"], summary["best"]
+    chosen = f", chosen on {summary.get('selected_on', 'test')}"
     return (
         f"{name:<10} final (epoch {final['epoch']}): top-1 {pct(final['top1'])}%  "
-        f"many {pct(final['many'])}%  medium {pct(final['medium'])}%  few {pct(final['few'])}%"
-        f"  | best top-1 {pct(best['top1'])}% (epoch {best['epoch']})"
+        f"mean-class {pct(final.get('mean_class_acc'))}%  many {pct(final['many'])}%  "
+        f"medium {pct(final['medium'])}%  few {pct(final['few'])}%"
+        f"  | best top-1 {pct(best['top1'])}% (epoch {best['epoch']}{chosen})"
     )
 
 

@@ -10,6 +10,7 @@ from ltkd_jax.data import (
     make_longtail,
     shot_groups,
 )
+from ltkd_jax.data.longtail import tail33_groups
 
 # methods.md 2.1 table: (C, n_max, IF, total, last count, many/medium/few classes).
 TABLE = [
@@ -140,3 +141,11 @@ def test_shot_group_boundaries():
     np.testing.assert_array_equal(shot_groups([500, 101, 100, 20, 19, 1]), [0, 0, 1, 1, 2, 2])
     assert shot_groups([5]).dtype == np.int32
     np.testing.assert_array_equal(shot_groups([10, 30], many=25, few=15), [2, 0])
+
+
+def test_tail33_groups_are_33_34_33_by_count():
+    counts = longtail_counts(500, 100, 100.0)
+    groups = tail33_groups(counts)
+    assert np.bincount(groups).tolist() == [33, 34, 33]
+    assert (groups[:33] == 0).all() and (groups[-33:] == 2).all()  # sorted by count
+    assert np.bincount(tail33_groups(longtail_counts(5000, 10, 100.0))).tolist() == [3, 4, 3]

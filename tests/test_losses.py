@@ -283,14 +283,6 @@ def test_batch_rebalancing_keeps_empty_groups_empty():
     assert_close(qt.sum(1), [1.0, 1.0])
 
 
-def test_tail33_groups():
-    counts = cifar_lt_counts(500, 100, 100.0)
-    groups = np.asarray(losses.tail33_groups(counts))
-    assert np.bincount(groups).tolist() == [33, 34, 33]
-    assert (groups[:33] == 0).all() and (groups[-33:] == 2).all()  # sorted by count
-    assert np.bincount(losses.tail33_groups(cifar_lt_counts(5000, 10, 100.0))).tolist() == [3, 4, 3]
-
-
 def test_tv16_ltkd_gradients():
     kw = dict(labels=Y6, teacher_logits=V6, class_counts=N6, class_groups=G6, temperature=4.0)
 

@@ -37,11 +37,14 @@ from ltkd_jax.data.sources import (
     DATASETS,
     IN_MEMORY,
     ArraySplit,
+    DataSplits,
     Split,
+    load_dataset,
     load_digits,
     load_splits,
     split_options,
 )
+from ltkd_jax.data.task import TaskSplits, task_splits
 
 __all__ = [
     "AUGMENTS",
@@ -55,8 +58,10 @@ __all__ = [
     "PROFILES",
     "SAMPLERS",
     "ArraySplit",
+    "DataSplits",
     "RecordSplit",
     "Split",
+    "TaskSplits",
     "ReweightedIndexSequence",
     "augment_batch",
     "cbd_repeat_ratios",
@@ -66,6 +71,7 @@ __all__ = [
     "dataset_stats",
     "draw_crop_flip",
     "eval_batches",
+    "load_dataset",
     "load_digits",
     "load_splits",
     "longtail_counts",
@@ -78,4 +84,5 @@ __all__ = [
     "resize_center_crop",
     "shot_groups",
     "split_options",
+    "task_splits",
 ]

@@ -150,21 +150,39 @@ def _crop_resize(im: Image.Image, box: tuple[float, ...], size: int, flip: bool)
 
     JPEGs are first decoded at the largest power-of-two reduction (`Image.draft`) that keeps
     the crop at least `size` pixels wide: the same output detail for a fraction of the work.
+    The box is given in the original image's pixels and mapped to the decoded image's own
+    coordinates, per axis: a reduced decode rounds each side up on its own (a 95x96 JPEG
+    decodes at 48x48), so one factor for both axes would overflow the other side.
     """
     left, top, w, h = box
-    full_w = im.size[0]
+    full_w, full_h = im.size
     if im.format == "JPEG":
         scale = min(w, h) / size  # How much larger than needed the crop is.
         if scale >= 2:
-            im.draft("RGB", (math.ceil(im.size[0] / scale), math.ceil(im.size[1] / scale)))
-    factor = full_w / im.size[0]  # > 1 when draft reduced the decode.
+            im.draft("RGB", (math.ceil(full_w / scale), math.ceil(full_h / scale)))
     if im.mode != "RGB":
         im = im.convert("RGB")
-    region = (left / factor, top / factor, (left + w) / factor, (top + h) / factor)
+    region = decoded_region(box, (full_w, full_h), im.size)
     out = im.resize((size, size), Image.BILINEAR, box=region)
     if flip:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(out, dtype=np.uint8)
+
+
+def decoded_region(
+    box: tuple[float, ...], full_size: tuple[int, int], decoded_size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of `box` (left, top, w, h, original pixels) in the decoded image,
+    clipped to it (Pillow rejects a box past the edge, even by a rounding error)."""
+    left, top, w, h = box
+    (full_w, full_h), (dec_w, dec_h) = full_size, decoded_size
+    fx, fy = full_w / dec_w, full_h / dec_h  # > 1 on an axis a reduced decode shrank.
+    return (
+        max(left / fx, 0.0),
+        max(top / fy, 0.0),
+        min((left + w) / fx, float(dec_w)),
+        min((top + h) / fy, float(dec_h)),
+    )
 
 
 def random_resized_crop_flip(

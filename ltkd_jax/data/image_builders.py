@@ -25,6 +25,7 @@ import dataclasses
 import fcntl
 import hashlib
 import io
+import json
 import os
 import threading
 import zipfile
@@ -310,9 +311,103 @@ class LtkdImages(tfds.core.GeneratorBasedBuilder):
 
 
 def dataset_slug(kind: str, root: str, extra: str = "") -> str:
-    """A stable builder-config name per (kind, image root, list files): `<kind>_<hash>`."""
+    """A stable name per (kind, image root, list files): `<kind>_<hash>`; `prepare` appends
+    the fingerprint of the contents, so each version of the data gets its own directory."""
     digest = hashlib.sha1(f"{os.path.abspath(root)}|{extra}".encode()).hexdigest()[:10]
     return f"{kind}_{digest}"
+
+
+# --------------------------------------------------------------------------------------------
+# Data identity: a fingerprint of the indexed files, and what changed since the last version
+# --------------------------------------------------------------------------------------------
+
+MANIFEST = "ltkd_manifest.json"  # Inside the prepared dataset dir: what it was prepared from.
+
+
+def file_stats(
+    store: ImageStore, paths: Sequence[str], num_threads: int | None = None
+) -> dict[str, tuple[int, int]]:
+    """{path: (size, mtime in ns)}; inside a zip (size, CRC-32), a content checksum for free.
+
+    A missing file gets (-1, -1): preparation reports it as unreadable.
+    """
+    if store.is_zip:
+        with zipfile.ZipFile(store.root) as zf:
+            infos = {i.filename: (i.file_size, i.CRC) for i in zf.infolist()}
+        return {p: infos.get(p, (-1, -1)) for p in paths}
+
+    def stat(path: str) -> tuple[int, int]:
+        try:
+            st = os.stat(os.path.join(store.root, path))
+        except OSError:
+            return -1, -1
+        return st.st_size, st.st_mtime_ns
+
+    workers = num_threads or min(32, (os.cpu_count() or 1) * 4)  # Network file systems.
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return dict(zip(paths, pool.map(stat, paths, chunksize=256), strict=True))
+
+
+def manifest(index: ImageIndex, stats: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """The identity of a dataset: class names and, per split, (path, label, size, mtime/CRC)."""
+    return {
+        "class_names": list(index.class_names),
+        "splits": {
+            split: [[p, y, *stats[p]] for p, y in sorted(rows)]
+            for split, rows in sorted(index.splits.items())
+        },
+    }
+
+
+def fingerprint(record: dict[str, Any]) -> str:
+    """A SHA-1 of a `manifest` record: changes with any name, label, size or mtime/CRC."""
+    text = json.dumps([record["class_names"], record["splits"]], separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between two manifests, in a few words (classes, then files)."""
+    parts = []
+    added = sorted(set(new["class_names"]) - set(old["class_names"]))
+    removed = sorted(set(old["class_names"]) - set(new["class_names"]))
+    if added:
+        parts.append(f"classes added {added[:5]}")
+    if removed:
+        parts.append(f"classes removed {removed[:5]}")
+
+    def files(record):
+        names = record["class_names"]
+        return {
+            (split, p): (names[y], size, stamp)
+            for split, rows in record["splits"].items()
+            for p, y, size, stamp in rows
+        }
+
+    before, after = files(old), files(new)
+    common = before.keys() & after.keys()
+    counts = {
+        "images added": len(after.keys() - before.keys()),
+        "images removed": len(before.keys() - after.keys()),
+        "images modified": sum(before[k][1:] != after[k][1:] for k in common),
+        "images relabelled": sum(before[k][0] != after[k][0] for k in common),
+    }
+    parts += [f"{n} {what}" for what, n in counts.items() if n]
+    return ", ".join(parts) or "file list order or metadata changed"
+
+
+def _previous_manifest(family_dir: str, prefix: str, exclude: str) -> tuple[str, dict] | None:
+    """The newest manifest of another prepared version of the same source, if any."""
+    found = []
+    for name in os.listdir(family_dir) if os.path.isdir(family_dir) else ():
+        if not name.startswith(prefix) or name == exclude:
+            continue
+        for version_dir in epath.Path(family_dir, name).glob(f"*/{MANIFEST}"):
+            found.append((version_dir.stat().mtime, os.fspath(version_dir)))
+    if not found:
+        return None
+    path = max(found)[1]
+    with open(path) as f:
+        return os.path.dirname(path), json.load(f)
 
 
 @contextlib.contextmanager
@@ -334,24 +429,40 @@ def prepare(
     name: str,
     data_dir: str | None = None,
     on_corrupt: str = "error",
-) -> str:
-    """Prepares `ltkd_images/<name>` (once) and returns its dataset directory.
+) -> tuple[str, str]:
+    """Prepares `ltkd_images/<name>_<fingerprint>` (once); returns (its directory, fingerprint).
 
-    Every image is decoded before anything is written. `on_corrupt='error'` raises a
-    ValueError naming every bad file; 'skip' logs each one and leaves it out.
+    The fingerprint covers every indexed file's path, label, size and mtime (CRC-32 in a
+    zip), so a changed source is prepared again, with a log line saying what changed; it is
+    never silently reused. Every image is decoded before anything is written.
+    `on_corrupt='error'` raises a ValueError naming every bad file; 'skip' logs each one and
+    leaves it out.
     """
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(f"on_corrupt={on_corrupt!r}; choose one of {ON_CORRUPT}")
     data_dir = os.path.abspath(os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR))
-    config = tfds.core.BuilderConfig(name=name, description=f"Images from {store.root}")
-    lock = os.path.join(data_dir, BUILDER_NAME, f".{name}.lock")
+    paths = [p for rows in index.splits.values() for p, _ in rows]
+    record = manifest(index, file_stats(store, paths))
+    digest = fingerprint(record)
+    versioned = f"{name}_{digest[:12]}"
+    config = tfds.core.BuilderConfig(name=versioned, description=f"Images from {store.root}")
+    family_dir = os.path.join(data_dir, BUILDER_NAME)
+    lock = os.path.join(family_dir, f".{name}.lock")
     with _file_lock(lock):
         builder = LtkdImages(
             store=store, index=index, config=config, data_dir=data_dir, file_format="array_record"
         )
         if builder.is_prepared():
-            return os.fspath(builder.data_dir)
-        paths = [p for rows in index.splits.values() for p, _ in rows]
+            return os.fspath(builder.data_dir), digest
+        previous = _previous_manifest(family_dir, f"{name}_", versioned)
+        if previous is not None:
+            logging.warning(
+                "%s changed since it was prepared into %s (%s): preparing it again. The old "
+                "copy is kept; delete it to free the space.",
+                store.root,
+                previous[0],
+                describe_changes(previous[1], record),
+            )
         logging.info("Checking %d images under %s", len(paths), store.root)
         corrupt = find_corrupt(store, paths)
         if corrupt:
@@ -373,4 +484,6 @@ def prepare(
         )
         logging.info("Preparing %s into %s", builder.info.full_name, builder.data_dir)
         builder.download_and_prepare()
-        return os.fspath(builder.data_dir)
+        with open(os.path.join(os.fspath(builder.data_dir), MANIFEST), "w") as f:
+            json.dump({"fingerprint": digest, **record}, f)
+        return os.fspath(builder.data_dir), digest

@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ltkd_jax.data import longtail, sources
+from ltkd_jax.data import sources, task
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config under configs/.")
 flags.mark_flags_as_required(["config"])
@@ -24,18 +24,21 @@ flags.mark_flags_as_required(["config"])
 def main(argv: list[str]) -> None:
     del argv
     d = _CONFIG.value.data
-    train, test = sources.load_splits(
+    splits = sources.load_dataset(
         d.name,
         data_dir=d.data_dir or None,
         archive=d.archive or None,
         **sources.split_options(d),
     )
-    counts = train.class_counts()
-    groups = np.bincount(longtail.shot_groups(counts, d.many_threshold, d.few_threshold), None, 3)
+    t = task.task_splits(splits, d)  # the trainer's checks: long-tail cut, empty classes, groups
+    counts, groups = t.class_counts, np.bincount(t.class_groups, minlength=3)
+    thresholds = t.info["shot_thresholds"]
     print(
-        f"{d.name}: train {len(train)} ({type(train).__name__}), test {len(test)}, "
-        f"{train.num_classes} classes, images {train.image_shape}, per-class train "
-        f"{counts.max()} .. {counts.min()}, many/medium/few {groups.tolist()}"
+        f"{d.name}: train {len(t.train)} ({type(t.train).__name__}), test {len(t.test)}, "
+        f"val {t.info['num_val']}, {t.train.num_classes} classes, images "
+        f"{t.train.image_shape}, per-class train {counts.max()} .. {counts.min()}, "
+        f"many/medium/few {groups.tolist()} (many > {thresholds['many']}, few < "
+        f"{thresholds['few']}), best chosen on {t.info['selected_on']}"
     )
 
 

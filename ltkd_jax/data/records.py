@@ -40,6 +40,7 @@ class RecordSplit:
     num_classes: int
     class_names: tuple[str, ...] = ()
     image_size: int = 224
+    fingerprint: str = ""  # Identity of the prepared source data ("" = the dataset name).
 
     def __post_init__(self):
         if self.labels.shape != self.record_ids.shape or self.labels.ndim != 1:
@@ -155,6 +156,7 @@ def record_split(
     image_size: int,
     num_classes: int | None = None,
     class_names: Sequence[str] = (),
+    fingerprint: str = "",
 ) -> RecordSplit:
     """A RecordSplit over every example of `source`, ordered by (label, record id)."""
     labels = cached_labels(source, source_dir(source), split)
@@ -169,6 +171,7 @@ def record_split(
         num_classes=int(num_classes),
         class_names=tuple(class_names),
         image_size=int(image_size),
+        fingerprint=fingerprint,
     )
 
 

@@ -15,7 +15,7 @@ import os
 import socket
 import urllib.parse
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
@@ -27,6 +27,8 @@ IN_MEMORY = ("auto", "yes", "no")
 # `in_memory='auto'` decodes into RAM when all images at image_size take at most this much.
 IN_MEMORY_AUTO_BYTES = 2 << 30
 DEFAULT_IMAGE_SIZE = 224  # ImageNet-style datasets (methods.md 5.3, 8.3)
+# A folder's validation split (it selects checkpoints) when it also has a test split.
+VAL_SPLIT_NAMES = ("val", "validation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,7 @@ class ArraySplit:
     labels: np.ndarray
     num_classes: int
     class_names: tuple[str, ...] = ()
+    fingerprint: str = ""  # Identity of the prepared source data ("" = the dataset name).
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -112,6 +115,14 @@ class ArraySplit:
 Split = ArraySplit | records.RecordSplit
 
 
+class DataSplits(NamedTuple):
+    """A dataset's splits: `val` (None when the data has none) selects checkpoints."""
+
+    train: Split
+    test: Split
+    val: Split | None = None
+
+
 def split_options(data_config: Any) -> dict[str, Any]:
     """The `load_splits` keyword options held in `config.data` (see config_lib.base_config)."""
     return {
@@ -123,7 +134,7 @@ def split_options(data_config: Any) -> dict[str, Any]:
     }
 
 
-def load_splits(
+def load_dataset(
     name: str,
     *,
     data_dir: str | None = None,
@@ -133,8 +144,8 @@ def load_splits(
     list_dir: str = "",
     on_corrupt: str = "error",
     eval_split: str = "",
-) -> tuple[Split, Split]:
-    """(train, test) splits for one of `DATASETS`.
+) -> DataSplits:
+    """(train, test, val) splits for one of `DATASETS`.
 
     cifar10/cifar100 are prepared once (TF-free TFDS builder -> ArrayRecord under `data_dir`,
     default TFDS's `~/tensorflow_datasets`) from `archive`, a local zip such as
@@ -143,7 +154,9 @@ def load_splits(
     writes no files. Both are balanced; the trainer cuts the long tail.
 
     folder: `archive` is a `<split>/<class>/<image>` directory or zip (the user's data);
-    prepared once into `data_dir` (corrupt images: `on_corrupt`), test = its test/val split.
+    prepared once per version of its contents into `data_dir` (corrupt images: `on_corrupt`);
+    test = its test split, val = its val/ (or validation/) split when it also has a test
+    split (without one, val/ is the test split).
     imagenet_lt / places_lt / inat2018: with `archive` = the image root, the benchmark's list
     files (from `list_dir`, default the image root) define the splits; without it, TFDS's own
     prepared `imagenet_lt` / `i_naturalist2018` in `data_dir` are read (or a
@@ -156,23 +169,31 @@ def load_splits(
     used as the test set.
     """
     if name == "digits":
-        return load_digits()
+        return DataSplits(*load_digits())
     if name in ("folder", *BENCHMARKS):
         if in_memory not in IN_MEMORY:
             raise ValueError(f"in_memory={in_memory!r}; choose one of {IN_MEMORY}")
         if name == "folder":
-            train, test = _folder_splits(archive, data_dir, image_size, on_corrupt, eval_split)
+            splits = _folder_splits(archive, data_dir, image_size, on_corrupt, eval_split)
         else:
-            train, test = _benchmark_splits(
-                name, archive, data_dir, image_size, list_dir, on_corrupt, eval_split
+            splits = DataSplits(
+                *_benchmark_splits(
+                    name, archive, data_dir, image_size, list_dir, on_corrupt, eval_split
+                )
             )
-        return _maybe_in_memory(train, in_memory), _maybe_in_memory(test, in_memory)
+        return DataSplits(*(None if s is None else _maybe_in_memory(s, in_memory) for s in splits))
     if name not in builders.CONFIG_NAMES:
         raise ValueError(
             f"unknown dataset {name!r}; choose one of {DATASETS}, e.g. --config.data.name=cifar100."
         )
     builder = prepare_cifar(name, data_dir=data_dir, archive=archive)
-    return read_split(builder, "train"), read_split(builder, "test")
+    return DataSplits(read_split(builder, "train"), read_split(builder, "test"))
+
+
+def load_splits(name: str, **options: Any) -> tuple[Split, Split]:
+    """(train, test) of `load_dataset` (same arguments)."""
+    splits = load_dataset(name, **options)
+    return splits.train, splits.test
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +203,7 @@ def load_splits(
 
 def _folder_splits(
     root: str | None, data_dir: str | None, image_size: int, on_corrupt: str, eval_split: str
-) -> tuple[records.RecordSplit, records.RecordSplit]:
+) -> DataSplits:
     if not root:
         raise ValueError(
             "dataset 'folder' needs the image tree: pass --config.data.root=/path/to/tree "
@@ -199,11 +220,15 @@ def _folder_splits(
             f"{eval_split or image_builders.EVAL_SPLIT_NAMES}; add a test/ folder or set "
             "--config.data.eval_split."
         )
+    val_name = next((s for s in VAL_SPLIT_NAMES if s in index.splits and s != test_name), "")
     name = image_builders.dataset_slug("folder", store.root)
-    builder_dir = image_builders.prepare(
+    builder_dir, digest = image_builders.prepare(
         store, index, name=name, data_dir=data_dir, on_corrupt=on_corrupt
     )
-    return _record_pair(builder_dir, ("train", test_name), index, image_size, auto_size=True)
+    names = ("train", test_name, *([val_name] if val_name else []))
+    return DataSplits(
+        *_record_splits(builder_dir, names, index, image_size, auto_size=True, fingerprint=digest)
+    )
 
 
 def _benchmark_splits(
@@ -230,11 +255,14 @@ def _benchmark_splits(
             )
         index = image_builders.list_index(files, bench.num_classes)
         slug = image_builders.dataset_slug(name, store.root, "|".join(sorted(files.values())))
-        builder_dir = image_builders.prepare(
+        builder_dir, digest = image_builders.prepare(
             store, index, name=slug, data_dir=data_dir, on_corrupt=on_corrupt
         )
         splits = ("train", eval_split or bench.eval_split)
-        return _record_pair(builder_dir, splits, index, size, auto_size=False)
+        train, test = _record_splits(
+            builder_dir, splits, index, size, auto_size=False, fingerprint=digest
+        )
+        return train, test
     if bench.tfds_name is None:
         raise ValueError(
             f"{name} has no TFDS builder: pass the image root with --config.data.root and "
@@ -261,39 +289,54 @@ def _default_list_dir(root: str) -> str:
     return root if os.path.isdir(root) else os.path.dirname(root)
 
 
-def _record_pair(
+def _record_splits(
     builder_dir: str,
-    splits: tuple[str, str],
+    splits: tuple[str, ...],
     index: image_builders.ImageIndex,
     image_size: int,
     auto_size: bool,
-) -> tuple[records.RecordSplit, records.RecordSplit]:
-    pair = []
+    fingerprint: str = "",
+) -> list[records.RecordSplit]:
+    out = []
     for split in splits:
         source = records.tfds_source(split=split, builder_dir=builder_dir)
-        pair.append(
+        out.append(
             records.record_split(
                 source,
                 split=split,
                 image_size=image_size or DEFAULT_IMAGE_SIZE,
                 num_classes=index.num_classes,
                 class_names=index.class_names,
+                fingerprint=fingerprint,
             )
         )
     if auto_size and not image_size:
-        size = typical_image_size(pair[0])
-        pair = [dataclasses.replace(s, image_size=size) for s in pair]
-    return pair[0], pair[1]
+        size = typical_image_size(out[0])
+        out = [dataclasses.replace(s, image_size=size) for s in out]
+    return out
 
 
 def typical_image_size(split: records.RecordSplit, cap: int = DEFAULT_IMAGE_SIZE) -> int:
-    """min(cap, median shorter side) of up to 64 images (headers only): small images are
-    not upscaled, large ones are cropped to the ImageNet default."""
+    """The automatic image size: min(cap, median shorter side of up to 64 images, headers
+    only), rounded down to a multiple of 32 (of 8 below 32 px), so small images are not
+    upscaled, large ones are cropped to the ImageNet default, and the ResNets' stride-2
+    stages divide it evenly."""
     from ltkd_jax.data import augment as augment_lib  # noqa: PLC0415
 
     picks = np.linspace(0, len(split) - 1, num=min(64, len(split))).astype(int)
     sides = [min(augment_lib.open_image(split.read_image(i)).size) for i in picks]
-    return int(min(cap, np.median(sides)))
+    median = int(np.median(sides))
+    step = 32 if median >= 32 else 8
+    size = int(min(cap, max(8, median // step * step)))
+    logging.info(
+        "Image size %d (automatic: the median shorter side of %d images is %d px, rounded down "
+        "to a multiple of %d). Set data.image_size (size= in the folder configs) to change it.",
+        size,
+        len(picks),
+        median,
+        step,
+    )
+    return size
 
 
 def _maybe_in_memory(split: records.RecordSplit, in_memory: str) -> Split:
@@ -303,7 +346,7 @@ def _maybe_in_memory(split: records.RecordSplit, in_memory: str) -> Split:
         return split
     logging.info("Decoding %d images (%d MB) into RAM", len(split), nbytes >> 20)
     images = records.decode_to_array(split)
-    return ArraySplit(images, split.labels, split.num_classes, split.class_names)
+    return ArraySplit(images, split.labels, split.num_classes, split.class_names, split.fingerprint)
 
 
 # --------------------------------------------------------------------------------------------

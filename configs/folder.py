@@ -1,0 +1,23 @@
+"""Any method on a user's own images, with the folder recipe of configs/ce_folder.py:
+
+    python -m ltkd_jax.main --config configs/folder.py:method=dkd,root=/path/to/mydata \
+        --workdir runs/dkd_mydata --config.teacher.workdir=runs/ce_mydata
+
+`method` (default ce) is any method with a configs/<method>_cifar.py; its loss settings come
+from there (epoch-counted ones, DRW start and DKD warm-up, scaled to this schedule), the
+data, models and schedule from the folder recipe. The other arguments are ce_folder.py's:
+`root, imb, model, augment, size, epochs`. Without --config.teacher.workdir a distillation
+method first trains its CE teacher into WORKDIR/teacher. docs/own_data.md walks through it.
+"""
+
+from ltkd_jax import config_lib
+
+
+def get_config(arg=None):
+    items = [i for i in (arg or "").split(",") if i]
+    method = next((i.partition("=")[2] for i in items if i.startswith("method=")), "ce")
+    rest = ",".join(i for i in items if not i.startswith("method=")) or None
+    recipe = config_lib.folder_config(rest, "ce")
+    if method == "ce":
+        return config_lib.lock(recipe)
+    return config_lib.lock(config_lib.with_method(recipe, config_lib.method_config(method)))

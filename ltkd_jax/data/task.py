@@ -1,0 +1,98 @@
+"""From a dataset's splits to the training task: the long-tailed cut, the validation split,
+the checks that must pass before training, and the shot groups (docs/own_data.md).
+
+`task_splits` is what the trainer calls: everything it decides is also returned as
+`info`, which goes into the run's `task.json` (class names, the data fingerprint, the
+shot-group thresholds, which split selects the best checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from ltkd_jax.data import longtail
+from ltkd_jax.data.sources import DataSplits, Split
+
+# An evaluated split whose largest class has more than this many times the images of its
+# smallest is called imbalanced in the logs (top-1 then favours the head classes).
+IMBALANCED_TEST_RATIO = 1.5
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSplits:
+    """The splits a run trains and evaluates on, and its facts for `task.json`."""
+
+    train: Split
+    test: Split
+    val: Split | None
+    class_counts: np.ndarray  # int64 [C] training images per class
+    class_groups: np.ndarray  # int32 [C] 0 many, 1 medium, 2 few
+    info: dict[str, Any]
+
+
+def task_splits(splits: DataSplits, d: Any) -> TaskSplits:
+    """Applies `config.data` (d) to the loaded splits, in this order:
+
+    1. the long-tailed cut (`imbalance_factor`; refused on an already imbalanced split);
+    2. validation: the dataset's val split, else a stratified `val_fraction` of train, else
+       none (the best checkpoint is then chosen on test, as in the CIFAR-LT literature);
+    3. an error naming every class left without training images;
+    4. shot groups: the configured thresholds; for folders, when they leave a group empty,
+       thresholds that give three non-empty groups (`longtail.tercile_thresholds`).
+    """
+    train = longtail.make_longtail(
+        splits.train, d.imbalance_factor, profile=d.profile, seed=d.lt_seed
+    )
+    val, fraction = splits.val, float(d.get("val_fraction", 0.0))
+    selected_on = "val" if val is not None else "test"
+    if val is not None and fraction > 0:
+        logging.warning("The data has a val split; data.val_fraction=%g is not used.", fraction)
+    elif fraction > 0:
+        train, val = longtail.stratified_holdout(train, fraction, seed=d.lt_seed)
+        selected_on = f"val ({fraction:g} of train)"
+    longtail.check_classes_present(train)
+    counts = train.class_counts()
+    many, few, derived = longtail.shot_thresholds(
+        counts, d.many_threshold, d.few_threshold, derive=d.name == "folder"
+    )
+    groups = longtail.shot_groups(counts, many, few)
+    if d.get("eval_groups", "shot") == "tail33":
+        groups = longtail.tail33_groups(counts)
+    sizes = np.bincount(groups, minlength=3)
+    logging.info(
+        "Shot groups by training images: many > %d, few < %d: %d / %d / %d classes%s",
+        many,
+        few,
+        *sizes,
+        " (derived from the class counts: the configured thresholds "
+        f"{d.many_threshold} / {d.few_threshold} leave a group empty)"
+        if derived
+        else "",
+    )
+    test_counts = splits.test.class_counts()
+    present = test_counts[test_counts > 0]
+    if present.max() > IMBALANCED_TEST_RATIO * present.min():
+        logging.info(
+            "The test split is imbalanced (%d to %d images per class): top-1 favours the head "
+            "classes; mean-class (mean per-class accuracy) is the balanced metric.",
+            present.max(),
+            present.min(),
+        )
+    logging.info(
+        "Best checkpoint chosen on %s%s",
+        selected_on,
+        f" ({len(val)} images)" if val is not None else " (no val split; see data.val_fraction)",
+    )
+    info = {
+        "class_names": [longtail.class_name(train, c) for c in range(train.num_classes)],
+        "data_fingerprint": train.fingerprint,
+        "shot_thresholds": {"many": many, "few": few, "derived": derived},
+        "selected_on": selected_on,
+        "num_val": 0 if val is None else len(val),
+        "test_class_counts": test_counts,
+    }
+    return TaskSplits(train, splits.test, val, counts, groups, info)
