@@ -164,6 +164,18 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+TEACHER_SEED_STRIDE = 1000
+
+
+def teacher_seed(seed: int, index: int) -> int:
+    """The seed of stage-1 teacher `index` of a run with seed `seed`: seed + 1000 * (index + 1).
+
+    Distinct from the student's seed and from every other teacher's; with seeds below 1000
+    (as in a table over seeds 0, 1, 2) no teacher seed equals any student seed either.
+    """
+    return seed + TEACHER_SEED_STRIDE * (index + 1)
+
+
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Locks the config so a typo in a field name fails instead of adding a field."""
     config.lock()

@@ -85,6 +85,7 @@ MDISTILLER_TEACHER = (
     "optim.warmup_epochs=0",
     "optim.decay_epochs=(150,180,210)",
     "optim.decay_factor=0.1",
+    "data.eval_groups=tail33",
 )
 
 LDAM = "LDAM-DRW paper (Cao et al. 2019, Table 2)"

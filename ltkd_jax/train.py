@@ -716,23 +716,11 @@ def init_from_run(state: TrainState, config, num_classes: int, image_shape: tupl
     )
 
 
-TEACHER_SEED_STRIDE = 1000
-
-
-def teacher_seed(seed: int, index: int) -> int:
-    """The seed of stage-1 teacher `index` of a run with seed `seed`: seed + 1000 * (index + 1).
-
-    Distinct from the student's seed and from every other teacher's; with seeds below 1000
-    (as in a table over seeds 0, 1, 2) no teacher seed equals any student seed either.
-    """
-    return seed + TEACHER_SEED_STRIDE * (index + 1)
-
-
 def teacher_config(config: ml_collections.ConfigDict, index: int) -> ml_collections.ConfigDict:
     """Stage 1: the teacher recipe of a distillation config (plain CE, instance sampling).
 
-    Teacher k trains with `teacher_seed(config.seed, k)`, so no teacher shares the student's
-    initial weights, sampler order or augmentation stream. The last
+    Teacher k trains with `config_lib.teacher_seed(config.seed, k)`, so no teacher shares the
+    student's initial weights, sampler order or augmentation stream. The last
     config.teacher.color_jitter_teachers teachers add colour jitter + grayscale
     (data.color_jitter). So CBD_ENS's vanilla_seed1/2, data_aug_seed1/2 are here teachers 0-1
     and 2-3, four distinct seeds: the data-aug pair does not reuse the vanilla pair's seeds.
@@ -743,7 +731,7 @@ def teacher_config(config: ml_collections.ConfigDict, index: int) -> ml_collecti
     t.model.head = config.teacher.head
     t.model.projection_dim = 0
     t.num_epochs = config.teacher.num_epochs
-    t.seed = teacher_seed(config.seed, index)
+    t.seed = config_lib.teacher_seed(config.seed, index)
     t.data.color_jitter = index >= config.teacher.count - config.teacher.color_jitter_teachers
     t.data.sampler = "instance"
     t.loss.class_weighting = "none"

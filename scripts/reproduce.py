@@ -33,7 +33,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python scripts/reproduce.py` from a checkout
     sys.path.insert(0, str(REPO))
 
-from ltkd_jax import tables  # noqa: E402
+from ltkd_jax import config_lib, tables  # noqa: E402
 
 ARCHIVES = {
     "cifar100": "../shared/data/cifar100-png.zip",
@@ -154,7 +154,9 @@ def plan_table(
             workdir = os.path.join(seed_dir, row.key)
             arg = table.config_arg if row.arg is None else row.arg
             config = f"configs/{row.config}.py" + (f":{arg}" if arg else "")
-            fields = [f"seed={seed}", *table.common]
+            # The shared teacher gets the seed stage 1 of the students' own config would.
+            run_seed = config_lib.teacher_seed(seed, 0) if row is table.teacher else seed
+            fields = [f"seed={run_seed}", *table.common]
             if archive:
                 fields.append(f"data.archive={archive}")
             if row.link == "teacher":

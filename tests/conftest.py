@@ -1,5 +1,7 @@
 """Test set-up: 8 simulated CPU devices, parsed absl flags, a persistent compile cache."""
 
+import functools
+import importlib.util
 import os
 import pathlib
 
@@ -19,3 +21,13 @@ flags.FLAGS.mark_as_parsed()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@functools.cache
+def load_script(name: str):
+    """scripts/<name>.py as a module, loaded once per test session: its absl flags can be
+    defined only once in a process."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

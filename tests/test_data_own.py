@@ -254,13 +254,9 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
     summary_line = capsys.readouterr().out
     assert "mean-class" in summary_line and "chosen on val" in summary_line
 
-    import importlib.util
+    from conftest import load_script
 
-    from conftest import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("compare", REPO_ROOT / "scripts" / "compare.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = load_script("compare")
     run_config, run_task = train.read_run_info(str(workdir))
     caption = compare.caption_for(run_config, run_task, "t", train.summarize_run(str(workdir)))
     assert "imbalanced test split" in caption and "chosen on val" in caption

@@ -239,14 +239,9 @@ def test_method_head_requirements_are_validated():
 
 
 def _compare_module():
-    import importlib.util
+    from conftest import load_script
 
-    from conftest import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("compare", REPO_ROOT / "scripts" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare")
 
 
 def test_compare_writes_a_table_and_a_per_class_plot(student_runs, teacher_dir, tmp_path):

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from ltkd_jax import tables
+from ltkd_jax import config_lib, tables
 from ltkd_jax.data.longtail import longtail_counts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,7 +109,8 @@ def test_tables_have_the_issue_rows_and_link_to_one_teacher_per_seed(name, keys,
     for run in runs:
         teacher = os.path.join(str(tmp_path), name, f"seed{run.seed}", "ce")
         c = run.config
-        assert c.seed == run.seed
+        is_teacher = run.row is table.teacher  # stage 1's seed rule, never a student's seed
+        assert c.seed == (config_lib.teacher_seed(run.seed, 0) if is_teacher else run.seed)
         assert c.data.name == table.dataset and c.data.imbalance_factor == 100
         assert c.data.archive.endswith(
             "cifar100-png.zip" if table.dataset == "cifar100" else "cifar10-jpeg.zip"
