@@ -194,8 +194,8 @@ def checkpoint_step(workdir: str, checkpoint: str) -> int:
         if step is None:
             raise FileNotFoundError(
                 f"no {checkpoint!r} checkpoint under {checkpointing.checkpoint_dir(workdir)} "
-                f"(steps there: {sorted(manager.all_steps())}); point --workdir at a run that "
-                "finished at least one evaluation"
+                f"(steps there: {sorted(manager.all_steps())}); pick one of those, or point "
+                "--workdir at a run that finished at least one evaluation"
             )
         return step
     finally:
