@@ -26,10 +26,20 @@ from flax import struct
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from ltkd_jax import checkpointing, config_lib, data, methods, metrics, models, optim, sharding
+from ltkd_jax import (
+    checkpointing,
+    config_lib,
+    data,
+    methods,
+    metrics,
+    models,
+    optim,
+    rundir,
+    sharding,
+)
 from ltkd_jax.methods import ModelOutput
 from ltkd_jax.models import cpu_ops
-from ltkd_jax.writers import MetricWriter, read_jsonl
+from ltkd_jax.writers import MetricWriter, read_metrics
 
 
 class TrainState(train_state.TrainState):
@@ -273,6 +283,7 @@ def train_and_evaluate(
             ),
         )
     method = methods.make_method(config, task)
+    rundir.check_resume_config(workdir, config)  # before anything is written
     writer = MetricWriter(workdir)
     writer.write_json("config.json", config.to_dict())
     logging.info(
@@ -323,6 +334,7 @@ def train_and_evaluate(
     elif config.init.workdir:
         state = init_from_run(state, config, num_classes, train_split.image_shape)
     start_step = int(state.step)
+    writer.trim_after(start_step)  # records after the restored checkpoint are replayed
 
     repl = sharding.replicated(mesh)
     options = cpu_ops.compiler_options(cpu_kernels(config))
@@ -385,6 +397,13 @@ def train_and_evaluate(
             writer.write_scalars(step + 1, results, epoch=epoch + 1, split="test")
             checkpointing.save(manager, step + 1, state, iterator, {"top1": results["top1"]})
             window_start = time.perf_counter()  # evaluation time is not training time
+        if rundir.stop_requested() and step + 1 < total_steps:  # SIGTERM / SIGINT
+            if manager.latest_step() != step + 1:
+                checkpointing.save(manager, step + 1, state, iterator, None)
+            manager.wait_until_finished()
+            progress.close()
+            writer.close()
+            raise rundir.Preempted(step + 1, workdir)
     progress.close()
     manager.wait_until_finished()
     if start_step >= total_steps:
@@ -547,6 +566,7 @@ def prepare_teachers(config: ml_collections.ConfigDict, workdir: str) -> tuple[T
         return ()
     if not config.teacher.workdir:
         for k, teacher_dir in enumerate(dirs):
+            logging.info("stage 1: teacher %d of %d in %s", k + 1, len(dirs), teacher_dir)
             train_and_evaluate(teacher_config(config, k), teacher_dir)
     mesh = sharding.make_mesh(config.num_devices)
     train_split, _, _ = load_task(config)
@@ -594,7 +614,9 @@ def _progress_bar(config, total: int, initial: int):
 
 def summarize_run(workdir: str) -> dict:
     """Final and best test results of a run, read from its metrics file."""
-    tests = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "test"]
+    tests = [
+        r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "test"
+    ]
     if not tests:
         raise ValueError(f"no evaluation recorded in {workdir}/metrics.jsonl")
     best = max(tests, key=lambda r: r["top1"])
@@ -619,14 +641,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     if config.method in posthoc.POSTHOC:
         best = posthoc.run(config, workdir)
+        rundir.write_summary(workdir, {"final": best, "best": best})
         if jax.process_index() == 0:
             print(format_summary("corrected", summarize_run(config.init.workdir)), flush=True)
             name = f"{config.method} tau={best['tau']:g}"
             print(format_summary(name, {"final": best, "best": best}), flush=True)
         return best
     teachers = prepare_teachers(config, workdir)
+    stage = "stage 2, the student" if teachers else "training"
+    logging.info("%s: %s in %s", stage, config.method, workdir)
     train_and_evaluate(config, workdir, teachers=teachers)
     summary = summarize_run(workdir)
+    rundir.write_summary(workdir, summary)
     if jax.process_index() == 0:
         lines = []
         for k, teacher_dir in enumerate(teacher_workdirs(config, workdir)):
