@@ -160,9 +160,11 @@ def main(argv):
                 num_processes=_NUM_PROCESSES.value,
                 process_id=_PROCESS_ID.value,
             )
-        from ltkd_jax import train  # after distributed init: importing may touch the backend
+        # Process 0 locks; without --distributed this asks no backend (a refused run is fast).
+        primary = not _DISTRIBUTED.value or jax.process_index() == 0
+        with rundir.hold(workdir, locking=primary), rundir.log_to_file(workdir, tuple(filters)):
+            from ltkd_jax import train  # after distributed init: importing may touch the backend
 
-        with rundir.hold(workdir), rundir.log_to_file(workdir, tuple(filters)):
             rundir.check_job_configs(config, workdir)
             rundir.record_invocation(workdir)
             logging.info(

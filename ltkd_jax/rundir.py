@@ -178,16 +178,14 @@ def release(workdir: str) -> None:
         return
     held[1] -= 1
     if held[1] == 0:
+        os.ftruncate(held[0], 0)  # a clean exit leaves no holder to report as stale
         os.close(held[0])  # closing the descriptor releases the flock
         del _HELD[path]
 
 
 @contextlib.contextmanager
-def hold(workdir: str) -> Iterator[None]:
-    """`acquire` for the duration of a `with` block (process 0 only on several hosts)."""
-    import jax
-
-    locking = jax.process_index() == 0
+def hold(workdir: str, *, locking: bool = True) -> Iterator[None]:
+    """`acquire` for the duration of a `with` block; `locking=False` on processes > 0."""
     if locking:
         acquire(workdir)
     try:
