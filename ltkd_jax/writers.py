@@ -142,9 +142,14 @@ def read_jsonl(path: str) -> list[dict]:
 def current_records(records: list[dict]) -> list[dict]:
     """The records of the run as it stands: when a resumed run went back to an earlier step
     (files written before trimming existed), the earlier records after that step go."""
+
+    def replaced_by(old: dict, new: dict) -> bool:
+        same = old.get("split") == new.get("split") and old.get("tau") == new.get("tau")
+        return old["step"] > new["step"] or (old["step"] == new["step"] and same)
+
     out: list[dict] = []
     for record in records:
-        while out and out[-1]["step"] > record["step"]:
+        while out and replaced_by(out[-1], record):
             out.pop()
         out.append(record)
     return out
