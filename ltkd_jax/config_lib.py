@@ -246,10 +246,15 @@ def _check_data_sources(d: ml_collections.ConfigDict) -> list[str]:
 
 
 def check_run_paths(config: ml_collections.ConfigDict) -> None:
-    """teacher.workdir / init.workdir must be finished runs: the command line checks this
-    before any data is read (validate_config does not touch them: configs are validated
-    before a user passes the paths)."""
+    """The paths a user must pass: data.root of a 'folder' dataset, and teacher.workdir /
+    init.workdir, which must be finished runs. The command line checks them before any data
+    is read (validate_config does not: configs are validated before a user passes paths)."""
     errors = []
+    if config.data.name == "folder" and not config.data.archive:
+        errors.append(
+            "config.data.root is empty: dataset 'folder' reads your image tree from there; pass "
+            "--config.data.root=/path/to/tree (<split>/<class>/<image>, a folder or a zip)"
+        )
     for field in ("teacher.workdir", "init.workdir"):
         section, name = field.split(".")
         for path in (p.strip() for p in config[section][name].split(",") if p.strip()):

@@ -162,11 +162,15 @@ def main(argv):
             )
         # Process 0 locks; without --distributed this asks no backend (a refused run is fast).
         primary = not _DISTRIBUTED.value or jax.process_index() == 0
-        with rundir.hold(workdir, locking=primary), rundir.log_to_file(workdir, tuple(filters)):
+        with (
+            rundir.hold(workdir, locking=primary),
+            rundir.log_to_file(workdir, tuple(filters), enabled=primary),
+        ):
             from ltkd_jax import train  # after distributed init: importing may touch the backend
 
             rundir.check_job_configs(config, workdir)
-            rundir.record_invocation(workdir)
+            if primary:
+                rundir.record_invocation(workdir)
             logging.info(
                 "JAX %s, process %d/%d, devices: %s",
                 jax.__version__,

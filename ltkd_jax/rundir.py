@@ -368,11 +368,12 @@ def reset_stop() -> None:
 
 
 @contextlib.contextmanager
-def log_to_file(workdir: str, filters: tuple = ()) -> Iterator[None]:
-    """Copies every log line of the job into WORKDIR/run.log (appended across resumes)."""
+def log_to_file(workdir: str, filters: tuple = (), *, enabled: bool = True) -> Iterator[None]:
+    """Copies every log line of the job into WORKDIR/run.log (appended across resumes);
+    `enabled=False` on processes > 0."""
     import logging as logging_std
 
-    if not is_local(workdir):
+    if not is_local(workdir) or not enabled:
         yield
         return
     os.makedirs(workdir, exist_ok=True)
@@ -391,8 +392,11 @@ def log_to_file(workdir: str, filters: tuple = ()) -> Iterator[None]:
 
 
 def write_summary(workdir: str, summary: Mapping) -> None:
-    """WORKDIR/summary.json: the final and best evaluations (top-1, many / medium / few)."""
-    if not is_local(workdir):
+    """WORKDIR/summary.json: the final and best evaluations (top-1, many / medium / few);
+    written by process 0."""
+    import jax
+
+    if not is_local(workdir) or jax.process_index() != 0:
         return
     path = os.path.join(workdir, "summary.json")
     with open(path + ".tmp", "w") as f:

@@ -451,7 +451,7 @@ def check_compatible(
             f"{tuple(image_shape)}"
         )
     if problems:
-        raise ValueError(
+        raise config_lib.UserError(
             f"{what} in {workdir} does not fit this task: " + "; ".join(problems) + ". Point "
             f"the config at a run trained on the same dataset ({config.data.name})."
         )
@@ -489,7 +489,7 @@ def load_teacher(config, workdir: str, num_classes: int, image_shape: tuple, mes
     run_config, run_task = read_run_info(workdir)
     check_compatible("the teacher", workdir, run_config, run_task, config, num_classes, image_shape)
     if config.teacher.model and run_config.model.name != config.teacher.model:
-        raise ValueError(
+        raise config_lib.UserError(
             f"the teacher in {workdir} is a {run_config.model.name}, but config.teacher.model="
             f"{config.teacher.model!r}; set --config.teacher.model={run_config.model.name} or "
             "point config.teacher.workdir at the intended teacher"
@@ -549,7 +549,7 @@ def teacher_workdirs(config: ml_collections.ConfigDict, workdir: str) -> list[st
     if config.teacher.workdir:
         dirs = [d.strip() for d in config.teacher.workdir.split(",") if d.strip()]
         if len(dirs) != count:
-            raise ValueError(
+            raise config_lib.UserError(
                 f"config.method={config.method!r} needs {count} teacher(s) but "
                 f"config.teacher.workdir names {len(dirs)}"
             )

@@ -200,6 +200,8 @@ def test_missing_run_paths_are_reported_before_any_data():
         config_lib.check_run_paths(config)
     assert "/no/such/teacher does not exist" in str(error.value)
     assert "/tmp is not a finished ltkd_jax run (no config.json)" in str(error.value)
+    with pytest.raises(config_lib.UserError, match="config.data.root is empty"):
+        config_lib.check_run_paths(tiny_config(**{"data.name": "folder"}))
 
 
 @pytest.mark.parametrize(
