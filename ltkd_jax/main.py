@@ -119,8 +119,10 @@ def _flag_error_message(error: BaseException, argv: list[str]) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser with clean failures: --help exits 0, a bad flag prints one line, exit 2."""
-    if any(arg in _HELP for arg in argv[1:]):
-        app.usage(shorthelp=True, writeto_stdout=True)
+    if any(arg in (*_HELP, "--helpfull", "-helpfull") for arg in argv[1:]):
+        app.usage(
+            shorthelp="--helpfull" not in argv and "-helpfull" not in argv, writeto_stdout=True
+        )
         sys.exit(0)
     try:
         return flags.FLAGS(argv)
