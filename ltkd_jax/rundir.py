@@ -120,6 +120,11 @@ def _holder_text(info: Mapping) -> str:
     )
 
 
+def _lock_path(workdir: str) -> str:
+    # realpath: one workdir reached through a symlink is still one lock of this process.
+    return os.path.join(os.path.realpath(os.path.expanduser(workdir)), LOCK_NAME)
+
+
 def _read_lock_info(fd: int) -> dict:
     os.lseek(fd, 0, os.SEEK_SET)
     try:
@@ -136,7 +141,7 @@ def acquire(workdir: str) -> None:
         logging.info("%s is not a local path: it is not locked against a second run", workdir)
         return
     check_workdir(workdir)
-    path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), LOCK_NAME)
+    path = _lock_path(workdir)
     if path in _HELD:
         _HELD[path][1] += 1
         return
@@ -171,8 +176,8 @@ def acquire(workdir: str) -> None:
 
 
 def release(workdir: str) -> None:
-    """Releases one `acquire`; the lock file stays (it names the last holder)."""
-    path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), LOCK_NAME)
+    """Releases one `acquire`; the lock file stays, emptied."""
+    path = _lock_path(workdir)
     held = _HELD.get(path)
     if held is None:
         return

@@ -21,8 +21,12 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
+
+# Restoring a checkpoint without a target reads its sharding file, as intended here.
+warnings.filterwarnings("ignore", message="Sharding info not provided when restoring")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,6 +75,17 @@ def evaluations(workdir: str) -> dict[str, list]:
     return out
 
 
+def progress(workdir: str) -> str:
+    """'teacher: steps [..], .: steps [..]': the checkpoints each run holds now."""
+    parts = []
+    for name in sorted(os.listdir(workdir)) + ["."] if os.path.isdir(workdir) else []:
+        ckpt = os.path.join(workdir, name, "checkpoints")
+        if os.path.isdir(ckpt):
+            steps = sorted(int(s) for s in os.listdir(ckpt) if s.isdigit())
+            parts.append(f"{'student' if name == '.' else name} checkpoints {steps}")
+    return "; ".join(parts) or "no checkpoint yet"
+
+
 def differences(a: str, b: str) -> list[str]:
     problems = []
     sa, sb = final_states(a), final_states(b)
@@ -114,13 +129,12 @@ def main() -> int:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
-                steps = {n: r[-1]["step"] for n, r in evaluations(killed).items() if r}
-                print(f"kill {kills}: after {delay:.1f} s (evaluated steps: {steps})", flush=True)
+                print(f"kill {kills}: after {delay:.1f} s ({progress(killed)})", flush=True)
                 continue
             if code != 0:
                 print(f"a resumed run exited {code}; see {log.name}")
                 return 1
-            print("the job finished before the next kill", flush=True)
+            print(f"the job finished before kill {kills + 1}; lower --max_s for more", flush=True)
             break
         run_to_end(cmd, log)
     problems = differences(killed, reference)
