@@ -119,3 +119,16 @@ def test_no_restorable_checkpoint_is_one_clean_error(reference, tmp_path):
     error = out.stderr.strip().splitlines()[-1]
     assert error.startswith("error: none of the") and "Nothing was deleted" in error
     assert "Traceback" not in out.stderr
+
+
+def test_resume_with_another_config_is_refused_before_anything_is_written(reference, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir, ignore=shutil.ignore_patterns("run.lock"))
+    before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+    out = run(workdir, extra=["--config.model.name=resnet20", "--config.num_epochs=6"])
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "config.model.name: saved 'resnet8', now 'resnet20'" in out.stderr
+    assert "num_epochs" not in out.stderr.splitlines()[-1]  # a safe change is not refused
+    after = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+    assert after.pop("run.lock") == b""  # held while checking, released empty
+    assert after == before  # config.json, metrics, summary untouched
