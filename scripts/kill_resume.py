@@ -105,8 +105,8 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--root", default="/tmp/ltkd_kill_resume")
     parser.add_argument("--config", default="configs/quickstart.py")
-    parser.add_argument("--min_s", type=float, default=2.0)
-    parser.add_argument("--max_s", type=float, default=25.0)
+    parser.add_argument("--min_s", type=float, default=4.0)
+    parser.add_argument("--max_s", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
