@@ -28,6 +28,11 @@ CPU_KERNELS = ("auto", "on", "off")
 EVAL_GROUPS = ("shot", "tail33")
 
 
+class UserError(ValueError):
+    """A mistake in the command line or config: the command line prints its message alone
+    (no traceback) and exits 2."""
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The BKD/LDAM-DRW CIFAR recipe (methods.md 5.3): ResNet-32, 200 epochs, batch 128."""
     c = ml_collections.ConfigDict()
@@ -176,6 +181,46 @@ def teacher_seed(seed: int, index: int) -> int:
     return seed + TEACHER_SEED_STRIDE * (index + 1)
 
 
+def field_comments() -> dict[str, str]:
+    """'section.field' -> its comment in `base_config` (the lines above it and after it)."""
+    import inspect
+    import re
+
+    comments, pending = {}, []
+    for line in inspect.getsource(base_config).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            pending.append(text.lstrip("#").strip())
+            continue
+        match = re.match(r"c\.([\w.]+) = (.*)", text)
+        if match:
+            inline = match.group(2).partition("  # ")[2]
+            comments[match.group(1)] = " ".join([*pending, inline]).strip()
+        pending = []
+    return comments
+
+
+def describe_config(config: ml_collections.ConfigDict) -> str:
+    """Every field as `name = value  # comment`, in the order `base_config` documents them."""
+    comments = field_comments()
+    lines = []
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            name = prefix + key
+            if isinstance(value, ml_collections.ConfigDict):
+                lines.append(
+                    f"\n[{name}]" + (f"  # {comments[name]}" if comments.get(name) else "")
+                )
+                walk(value, name + ".")
+            else:
+                note = comments.get(name, "")
+                lines.append(f"{name} = {value!r}" + (f"  # {note}" if note else ""))
+
+    walk(config, "")
+    return "\n".join(lines).strip()
+
+
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Locks the config so a typo in a field name fails instead of adding a field."""
     config.lock()
@@ -232,6 +277,55 @@ def _check_data_sources(d: ml_collections.ConfigDict) -> list[str]:
             "(torchvision) or 0.05 (CBD)"
         )
     return errors
+
+
+def check_run_paths(config: ml_collections.ConfigDict) -> None:
+    """The paths a user must pass: data.root of a 'folder' dataset, and teacher.workdir /
+    init.workdir, which must be finished runs. The command line checks them before any data
+    is read (validate_config does not: configs are validated before a user passes paths)."""
+    errors = []
+    if config.data.name == "folder" and not config.data.archive:
+        errors.append(
+            "config.data.root is empty: dataset 'folder' reads your image tree from there; pass "
+            "--config.data.root=/path/to/tree (<split>/<class>/<image>, a folder or a zip)"
+        )
+    for field in ("teacher.workdir", "init.workdir"):
+        section, name = field.split(".")
+        for path in (p.strip() for p in config[section][name].split(",") if p.strip()):
+            if "://" in path:
+                continue  # object stores: reported when read
+            missing = [
+                f
+                for f in ("config.json", "task.json", "checkpoints")
+                if not os.path.exists(os.path.join(os.path.expanduser(path), f))
+            ]
+            if not os.path.isdir(os.path.expanduser(path)):
+                errors.append(
+                    f"config.{field}: {path} does not exist; pass the --workdir of a finished run"
+                )
+            elif missing:
+                errors.append(
+                    f"config.{field}: {path} is not a finished ltkd_jax run (no {missing[0]}); "
+                    "pass the --workdir of a finished run"
+                )
+    if errors:
+        raise UserError("invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def _check_warmup(config: ml_collections.ConfigDict, trains_teachers: bool) -> list[str]:
+    """A cosine schedule needs epochs after its warm-up (optax: decay_steps > 0)."""
+    if config.optim.schedule != "cosine":
+        return []  # the step schedule simply stays in warm-up
+    runs = [("num_epochs", config.num_epochs)]
+    if trains_teachers:
+        runs.append(("teacher.num_epochs", config.teacher.num_epochs))
+    return [
+        f"config.{field}={epochs} is not longer than config.optim.warmup_epochs="
+        f"{config.optim.warmup_epochs}, so the cosine decay has no steps; raise {field} or "
+        "lower --config.optim.warmup_epochs"
+        for field, epochs in runs
+        if epochs <= config.optim.warmup_epochs
+    ]
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -298,6 +392,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                     f"config.method={config.method!r} re-trains the classifier of a finished "
                     "run; set --config.init.workdir to that run's workdir"
                 )
+    try:
+        trains_teachers = methods.num_teachers(config) > 0 and not config.teacher.workdir
+    except ValueError:
+        trains_teachers = False  # an unknown method, reported above
+    errors += _check_warmup(config, trains_teachers)
     if config.optim.lr <= 0:
         errors.append(f"config.optim.lr={config.optim.lr} must be > 0")
     if not 0 <= config.teacher.color_jitter_teachers <= config.teacher.count:
@@ -306,7 +405,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
             f"be in [0, config.teacher.count={config.teacher.count}]"
         )
     if errors:
-        raise ValueError("invalid config:\n  - " + "\n  - ".join(errors))
+        raise UserError("invalid config:\n  - " + "\n  - ".join(errors))
 
 
 # Recipes a CIFAR config can follow (the `recipe=` config argument).

@@ -1,26 +1,39 @@
-"""Command-line entry point.
+r"""Command-line entry point.
 
     python -m ltkd_jax.main --config configs/ce_cifar.py --workdir runs/ce_c100 \
-        --config.data.archive=../shared/data/cifar100-png.zip --config.num_epochs=2
+        --config.data.archive=/path/to/cifar100-png.zip --config.num_epochs=2
+
+`--print_config` lists every config field with its value and meaning. Running the same
+command again resumes from the workdir's last checkpoint; SIGTERM or Ctrl-C saves a
+checkpoint at the next step and exits 0. A mistake in the command line or config prints
+one message and exits 2 (`--verbose` adds the traceback).
 
 Everything lives in importable modules (`ltkd_jax.train`) so tests and notebooks drive
 the same code; this file only parses flags, starts multi-host JAX when asked, and calls
-`train.run`. Running the same command again resumes from the workdir's last checkpoint.
+`train.run`.
 """
 
 from __future__ import annotations
 
 import logging as logging_std
 import os
+import sys
+import traceback
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ltkd_jax import config_lib, rundir
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file under configs/.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print every field of --config with its value and comment, then exit."
+)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of a usage error too.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     os.environ.get("LTKD_JAX_DISTRIBUTED", "") == "1",
@@ -32,41 +45,149 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-# Reads --jax_* flags (e.g. --jax_num_cpu_devices=8); before the required-flag validators,
-# which would otherwise fire on this partial parse.
+# Reads --jax_* flags (e.g. --jax_num_cpu_devices=8).
 jax.config.parse_flags_with_absl()
-flags.mark_flags_as_required(["config", "workdir"])
+
+USAGE_EXIT_CODE = 2
+_HELP = ("-h", "-?", "-help", "--help", "-helpshort", "--helpshort")
+
+# Known-harmless third-party messages: (source path fragment, message start).
+_HARMLESS = (
+    ("/orbax/", "Given directory is read only"),  # every read-only (teacher) load
+    ("/orbax/", "Requested `tracked_metric`; did not provide metrics"),  # preemption save
+    ("/tensorflow_datasets/", "OpenCV is not installed"),  # PIL decodes our images
+)
 
 
 class _QuietLibraries(logging_std.Filter):
-    """Drops the INFO chatter of orbax and grain (a dozen lines per checkpoint)."""
+    """Drops the INFO chatter of orbax and grain (a dozen lines per checkpoint) and the
+    known-harmless warnings in `_HARMLESS`; every other warning is kept."""
 
     def filter(self, record: logging_std.LogRecord) -> bool:
-        noisy = any(part in record.pathname for part in ("/orbax/", "/grain/"))
+        path = record.pathname.replace(os.sep, "/")
+        if any(part in path and record.getMessage().startswith(msg) for part, msg in _HARMLESS):
+            return False
+        noisy = any(part in path for part in ("/orbax/", "/grain/"))
         return record.levelno >= logging_std.WARNING or not noisy
+
+
+class _NoTpuProbe(logging_std.Filter):
+    """jax logs the failed probe of every absent backend (TPU on a CPU / GPU machine)."""
+
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unable to initialize backend")
+
+
+class _TqdmStream:
+    """stderr through `tqdm.write`, so log lines go above an active progress bar."""
+
+    def write(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text.rstrip("\n"), file=sys.stderr)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """stderr stays open (absl closes its handler's stream at exit)."""
+
+
+def usage_error(message: str, error: BaseException | None = None) -> None:
+    """Prints `message` (plus the traceback under --verbose) and exits 2."""
+    if error is not None and "--verbose" in sys.argv:
+        traceback.print_exception(error)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(USAGE_EXIT_CODE)
+
+
+def _flag_error_message(error: BaseException, argv: list[str]) -> str:
+    """One line for a flag that does not parse; a typo'd config field names the flag and
+    ml_collections' "did you mean" hint, which it buries in a KeyError's repr."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, KeyError) and seen.args and isinstance(seen.args[0], str):
+            key, _, hint = seen.args[0].partition("\n")
+            key = key.strip("'\"")
+            names = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+            flag = next((n for n in names if n.endswith("." + key)), f"--config...{key}")
+            hint = f" {hint.strip()}" if hint.strip() else ""
+            return f"{flag}: the config has no field {key!r}.{hint} (--print_config lists them)"
+        seen = seen.__cause__ or seen.__context__
+    return str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser with clean failures: --help exits 0, a bad flag prints one line, exit 2."""
+    if any(arg in (*_HELP, "--helpfull", "-helpfull") for arg in argv[1:]):
+        app.usage(
+            shorthelp="--helpfull" not in argv and "-helpfull" not in argv, writeto_stdout=True
+        )
+        sys.exit(0)
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - every parse failure is the user's to fix
+        usage_error(_flag_error_message(e, argv), e)
+
+
+def _set_up_logging() -> list[logging_std.Filter]:
+    filters = [_QuietLibraries()]
+    handler = logging.get_absl_handler()
+    for f in filters:
+        handler.addFilter(f)
+    handler.python_handler.stream = _TqdmStream()
+    logging_std.getLogger("jax._src.xla_bridge").addFilter(_NoTpuProbe())
+    return filters
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-    if _DISTRIBUTED.value:
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
-        )
-    logging.info(
-        "JAX %s, process %d/%d, devices: %s",
-        jax.__version__,
-        jax.process_index(),
-        jax.process_count(),
-        jax.devices(),
-    )
-    from ltkd_jax import train  # after distributed init: importing may touch the backend
+        usage_error(f"unexpected arguments: {argv[1:]}")
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    if config is None:
+        usage_error("--config is required, e.g. --config configs/quickstart.py")
+    if _PRINT_CONFIG.value:
+        print(config_lib.describe_config(config))
+        return
+    if not workdir:
+        usage_error("--workdir is required: where the run's checkpoints and metrics go")
+    filters = _set_up_logging()
+    try:
+        config_lib.validate_config(config)
+        config_lib.check_run_paths(config)
+        rundir.check_workdir(workdir)
+        if _DISTRIBUTED.value:
+            jax.distributed.initialize(
+                coordinator_address=_COORDINATOR.value,
+                num_processes=_NUM_PROCESSES.value,
+                process_id=_PROCESS_ID.value,
+            )
+        # Process 0 locks; without --distributed this asks no backend (a refused run is fast).
+        primary = not _DISTRIBUTED.value or jax.process_index() == 0
+        with (
+            rundir.hold(workdir, locking=primary),
+            rundir.log_to_file(workdir, tuple(filters), enabled=primary),
+        ):
+            from ltkd_jax import train  # after distributed init: importing may touch the backend
 
-    train.run(_CONFIG.value, _WORKDIR.value)
+            rundir.check_job_configs(config, workdir)
+            if primary:
+                rundir.record_invocation(workdir)
+            logging.info(
+                "JAX %s, process %d/%d, devices: %s",
+                jax.__version__,
+                jax.process_index(),
+                jax.process_count(),
+                jax.devices(),
+            )
+            rundir.install_signal_handlers()
+            try:
+                train.run(config, workdir)
+            except rundir.Preempted as e:
+                logging.warning("%s", e)  # exit 0: the rerun resumes
+    except config_lib.UserError as e:
+        usage_error(str(e), e)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

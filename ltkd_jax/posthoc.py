@@ -75,6 +75,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batch_size = -(-config.eval_batch_size // mesh.devices.size) * mesh.devices.size
     log_prior = np.log(task.class_counts / task.class_counts.sum()).astype(np.float32)
     writer = MetricWriter(workdir)
+    writer.trim_after(-1)  # every tau is evaluated again: a rerun replaces the records
     writer.write_json("config.json", config.to_dict())
     epoch = train.summarize_run(config.init.workdir)["final"]["epoch"]
     best = None

@@ -35,12 +35,13 @@ from ltkd_jax import (
     metrics,
     models,
     optim,
+    rundir,
     sharding,
 )
 from ltkd_jax.data import device as device_data
 from ltkd_jax.methods import ModelOutput
 from ltkd_jax.models import cpu_ops
-from ltkd_jax.writers import MetricWriter, read_jsonl
+from ltkd_jax.writers import MetricWriter, read_metrics
 
 
 class TrainState(train_state.TrainState):
@@ -409,6 +410,7 @@ def train_and_evaluate(
             ),
         )
     method = methods.make_method(config, task)
+    rundir.check_resume_config(workdir, config)  # before anything is written
     writer = MetricWriter(workdir)
     writer.write_json("config.json", config.to_dict())
     logging.info(
@@ -452,6 +454,7 @@ def train_and_evaluate(
     elif config.init.workdir:
         state = init_from_run(state, config, num_classes, train_split.image_shape)
     start_step = int(state.step)
+    writer.trim_after(start_step)  # records after the restored checkpoint are replayed
 
     writer.write_json(
         "task.json",
@@ -503,6 +506,13 @@ def train_and_evaluate(
             checkpointing.save(
                 manager, t1, state, feed.checkpoint_item(t1), {"top1": results["top1"]}
             )
+        if rundir.stop_requested() and t1 < total_steps:  # SIGTERM / SIGINT: at a chunk's end
+            if manager.latest_step() != t1:
+                checkpointing.save(manager, t1, state, feed.checkpoint_item(t1), None)
+            manager.wait_until_finished()
+            progress.close()
+            writer.close()
+            raise rundir.Preempted(t1, workdir)
     progress.close()
     manager.wait_until_finished()
     if start_step >= total_steps:
@@ -644,7 +654,7 @@ def check_compatible(
         )
     if problems:
         fixes.append(f"point the config at a run trained on the same dataset ({config.data.name})")
-        raise ValueError(
+        raise config_lib.UserError(
             f"{what} in {workdir} does not fit this task: "
             + "; ".join(problems)
             + ". Fix: "
@@ -685,7 +695,7 @@ def load_teacher(config, workdir: str, num_classes: int, image_shape: tuple, mes
     run_config, run_task = read_run_info(workdir)
     check_compatible("the teacher", workdir, run_config, run_task, config, num_classes, image_shape)
     if config.teacher.model and run_config.model.name != config.teacher.model:
-        raise ValueError(
+        raise config_lib.UserError(
             f"the teacher in {workdir} is a {run_config.model.name}, but config.teacher.model="
             f"{config.teacher.model!r}; set --config.teacher.model={run_config.model.name} or "
             "point config.teacher.workdir at the intended teacher"
@@ -746,7 +756,7 @@ def teacher_workdirs(config: ml_collections.ConfigDict, workdir: str) -> list[st
     if config.teacher.workdir:
         dirs = [d.strip() for d in config.teacher.workdir.split(",") if d.strip()]
         if len(dirs) != count:
-            raise ValueError(
+            raise config_lib.UserError(
                 f"config.method={config.method!r} needs {count} teacher(s) but "
                 f"config.teacher.workdir names {len(dirs)}"
             )
@@ -763,6 +773,7 @@ def prepare_teachers(config: ml_collections.ConfigDict, workdir: str) -> tuple[T
         return ()
     if not config.teacher.workdir:
         for k, teacher_dir in enumerate(dirs):
+            logging.info("stage 1: teacher %d of %d in %s", k + 1, len(dirs), teacher_dir)
             train_and_evaluate(teacher_config(config, k), teacher_dir)
     mesh = sharding.make_mesh(config.num_devices)
     train_split, _, _ = load_task(config)
@@ -809,12 +820,13 @@ def _progress_bar(config, total: int, initial: int):
 
 
 def summarize_run(workdir: str) -> dict:
-    """Final and best test results of a run, read from its metrics file.
+    """Final and best test results of a run, read from its metrics file (the current
+    records only: those a resume replayed are dropped).
 
     "best" is the test record of the evaluation with the highest top-1 on the val split
     when the run has one (`selected_on` says which split chose it), else on test.
     """
-    records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     tests = [r for r in records if r["split"] == "test"]
     if not tests:
         raise ValueError(f"no evaluation recorded in {workdir}/metrics.jsonl")
@@ -847,14 +859,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     if config.method in posthoc.POSTHOC:
         best = posthoc.run(config, workdir)
+        rundir.write_summary(workdir, {"final": best, "best": best})
         if jax.process_index() == 0:
             print(format_summary("corrected", summarize_run(config.init.workdir)), flush=True)
             name = f"{config.method} tau={best['tau']:g}"
             print(format_summary(name, {"final": best, "best": best}), flush=True)
         return best
     teachers = prepare_teachers(config, workdir)
+    stage = "stage 2, the student" if teachers else "training"
+    logging.info("%s: %s in %s", stage, config.method, workdir)
     train_and_evaluate(config, workdir, teachers=teachers)
     summary = summarize_run(workdir)
+    rundir.write_summary(workdir, summary)
     from ltkd_jax import report  # it builds on this module
 
     report.write_training_reports(config, workdir)  # WORKDIR/report/, labels, preprocessing
