@@ -491,8 +491,9 @@ def train_and_evaluate(
         seconds = time.perf_counter() - started
         _check_finite(t0, chunk_metrics, workdir)
         log.add(t0, chunk_metrics, seconds)
-        if n == 1:  # the first chunk after compilation
-            logging.info(_time_estimate(seconds / (t1 - t0), total_steps - t1))
+        if n < 2 and t1 < total_steps:  # the first chunk holds the compile: an upper bound
+            estimate = _time_estimate(seconds / (t1 - t0), total_steps - t1)
+            logging.info(estimate + (" (compile included: an upper bound)" if n == 0 else ""))
         progress.update(t1 - t0)
         end_of_epoch = t1 % steps_per_epoch == 0
         if end_of_epoch and ((epoch + 1) % config.eval_every_epochs == 0 or t1 == total_steps):

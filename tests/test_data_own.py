@@ -13,6 +13,7 @@ from PIL import Image
 from ltkd_jax import config_lib, losses, metrics, train
 from ltkd_jax.data import longtail, sources
 from ltkd_jax.data import task as task_lib
+from ltkd_jax.writers import read_jsonl
 
 # A natural tail, as a user's data has it (one class has 21 images, none is empty).
 GROUPS = ("many", "medium", "few")
@@ -241,7 +242,7 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
         },
     )
     workdir = tmp_path / "ce"
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         train.run(config, str(workdir))
     log = " ".join(r.getMessage() for r in caplog.records)
     assert "resnet8 at 32x32x3, 3 steps per epoch" in log and "ms per step" in log
@@ -249,7 +250,7 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
     assert task["class_names"] == list(TRAIN) and task["selected_on"] == "val"
     assert task["image_shape"] == [32, 32, 3] and len(task["data_fingerprint"]) == 40
     assert task["shot_thresholds"]["derived"]
-    splits = [r["split"] for r in train.read_jsonl(str(workdir / "metrics.jsonl"))]
+    splits = [r["split"] for r in read_jsonl(str(workdir / "metrics.jsonl"))]
     assert splits.count("val") == splits.count("test") == 1
     summary_line = capsys.readouterr().out
     assert "mean-class" in summary_line and "chosen on val" in summary_line
@@ -266,7 +267,7 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
     posthoc = config_lib.with_method(config, config)
     posthoc.method, posthoc.init.workdir = "posthoc_la", str(workdir)
     best = train.run(config_lib.lock(posthoc), str(tmp_path / "la"))
-    records = train.read_jsonl(str(tmp_path / "la" / "metrics.jsonl"))
+    records = read_jsonl(str(tmp_path / "la" / "metrics.jsonl"))
     val_top1 = [r["top1"] for r in records if r["split"] == "val"]
     tests = [r for r in records if r["split"] == "test"]
     assert len(val_top1) == len(tests) == 21

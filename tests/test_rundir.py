@@ -43,7 +43,7 @@ def test_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_pat
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="absl"):
         rundir.acquire(str(tmp_path))  # the kernel dropped the dead process's lock
     try:
         assert f"took over the stale lock of a dead run (pid {holder.pid}" in caplog.text
@@ -92,7 +92,7 @@ def test_resume_refuses_changes_to_what_checkpoints_mean(tmp_path):
 def test_resume_accepts_and_logs_safe_changes(tmp_path, caplog):
     _saved_run(tmp_path, tiny_config())
     safe = tiny_config(num_epochs=9, eval_every_epochs=3, progress_bar=True, log_every_steps=7)
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="absl"):
         rundir.check_resume_config(str(tmp_path), safe)
     assert "config.num_epochs=9 (was 2)" in caplog.text
 
