@@ -12,6 +12,8 @@ from jax import lax
 from ltkd_jax import config_lib, methods, models, optim, sharding, train
 from ltkd_jax.models import cpu_ops
 
+pytestmark = pytest.mark.slow  # end-to-end: `pytest -m "not slow"` skips it
+
 NHWC = ("NHWC", "HWIO", "NHWC")
 CONV_CASES = [  # batch, size, in, out, stride, kernel
     (4, 32, 3, 16, 1, 3),

@@ -263,6 +263,7 @@ def cifar100():
 
 
 @needs(CIFAR100_ZIP)
+@pytest.mark.slow
 def test_real_cifar100(cifar100):
     train, test = cifar100
     assert (len(train), len(test)) == (50_000, 10_000)
@@ -288,6 +289,7 @@ def test_real_cifar100(cifar100):
 
 
 @needs(CIFAR10_ZIP)
+@pytest.mark.slow
 def test_real_cifar10():
     train, test = load_splits("cifar10", data_dir=real_data_dir(), archive=str(CIFAR10_ZIP))
     assert (len(train), len(test)) == (50_000, 10_000)

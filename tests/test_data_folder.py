@@ -188,6 +188,7 @@ def _folder_config(root, data_dir, method="ce"):
     return c
 
 
+@pytest.mark.slow
 def test_teacher_then_bkd_student_train_on_a_folder(tree, data_dir, tmp_path):
     root, _ = tree
     config = _folder_config(root, data_dir, "bkd")

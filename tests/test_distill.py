@@ -13,6 +13,8 @@ from ltkd_jax import checkpointing, config_lib, losses, methods, train
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.writers import read_jsonl
 
+pytestmark = pytest.mark.slow  # end-to-end: `pytest -m "not slow"` skips it
+
 # Per-method config changes on top of the tiny digits recipe (methods.md's recipes).
 METHOD_OVERRIDES = {
     "ce": {},

@@ -100,6 +100,7 @@ def test_cli_reports_mismatch_without_traceback(workdir, tmp_path, capsys):
 
 @pytest.mark.slow  # two trainings on a prepared folder: ~25 s on 2 cores
 @pytest.mark.parametrize("in_memory", ["yes", "no"])  # resized once (crop 1) / per read (0.875)
+@pytest.mark.slow
 def test_evaluate_reproduces_a_folder_run(tmp_path, in_memory):
     """A run trained on a user's folder (JPEG, PNG, grayscale, RGBA, uneven sizes): its test/
     folder through `evaluate` gives the trainer's numbers exactly."""

@@ -489,6 +489,7 @@ def fast_compiles():
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
+@pytest.mark.slow
 def test_check_grads_float64(name, fast_compiles):
     case = CASES[name]
     with jax.enable_x64(True):

@@ -8,6 +8,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from ltkd_jax.models import MODELS, feature_dim, get_model, num_params
@@ -163,6 +164,7 @@ class ShapeTest(parameterized.TestCase):
             get_model("resnet32", 10, head="arc")
 
 
+@pytest.mark.slow
 class Resnet8RealTest(parameterized.TestCase):
     """One real init + forward of the smallest model on 8x8 inputs (eager, tiny)."""
 

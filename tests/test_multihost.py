@@ -8,11 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tiny
 from conftest import REPO_ROOT
 
 from ltkd_jax import train
 from ltkd_jax.writers import read_jsonl
+
+pytestmark = pytest.mark.slow  # end-to-end: `pytest -m "not slow"` skips it
 
 TIMEOUT_S = 240  # Per process; a hung collective fails the test instead of CI.
 

@@ -333,6 +333,7 @@ def _digests(root: str) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_digits_table_end_to_end_then_skips_finished_runs(tmp_path):
     args = [
         "--table=digits_smoke",

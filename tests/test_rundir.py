@@ -215,12 +215,14 @@ def test_missing_run_paths_are_reported_before_any_data():
         (["--config.method=crt", "--config.init.workdir=/no/such/run"], "/no/such/run does not"),
     ],
 )
+@pytest.mark.slow
 def test_command_line_mistakes_are_one_clean_message(tmp_path, args, expected):
     out = _cli("--config=tests/tiny.py", f"--workdir={tmp_path / 'run'}", *args)
     _assert_usage_error(out, expected)
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_workdir_mistakes_are_one_clean_message(tmp_path):
     (tmp_path / "file").write_text("")
     _assert_usage_error(

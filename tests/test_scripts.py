@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end: `pytest -m "not slow"` skips it
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(ROOT, "scripts", "benchmark.py")
 SMALL = ["--model=resnet8", "--steps=1", "--repeats=1", "--notorch", "--cpu_kernels=on"]

@@ -61,6 +61,7 @@ def test_one_device_equals_eight_devices(reference_run, tmp_path):
     assert_trees_close(params_of(state1), params_of(state8), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path, monkeypatch):
     _, reference = reference_run
     real_save = checkpointing.save
@@ -95,6 +96,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
         train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_command_line_quickstart_and_resume(tmp_path):
     cmd = [
         sys.executable,
@@ -138,6 +140,7 @@ def test_command_line_rejects_an_unknown_method(tmp_path):
 @pytest.mark.skipif(
     not CIFAR100_ZIP.exists(), reason=f"real CIFAR-100 archive absent: {CIFAR100_ZIP}"
 )
+@pytest.mark.slow
 def test_cifar100_lt_short_run_trains_evaluates_and_resumes(tmp_path):
     workdir = str(tmp_path / "run")
     config = config_lib.base_config()
