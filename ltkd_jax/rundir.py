@@ -55,6 +55,10 @@ SAFE_TO_CHANGE = frozenset(
         "data.root",
         "data.list_dir",
         "model.cpu_kernels",
+        # How batches reach the step: the same batches either way.
+        "data.device_resident",
+        "scan_steps",
+        "device_loop",
     }
 )
 

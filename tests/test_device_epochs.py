@@ -52,10 +52,15 @@ def _train_records(workdir):
     return [r for r in read_jsonl(f"{workdir}/metrics.jsonl") if r["split"] == "train"]
 
 
+# The accelerators' form (one lax.scan per chunk), forced on the CPU; `device_loop=steps`
+# (the CPU's default) is checked against it below.
+SCAN = {"data.augment": "cifar", "device_loop": "scan"}
+
+
 @pytest.fixture(scope="module")
 def device_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("device"))
-    config = tiny_config(num_devices=2, **{"data.augment": "cifar"})
+    config = tiny_config(num_devices=2, **SCAN)
     return workdir, train.train_and_evaluate(config, workdir)
 
 
@@ -76,20 +81,27 @@ def test_device_path_trains_like_the_host_path(device_run, tmp_path):
     )
 
 
-def test_chunks_of_steps_match_whole_epochs(device_run, tmp_path):
+@pytest.mark.parametrize(
+    "overrides", [{"scan_steps": 2, **SCAN}, {"data.augment": "cifar", "device_loop": "steps"}]
+)
+def test_chunks_and_stepwise_calls_match_whole_epoch_scans(device_run, tmp_path, overrides):
     _, state = device_run
-    config = tiny_config(num_devices=2, scan_steps=2, **{"data.augment": "cifar"})
-    chunked = train.train_and_evaluate(config, str(tmp_path))
+    other = train.train_and_evaluate(tiny_config(num_devices=2, **overrides), str(tmp_path))
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
         params_of(state),
-        params_of(chunked),
+        params_of(other),
     )
+
+
+def test_device_loop_defaults_to_steps_on_the_cpu():
+    assert not train.scans_steps(tiny_config())
+    assert train.scans_steps(tiny_config(device_loop="scan"))
 
 
 def test_killed_device_run_resumes_bit_exact(device_run, tmp_path, monkeypatch):
     _, reference = device_run
-    config = tiny_config(num_devices=2, **{"data.augment": "cifar"})
+    config = tiny_config(num_devices=2, **SCAN)
     real_save = checkpointing.save
 
     def save_then_die(manager, step, *args, **kwargs):
