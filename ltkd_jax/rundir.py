@@ -10,8 +10,9 @@
 - `record_invocation(workdir)`: the command line, git commit and host of every start,
   appended to `WORKDIR/invocations.jsonl` (beside `config.json`).
 - Preemption: `install_signal_handlers()` turns SIGTERM (Cloud TPU VM preemption) and SIGINT
-  into a flag; the train loop polls `stop_requested()` at step boundaries, saves a
-  checkpoint and raises `Preempted`, which the command line reports and exits 0 on.
+  into a flag; the train loop polls `stop_requested()` at the end of every chunk of steps
+  (on several processes: whether any of them got one), saves a checkpoint and raises
+  `Preempted`, which the command line reports and exits 0 on.
 """
 
 from __future__ import annotations

@@ -539,7 +539,7 @@ def train_and_evaluate(
             checkpointing.save(
                 manager, t1, state, feed.checkpoint_item(t1), {"top1": results["top1"]}
             )
-        if rundir.stop_requested() and t1 < total_steps:  # SIGTERM / SIGINT: at a chunk's end
+        if t1 < total_steps and _any_process_stopping():  # SIGTERM / SIGINT: at a chunk's end
             if manager.latest_step() != t1:
                 checkpointing.save(manager, t1, state, feed.checkpoint_item(t1), None)
             manager.wait_until_finished()
@@ -553,6 +553,15 @@ def train_and_evaluate(
     manager.close()
     writer.close()
     return state
+
+
+def _any_process_stopping() -> bool:
+    """Whether any process got SIGTERM / SIGINT: all of them stop at the same chunk end, so
+    a preempted pod saves one consistent checkpoint instead of hanging in a collective."""
+    stopping = rundir.stop_requested()
+    if jax.process_count() == 1:
+        return stopping
+    return bool(multihost_utils.process_allgather(np.int32(stopping)).max())
 
 
 def _make_feed(config: ml_collections.ConfigDict, train_split, mesh):
