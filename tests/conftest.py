@@ -4,8 +4,10 @@ import functools
 import importlib.util
 import os
 import pathlib
+import types
 
 import jax
+import pytest
 from absl import flags
 
 # Must run before any JAX computation: the backend reads it once.
@@ -31,3 +33,20 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def kill_after_first_save(monkeypatch):
+    """`checkpointing.save` finishes its first save, then raises KeyboardInterrupt: a kill
+    right after a checkpoint. `.undo()` puts the real save back, to resume."""
+    from ltkd_jax import checkpointing
+
+    real_save = checkpointing.save
+
+    def save_then_die(manager, step, *args, **kwargs):
+        real_save(manager, step, *args, **kwargs)
+        manager.wait_until_finished()
+        raise KeyboardInterrupt("killed after the first checkpoint")
+
+    monkeypatch.setattr(checkpointing, "save", save_then_die)
+    return types.SimpleNamespace(undo=lambda: monkeypatch.setattr(checkpointing, "save", real_save))

@@ -6,7 +6,7 @@ import pytest
 from test_train import params_of
 from tiny import tiny_config
 
-from ltkd_jax import checkpointing, sharding, train
+from ltkd_jax import sharding, train
 from ltkd_jax.data import device, load_digits, make_train_iterator, pipeline
 from ltkd_jax.writers import read_jsonl
 
@@ -99,20 +99,12 @@ def test_device_loop_defaults_to_steps_on_the_cpu():
     assert train.scans_steps(tiny_config(device_loop="scan"))
 
 
-def test_killed_device_run_resumes_bit_exact(device_run, tmp_path, monkeypatch):
+def test_killed_device_run_resumes_bit_exact(device_run, tmp_path, kill_after_first_save):
     _, reference = device_run
     config = tiny_config(num_devices=2, **SCAN)
-    real_save = checkpointing.save
-
-    def save_then_die(manager, step, *args, **kwargs):
-        real_save(manager, step, *args, **kwargs)
-        manager.wait_until_finished()
-        raise KeyboardInterrupt("killed after the first checkpoint")
-
-    monkeypatch.setattr(checkpointing, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, str(tmp_path))
-    monkeypatch.setattr(checkpointing, "save", real_save)
+    kill_after_first_save.undo()
     resumed = train.train_and_evaluate(config, str(tmp_path))
     assert int(resumed.step) == int(reference.step)
     jax.tree.map(np.testing.assert_array_equal, params_of(resumed), params_of(reference))

@@ -106,19 +106,13 @@ def test_students_are_shaped_by_their_teachers(student_runs):
     assert student_runs["cbd_ensemble"]["state"].params["projection"]["kernel"].shape == (64, 128)
 
 
-def test_student_run_resumes_after_a_kill(student_runs, teacher_dir, tmp_path, monkeypatch):
+def test_student_run_resumes_after_a_kill(
+    student_runs, teacher_dir, tmp_path, kill_after_first_save
+):
     config = student_config("bkd", teacher_dir)
-    real_save = checkpointing.save
-
-    def save_then_die(manager, step, *args, **kwargs):
-        real_save(manager, step, *args, **kwargs)
-        manager.wait_until_finished()
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(checkpointing, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train.run(config, str(tmp_path))
-    monkeypatch.setattr(checkpointing, "save", real_save)
+    kill_after_first_save.undo()
     train.run(config, str(tmp_path))
     resumed = train.train_and_evaluate(
         config, str(tmp_path), teachers=train.prepare_teachers(config, str(tmp_path))

@@ -62,19 +62,11 @@ def test_one_device_equals_eight_devices(reference_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path, kill_after_first_save):
     _, reference = reference_run
-    real_save = checkpointing.save
-
-    def save_then_die(manager, step, *args, **kwargs):
-        real_save(manager, step, *args, **kwargs)
-        manager.wait_until_finished()
-        raise KeyboardInterrupt("killed after the first checkpoint")
-
-    monkeypatch.setattr(checkpointing, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(tiny_config(), str(tmp_path))
-    monkeypatch.setattr(checkpointing, "save", real_save)
+    kill_after_first_save.undo()
     resumed = train.train_and_evaluate(tiny_config(), str(tmp_path))
     assert int(resumed.step) == 6
     # Same state and the same remaining batches as the uninterrupted run.
