@@ -64,6 +64,7 @@ def device_run(tmp_path_factory):
     return workdir, train.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.slow
 def test_device_path_trains_like_the_host_path(device_run, tmp_path):
     workdir, state = device_run
     config = tiny_config(num_devices=2, **{"data.augment": "cifar", "data.device_resident": False})
@@ -81,6 +82,7 @@ def test_device_path_trains_like_the_host_path(device_run, tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides", [{"scan_steps": 2, **SCAN}, {"data.augment": "cifar", "device_loop": "steps"}]
 )
