@@ -555,6 +555,11 @@ def train_and_evaluate(
     return state
 
 
+def _stack(step_metrics: list[dict]) -> dict:
+    """Per-step metric dicts -> one dict of [K] arrays, as `train_chunk` returns them."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *step_metrics)
+
+
 def _any_process_stopping() -> bool:
     """Whether any process got SIGTERM / SIGINT: all of them stop at the same chunk end, so
     a preempted pod saves one consistent checkpoint instead of hanging in a collective."""
@@ -611,7 +616,7 @@ def _compile_train(config: ml_collections.ConfigDict, mesh, feed, step_kwargs: d
             for i in range(t1 - t0):  # dispatched asynchronously: no host sync in between
                 state, step_metrics = p_planned(state, teachers, feed.data, plan, np.int32(i), ctx)
                 outputs.append(step_metrics)
-            return state, jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+            return state, _stack(outputs)
 
         return planned_steps
     p_step = jax.jit(
@@ -626,7 +631,7 @@ def _compile_train(config: ml_collections.ConfigDict, mesh, feed, step_kwargs: d
         for batch in feed.batches(t1 - t0):
             state, step_metrics = p_step(state, teachers, batch, ctx)
             outputs.append(step_metrics)
-        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+        return state, _stack(outputs)
 
     return host_chunk
 
