@@ -18,8 +18,7 @@ from ltkd_jax import config_lib
 
 def get_config(arg=None):
     args = config_lib.parse_arg(arg, dataset="cifar100", imb=100.0)
-    c = config_lib.base_config()
-    c.method = "ce"
+    c = config_lib.base_config("ce")
     c.data.name = args.dataset
     c.data.imbalance_factor = args.imb
     c.model.name = "resnet32"

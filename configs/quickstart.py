@@ -16,13 +16,12 @@ from ltkd_jax import config_lib
 
 def get_config(arg=None):
     del arg
-    c = config_lib.base_config()
+    c = config_lib.base_config("bkd")
     c.data.name = "digits"
     c.data.imbalance_factor = 10.0
     c.data.augment = "none"
     c.data.many_threshold = 50
     c.data.few_threshold = 20
-    c.method = "bkd"
     c.loss.class_weighting = "reweight"  # effective-number weights from epoch 0 (as CIFAR-100)
     c.model.name = "resnet8"
     c.teacher.model = "resnet8"

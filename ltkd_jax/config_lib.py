@@ -8,36 +8,32 @@ field and the fix.
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
+import re
 
 import ml_collections
 from ml_collections import config_dict
 
-# Known names. Kept here (not imported from the modules that implement them) so a config
-# can be checked without importing JAX-heavy modules; tests assert they stay in sync.
-DATASETS = ("cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018", "folder")
-PROFILES = ("exp", "step")
-SAMPLERS = ("instance", "sqrt", "class_balanced", "progressive", "cbd_stream")
-AUGMENTATIONS = ("cifar", "imagenet", "none")
-IN_MEMORY = ("auto", "yes", "no")
-ON_CORRUPT = ("error", "skip")
-HEADS = ("linear", "normed", "cosine")
-SCHEDULES = ("step", "cosine")
-DTYPES = ("float32", "bfloat16")
-CPU_KERNELS = ("auto", "on", "off")
-EVAL_GROUPS = ("shot", "tail33")
+from ltkd_jax import methods, models, optim, posthoc
+from ltkd_jax.data import augment, image_builders, longtail, sampling, sources, task
+from ltkd_jax.errors import UserError  # noqa: F401 - re-exported for configs
+from ltkd_jax.methods import base as method_base
+from ltkd_jax.models import cpu_ops
+
+# Every list of known names is the implementing module's own (one source of truth).
+DTYPES = models.DTYPES
 
 
-class UserError(ValueError):
-    """A mistake in the command line or config: the command line prints its message alone
-    (no traceback) and exits 2."""
-
-
-def base_config() -> ml_collections.ConfigDict:
-    """The BKD/LDAM-DRW CIFAR recipe (methods.md 5.3): ResNet-32, 200 epochs, batch 128."""
+def base_config(method: str = "ce") -> ml_collections.ConfigDict:
+    """The BKD/LDAM-DRW CIFAR recipe (docs/recipes.md): ResNet-32, 200 epochs, batch 128,
+    running `method` with its own defaults in `config.loss`."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.method = "ce"
+    # The training method (ltkd_jax/methods/) or post-hoc correction; its hyper-parameters
+    # are config.loss.
+    c.method = method
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar100"
@@ -95,35 +91,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "resnet32"
     c.model.head = "linear"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
-    c.model.projection_dim = 0  # > 0 adds CBD's Dense+ReLU projection before the head
     # CPU fast paths (models/cpu_ops.py: GEMM weight-gradient convs and BatchNorm, BN folded
     # into frozen teachers, no YNNPACK fusions): auto = on when JAX runs on the CPU.
     c.model.cpu_kernels = "auto"
     # ImageNet-style ResNets: start the last BatchNorm gamma of every block at 0 (CBD's code).
     c.model.zero_init_residual = False
 
-    # Loss hyper-parameters. An empty (None) field means "the method's default" (methods.md);
-    # set one to override it, e.g. --config.loss.temperature=4.
-    c.loss = ml_collections.ConfigDict()
-    c.loss.temperature = placeholder(float)
-    c.loss.alpha = placeholder(float)
-    c.loss.beta = placeholder(float)
-    c.loss.gamma = placeholder(float)
-    c.loss.tau = placeholder(float)
-    c.loss.lam = placeholder(float)  # TGLS mixing weight (DU-KD)
-    c.loss.ce_weight = placeholder(float)
-    # Class weights in (the CE term of) cb / focal / kd, and BKD's KD weights:
-    # none | reweight (effective number from epoch 0) | drw (from loss.drw_epoch).
-    c.loss.class_weighting = "none"
-    c.loss.cb_beta = 0.9999
-    c.loss.drw_epoch = 160
-    c.loss.warmup_epochs = 20  # DKD's linear warm-up of the distillation term
-    # LTKD cross-group rebalancing: batch (the paper's batch-level rule) | r1 | r2 | none.
-    c.loss.rebalance = "batch"
-    # LTKD class groups: tail33 (top 33% / next 34% / bottom 33% of classes by training
-    # count, the paper's) | shot (the evaluation groups) | thirds.
-    c.loss.groups = "tail33"
-    c.loss.prior_placement = "inside"  # DU-KD: inside | outside | teacher (methods.md 6.2)
+    # The method's own hyper-parameters: exactly the fields its module declares
+    # (ltkd_jax/methods/<method>.py), each with its default; --print_config lists them.
+    c.loss = loss_section(method)
 
     # The frozen teacher(s) of a distillation method.
     c.teacher = ml_collections.ConfigDict()
@@ -185,13 +161,26 @@ def teacher_seed(seed: int, index: int) -> int:
     return seed + TEACHER_SEED_STRIDE * (index + 1)
 
 
-def field_comments() -> dict[str, str]:
-    """'section.field' -> its comment in `base_config` (the lines above it and after it)."""
-    import inspect
-    import re
+def loss_section(method: str) -> ml_collections.ConfigDict:
+    """The `config.loss` section of `method` at its defaults; empty for a post-hoc correction
+    (nothing is trained). An unknown name gets an empty section: validate_config reports it."""
+    if method in methods.METHODS:
+        return methods.default_config(method)
+    return ml_collections.ConfigDict()
 
+
+def set_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+    """Switches an unlocked config to `method`, with that method's default `config.loss`."""
+    config.method = method
+    config.loss = loss_section(method)
+    return config
+
+
+def _comments_in(fn, prefix: str = "") -> dict[str, str]:
+    """'prefix + field' -> the comment of each `c.<field> = ...` line in `fn`'s source (the
+    comment lines above it and the one after it)."""
     comments, pending = {}, []
-    for line in inspect.getsource(base_config).splitlines():
+    for line in inspect.getsource(fn).splitlines():
         text = line.strip()
         if text.startswith("#"):
             pending.append(text.lstrip("#").strip())
@@ -199,14 +188,24 @@ def field_comments() -> dict[str, str]:
         match = re.match(r"c\.([\w.]+) = (.*)", text)
         if match:
             inline = match.group(2).partition("  # ")[2]
-            comments[match.group(1)] = " ".join([*pending, inline]).strip()
+            comments[prefix + match.group(1)] = " ".join([*pending, inline]).strip()
         pending = []
+    return comments
+
+
+def field_comments(method: str | None = None) -> dict[str, str]:
+    """'section.field' -> its comment: `base_config`'s, and the `loss.*` fields of `method`
+    from its module's config function."""
+    comments = _comments_in(base_config)
+    if method in methods.METHODS:
+        comments.update(_comments_in(method_base.add_class_weighting, "loss."))
+        comments.update(_comments_in(methods.get(method).config, "loss."))
     return comments
 
 
 def describe_config(config: ml_collections.ConfigDict) -> str:
     """Every field as `name = value  # comment`, in the order `base_config` documents them."""
-    comments = field_comments()
+    comments = field_comments(config.method)
     lines = []
 
     def walk(node, prefix):
@@ -258,9 +257,7 @@ def placeholder(kind):
 
 
 def _check_choice(config, field: str, value, choices) -> list[str]:
-    if value in choices:
-        return []
-    return [f"config.{field}={value!r} is not known; choose one of {list(choices)}"]
+    return method_base.check_choice(field, value, choices)
 
 
 def _check_data_sources(d: ml_collections.ConfigDict) -> list[str]:
@@ -332,38 +329,80 @@ def _check_warmup(config: ml_collections.ConfigDict, trains_teachers: bool) -> l
     ]
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Raises ValueError listing every invalid field, each with the fix."""
-    from ltkd_jax import methods, models, posthoc  # deferred: keeps config loading light
+def _check_names(config: ml_collections.ConfigDict) -> list[str]:
+    """Every field whose value must be one of a list of names."""
+    d, m = config.data, config.model
+    checks = [
+        ("data.name", d.name, sources.DATASETS),
+        ("data.profile", d.profile, longtail.PROFILES),
+        ("data.sampler", d.sampler, sampling.SAMPLERS),
+        ("data.augment", d.augment, augment.AUGMENTS),
+        ("data.in_memory", d.in_memory, sources.IN_MEMORY),
+        ("data.on_corrupt", d.on_corrupt, image_builders.ON_CORRUPT),
+        ("data.eval_groups", d.eval_groups, task.EVAL_GROUPS),
+        ("model.name", m.name, tuple(models.MODELS)),
+        ("model.head", m.head, models.HEADS),
+        ("model.dtype", m.dtype, tuple(models.DTYPES)),
+        ("model.cpu_kernels", m.cpu_kernels, cpu_ops.CPU_KERNELS),
+        ("optim.schedule", config.optim.schedule, optim.SCHEDULES),
+        ("device_loop", config.device_loop, ("auto", "scan", "steps")),
+        ("method", config.method, (*methods.NAMES, *posthoc.POSTHOC)),
+    ]
+    return [e for field, value, names in checks for e in _check_choice(config, field, value, names)]
 
-    errors: list[str] = []
+
+def _check_method(config: ml_collections.ConfigDict) -> list[str]:
+    """The method's own section and checks (ltkd_jax/methods/<method>.py), and what it needs
+    of the model and the run."""
+    if config.method in posthoc.POSTHOC:
+        if not config.init.workdir:
+            return [
+                f"config.method={config.method!r} corrects a finished run; set "
+                "--config.init.workdir to that run's workdir"
+            ]
+        return []
+    if config.method not in methods.METHODS:
+        return []  # reported by _check_names
+    expected, given = set(methods.default_config(config.method)), set(config.loss)
+    if expected != given:
+        return [
+            f"config.loss has the fields {sorted(given)}, but method {config.method!r} takes "
+            f"{sorted(expected)}: the method was changed after the config was built. Start "
+            f"from the method's config (configs/{config.method}_cifar.py) or build it with "
+            "config_lib.base_config(method) / config_lib.set_method"
+        ]
+    errors = methods.get(config.method).validate(config)
+    needs = methods.needs_of(config)
+    if needs.head and config.model.head != needs.head:
+        errors.append(
+            f"config.method={config.method!r} needs the {needs.head!r} classifier head; "
+            f"set --config.model.head={needs.head}"
+        )
+    if needs.frozen_backbone and not config.init.workdir:
+        errors.append(
+            f"config.method={config.method!r} re-trains the classifier of a finished "
+            "run; set --config.init.workdir to that run's workdir"
+        )
+    if methods.num_teachers(config) > 0:
+        errors += _check_choice(config, "teacher.model", config.teacher.model, tuple(models.MODELS))
+    return errors
+
+
+def _trains_teachers(config: ml_collections.ConfigDict) -> bool:
+    if config.method not in methods.METHODS or config.teacher.workdir:
+        return False
+    return methods.num_teachers(config) > 0
+
+
+def _check_numbers(config: ml_collections.ConfigDict, num_devices: int | None) -> list[str]:
+    """Counts and sizes of the run."""
+    errors = []
     d = config.data
-    errors += _check_choice(config, "data.name", d.name, DATASETS)
-    errors += _check_choice(config, "data.profile", d.profile, PROFILES)
-    errors += _check_choice(config, "data.sampler", d.sampler, SAMPLERS)
-    errors += _check_choice(config, "data.augment", d.augment, AUGMENTATIONS)
-    errors += _check_choice(config, "data.in_memory", d.in_memory, IN_MEMORY)
-    errors += _check_choice(config, "data.on_corrupt", d.on_corrupt, ON_CORRUPT)
-    errors += _check_choice(config, "data.eval_groups", d.eval_groups, EVAL_GROUPS)
-    errors += _check_data_sources(d)
-    errors += _check_choice(config, "model.name", config.model.name, tuple(models.MODELS))
-    errors += _check_choice(config, "model.head", config.model.head, HEADS)
-    errors += _check_choice(config, "model.dtype", config.model.dtype, DTYPES)
-    errors += _check_choice(config, "model.cpu_kernels", config.model.cpu_kernels, CPU_KERNELS)
-    errors += _check_choice(config, "optim.schedule", config.optim.schedule, SCHEDULES)
-    errors += _check_choice(config, "method", config.method, (*methods.METHODS, *posthoc.POSTHOC))
     if d.imbalance_factor < 1:
         errors.append(
             f"config.data.imbalance_factor={d.imbalance_factor} must be >= 1 (1 = balanced, 100 = "
             "head class 100x the tail); pass e.g. --config.data.imbalance_factor=100"
         )
-    if d.archive and not os.path.exists(os.path.expanduser(d.archive)):
-        errors.append(
-            f"config.data.archive={d.archive!r} does not exist; pass the path of the dataset zip, "
-            "e.g. --config.data.archive=../shared/data/cifar100-png.zip, or leave it empty to "
-            "download"
-        )
-    errors += _check_choice(config, "device_loop", config.device_loop, ("auto", "scan", "steps"))
     if config.scan_steps < 0:
         errors.append(f"config.scan_steps={config.scan_steps} must be >= 0 (0 = a whole epoch)")
     for field in ("batch_size", "eval_batch_size", "num_epochs", "eval_every_epochs"):
@@ -376,32 +415,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         )
     if config.num_devices < 0:
         errors.append("config.num_devices must be >= 0 (0 = all devices)")
-    if config.method in posthoc.POSTHOC and not config.init.workdir:
-        errors.append(
-            f"config.method={config.method!r} corrects a finished run; set "
-            "--config.init.workdir to that run's workdir"
-        )
-    if config.method in methods.METHODS:
-        try:
-            needs = methods.needs_of(config)
-        except ValueError as e:
-            errors.append(str(e))
-        else:
-            if needs.head and config.model.head != needs.head:
-                errors.append(
-                    f"config.method={config.method!r} needs the {needs.head!r} classifier head; "
-                    f"set --config.model.head={needs.head}"
-                )
-            if needs.frozen_backbone and not config.init.workdir:
-                errors.append(
-                    f"config.method={config.method!r} re-trains the classifier of a finished "
-                    "run; set --config.init.workdir to that run's workdir"
-                )
-    try:
-        trains_teachers = methods.num_teachers(config) > 0 and not config.teacher.workdir
-    except ValueError:
-        trains_teachers = False  # an unknown method, reported above
-    errors += _check_warmup(config, trains_teachers)
     if config.optim.lr <= 0:
         errors.append(f"config.optim.lr={config.optim.lr} must be > 0")
     if not 0 <= config.teacher.color_jitter_teachers <= config.teacher.count:
@@ -409,6 +422,22 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
             f"config.teacher.color_jitter_teachers={config.teacher.color_jitter_teachers} must "
             f"be in [0, config.teacher.count={config.teacher.count}]"
         )
+    return errors
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Raises UserError listing every invalid field, each with the fix. Runs before any data
+    or teacher is read, so a typo never waits for a stage-1 teacher to finish."""
+    errors = _check_names(config) + _check_data_sources(config.data)
+    if config.data.archive and not os.path.exists(os.path.expanduser(config.data.archive)):
+        errors.append(
+            f"config.data.archive={config.data.archive!r} does not exist; pass the path of the "
+            "dataset zip, e.g. --config.data.archive=../shared/data/cifar100-png.zip, or leave "
+            "it empty to download"
+        )
+    errors += _check_method(config)
+    errors += _check_numbers(config, num_devices)
+    errors += _check_warmup(config, _trains_teachers(config))
     if errors:
         raise UserError("invalid config:\n  - " + "\n  - ".join(errors))
 
@@ -447,8 +476,7 @@ def cifar_config(
     )
     if args.recipe not in RECIPES:
         raise ValueError(f"recipe={args.recipe!r} is not known; choose one of {list(RECIPES)}")
-    c = base_config()
-    c.method = method
+    c = base_config(method)
     c.data.name = args.dataset
     c.data.imbalance_factor = args.imb
     c.model.name = args.student
@@ -479,8 +507,7 @@ def large_scale_config(
     datasets are long-tailed already, so no subset is taken (imbalance factor 1). The
     teacher of a distillation method shares the student's architecture and schedule.
     """
-    c = base_config()
-    c.method = method
+    c = base_config(method)
     c.data.name = dataset
     c.data.imbalance_factor = 1.0
     c.data.image_size = 224
@@ -550,8 +577,7 @@ def folder_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     args = parse_arg(
         arg, root="", imb=1.0, model="resnet10", augment="imagenet", size=0, epochs=100
     )
-    c = base_config()
-    c.method = method
+    c = base_config(method)
     c.data.name = "folder"
     c.data.root = args.root
     c.data.imbalance_factor = args.imb
@@ -614,5 +640,23 @@ def with_method(
     c.loss = ml_collections.ConfigDict(method.loss.to_dict())
     scale = recipe.num_epochs / method.num_epochs
     for name in EPOCH_FIELDS:
-        c.loss[name] = int(round(method.loss[name] * scale))
+        if name in c.loss:
+            c.loss[name] = int(round(method.loss[name] * scale))
     return c
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+    """A run directory's config.json as this version writes it.
+
+    Runs written before every method owned its `config.loss` section kept one shared section
+    (unset fields None, meaning "the loss function's default") and `model.projection_dim`.
+    The section becomes the method's own fields, None replaced by the default, which is the
+    value the old loss used; the projection width is now derived from the method.
+    """
+    out = json.loads(json.dumps(saved))
+    out.get("model", {}).pop("projection_dim", None)
+    method, old = out.get("method"), out.get("loss")
+    if method in methods.METHODS and isinstance(old, dict):
+        defaults = methods.default_config(method).to_dict()
+        out["loss"] = {k: v if old.get(k) is None else old[k] for k, v in defaults.items()}
+    return out

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ltkd_jax import data, inference, models, train
+from ltkd_jax import data, inference, models, task_data
 
 STABLEHLO_FILE = "model.jax_export"
 ONNX_FILE = "model.onnx"
@@ -135,7 +135,7 @@ def check_images(run: inference.LoadedRun, n: int = CHECK_IMAGES) -> tuple[np.nd
     """n test images spread over the classes (the split is ordered by label), or random
     uint8 images when the run's dataset is not available here."""
     try:
-        _, test, _ = train.load_task(run.config)
+        _, test, _ = task_data.load_task(run.config)
     except Exception as e:  # noqa: BLE001 (any missing-data error: fall back, say so)
         logging.warning("test split unavailable (%s); checking on random images", e)
         rng = np.random.default_rng(0)

@@ -35,7 +35,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from ltkd_jax import checkpointing, data, sharding, train
+from ltkd_jax import checkpointing, data, finished_runs, modeling, sharding, task_data, train
 from ltkd_jax.data import augment, image_builders
 from ltkd_jax.models import cpu_ops
 
@@ -109,7 +109,7 @@ def preprocess_for(config: ml_collections.ConfigDict, test_split: data.Split) ->
     h, w, c = test_split.image_shape
     if h != w:
         raise ValueError(f"expected square model inputs, got {h}x{w}")
-    mean, std = train.input_stats(config, test_split.image_shape)
+    mean, std = task_data.input_stats(config, test_split.image_shape)
     return Preprocess(h, c, tuple(mean), tuple(std), crop_fraction_of(test_split))
 
 
@@ -125,7 +125,7 @@ def run_metadata(workdir: str, run_config: ml_collections.ConfigDict):
     if os.path.exists(labels) and os.path.exists(prep):
         return tuple(_read_json(labels)["class_names"]), Preprocess.from_json(_read_json(prep))
     try:
-        train_split, test_split, _ = train.load_task(run_config)
+        train_split, test_split, _ = task_data.load_task(run_config)
     except Exception as e:  # any failure to find the data: say what is missing and the fix
         raise FileNotFoundError(
             f"{workdir} has no {LABELS_FILE} / {PREPROCESS_FILE} (written after training since "
@@ -214,11 +214,11 @@ def load_run(
     `metadata` = (class names, Preprocess) when known; else `run_metadata(workdir)`.
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    run_config, run_task = train.read_run_info(workdir)
+    run_config, run_task = finished_runs.read_run_info(workdir)
     mesh = mesh or sharding.make_mesh(0)
     step = checkpoint_step(workdir, checkpoint)
-    model = train.build_model(run_config, int(run_task["num_classes"]))
-    target = train._abstract_variables(model, tuple(run_task["image_shape"]), mesh)
+    model = modeling.build_model(run_config, int(run_task["num_classes"]))
+    target = modeling.abstract_variables(model, tuple(run_task["image_shape"]), mesh)
     variables, step = checkpointing.restore_variables(workdir, target, step=step)
     class_names, prep = metadata or run_metadata(workdir, run_config)
     if len(class_names) != run_task["num_classes"]:
@@ -241,7 +241,7 @@ def logits_fn(run: LoadedRun):
     return jax.jit(
         forward,
         out_shardings=sharding.replicated(run.mesh),
-        compiler_options=cpu_ops.compiler_options(train.cpu_kernels(run.config)),
+        compiler_options=cpu_ops.compiler_options(modeling.cpu_kernels(run.config)),
     )
 
 

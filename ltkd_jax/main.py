@@ -8,9 +8,9 @@ command again resumes from the workdir's last checkpoint; SIGTERM or Ctrl-C save
 checkpoint at the next step and exits 0. A mistake in the command line or config prints
 one message and exits 2 (`--verbose` adds the traceback).
 
-Everything lives in importable modules (`ltkd_jax.train`) so tests and notebooks drive
-the same code; this file only parses flags, starts multi-host JAX when asked, and calls
-`train.run`.
+Everything lives in importable modules (`ltkd_jax.job`, `ltkd_jax.train`) so tests and
+notebooks drive the same code; this file only parses flags, starts multi-host JAX when asked,
+and calls `job.run`.
 """
 
 from __future__ import annotations
@@ -168,9 +168,9 @@ def main(argv):
             rundir.hold(workdir, locking=primary),
             rundir.log_to_file(workdir, tuple(filters), enabled=primary),
         ):
-            from ltkd_jax import train  # after distributed init: importing may touch the backend
+            from ltkd_jax import job  # after distributed init: importing may touch the backend
 
-            rundir.check_job_configs(config, workdir)
+            job.check_resume_configs(config, workdir)
             if primary:
                 rundir.record_invocation(workdir)
             logging.info(
@@ -182,7 +182,7 @@ def main(argv):
             )
             rundir.install_signal_handlers()
             try:
-                train.run(config, workdir)
+                job.run(config, workdir)
             except rundir.Preempted as e:
                 logging.warning("%s", e)  # exit 0: the rerun resumes
     except config_lib.UserError as e:

@@ -47,6 +47,9 @@ def cosine_schedule(
     return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup, total)
 
 
+SCHEDULES = ("step", "cosine")
+
+
 def make_schedule(
     optim: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int
 ) -> Callable[[jnp.ndarray], jnp.ndarray]:
@@ -62,7 +65,7 @@ def make_schedule(
         return cosine_schedule(
             optim.lr, steps_per_epoch, warmup_epochs=optim.warmup_epochs, num_epochs=num_epochs
         )
-    raise ValueError(f"config.optim.schedule={optim.schedule!r} is not 'step' or 'cosine'")
+    raise ValueError(f"config.optim.schedule={optim.schedule!r} is not one of {SCHEDULES}")
 
 
 def make_optimizer(

@@ -10,7 +10,7 @@ accuracy against training count on a log axis, the plot long-tail papers use;
 Counts are summed on device like the trainer's (`metrics.eval_counts`, plus predicted-class
 counts and the confusion matrix), so the report of the run's own test split reproduces the
 trainer's numbers. `write_training_reports` writes it into `WORKDIR/report/` at the end of
-every training run (`train.run`), with `labels.json` and `preprocess.json` in the workdir.
+every training run (`job.run`), with `labels.json` and `preprocess.json` in the workdir.
 """
 
 from __future__ import annotations
@@ -26,7 +26,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ltkd_jax import data, inference, metrics, sharding, train
+from ltkd_jax import (
+    data,
+    finished_runs,
+    inference,
+    metrics,
+    modeling,
+    sharding,
+    task_data,
+    train,
+)
 from ltkd_jax.models import cpu_ops
 
 REPORT_DIR = "report"
@@ -61,7 +70,7 @@ def counts_fn(run: inference.LoadedRun):
             confusion=run.num_classes <= MAX_CONFUSION_CLASSES,
         ),
         out_shardings=sharding.replicated(run.mesh),
-        compiler_options=cpu_ops.compiler_options(train.cpu_kernels(run.config)),
+        compiler_options=cpu_ops.compiler_options(modeling.cpu_kernels(run.config)),
     )
 
 
@@ -223,8 +232,8 @@ def write_run_report(workdir: str) -> dict:
     """Evaluates a run's last checkpoint on its own test split and writes WORKDIR/report/,
     plus labels.json and preprocess.json in WORKDIR. Runs on every process (collective
     restore and sharded evaluation, as in training); process 0 writes the files."""
-    run_config, _ = train.read_run_info(workdir)
-    train_split, test, _ = train.load_task(run_config)
+    run_config, _ = finished_runs.read_run_info(workdir)
+    train_split, test, _ = task_data.load_task(run_config)
     names = tuple(train_split.class_names) or tuple(str(i) for i in range(train_split.num_classes))
     metadata = (names, inference.preprocess_for(run_config, test))
     mesh = sharding.make_mesh(run_config.num_devices)
@@ -252,12 +261,11 @@ def write_run_report(workdir: str) -> dict:
     return report
 
 
-def write_training_reports(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """`write_run_report` for a finished `train.run`: its teachers trained here, then the
-    student. A failure is logged, not raised: the checkpoints are already saved, and
+def write_training_reports(workdirs: list[str]) -> None:
+    """`write_run_report` for the runs of a finished `job.run`: the teachers it trained, then
+    the student. A failure is logged, not raised: the checkpoints are already saved, and
     `python -m ltkd_jax.evaluate` can write the report later."""
-    dirs = [] if config.teacher.workdir else train.teacher_workdirs(config, workdir)
-    for d in [*dirs, workdir]:
+    for d in workdirs:
         try:
             write_run_report(d)
         except Exception:  # noqa: BLE001 (see docstring)

@@ -31,7 +31,8 @@ from collections.abc import Iterator, Mapping
 
 from absl import logging
 
-from ltkd_jax.config_lib import UserError
+from ltkd_jax import config_lib
+from ltkd_jax.errors import UserError
 
 LOCK_NAME = "run.lock"
 INVOCATIONS_NAME = "invocations.jsonl"
@@ -64,16 +65,10 @@ SAFE_TO_CHANGE = frozenset(
 )
 
 
-# What a plain CE run (every teacher of stage 1) reads of config.loss; its copies of the
-# distillation fields (loss.temperature, teacher.*) do not change its checkpoints.
-CE_LOSS_FIELDS = frozenset({"loss.class_weighting", "loss.cb_beta", "loss.drw_epoch"})
-
-
 def unused_by(saved: Mapping, name: str) -> bool:
-    """True for a field the saved run never read (a CE run's distillation fields)."""
-    if saved.get("method") != "ce":
-        return False
-    return name.startswith("teacher.") or (name.startswith("loss.") and name not in CE_LOSS_FIELDS)
+    """True for a field the saved run never read: a CE run (every stage-1 teacher) has no
+    teacher of its own, so the teacher section means nothing to its checkpoints."""
+    return saved.get("method") == "ce" and name.startswith("teacher.")
 
 
 class WorkdirError(UserError):
@@ -256,7 +251,7 @@ def check_resume_config(workdir: str, config) -> None:
     if not os.path.exists(path) or not has_checkpoints(workdir):
         return  # a new run, or one that never saved a checkpoint: nothing to contradict
     with open(path) as f:
-        saved = json.load(f)
+        saved = config_lib.upgrade_saved_config(json.load(f))
     current = json.loads(json.dumps(config.to_dict(), default=str))
     refused, accepted = config_changes(saved, current)
     if refused:
@@ -267,18 +262,6 @@ def check_resume_config(workdir: str, config) -> None:
         )
     for name, (old, new) in accepted.items():
         logging.info("resuming %s with config.%s=%r (was %r)", workdir, name, new, old)
-
-
-def check_job_configs(config, workdir: str) -> None:
-    """`check_resume_config` for a job's run and the teachers it trains, before any stage
-    starts (so a refused student does not first resume its teachers)."""
-    from ltkd_jax import posthoc, train  # deferred: both import JAX
-
-    check_resume_config(workdir, config)
-    if config.method in posthoc.POSTHOC or config.teacher.workdir:
-        return
-    for k, teacher_dir in enumerate(train.teacher_workdirs(config, workdir)):
-        check_resume_config(teacher_dir, train.teacher_config(config, k))
 
 
 # ---------------------------------------------------------------------------------------

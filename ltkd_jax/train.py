@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,26 +20,27 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import struct
 from flax.training import train_state
-from jax.experimental import multihost_utils
 
 from ltkd_jax import (
     checkpointing,
     config_lib,
     data,
     feeds,
+    finished_runs,
     methods,
     metrics,
-    models,
+    modeling,
     optim,
+    progress,
     rundir,
     sharding,
+    task_data,
 )
 from ltkd_jax.data import device as device_data
 from ltkd_jax.methods import ModelOutput
 from ltkd_jax.models import cpu_ops
-from ltkd_jax.writers import MetricWriter, read_metrics
+from ltkd_jax.writers import MetricWriter
 
 
 class TrainState(train_state.TrainState):
@@ -50,51 +49,8 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
-@struct.dataclass
-class Teacher:
-    """A frozen teacher: its module (static) and its variables (a constant pytree)."""
-
-    variables: dict
-    model: Any = struct.field(pytree_node=False)
-
-
 def variables_of(state: TrainState) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def compute_dtype(name: str):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-
-
-def build_model(
-    config: ml_collections.ConfigDict,
-    num_classes: int,
-    *,
-    teachers: tuple[Teacher, ...] = (),
-):
-    """The student of `config`, shaped to what its method needs from the teachers."""
-    m = config.model
-    needs = methods.needs_of(config) if teachers else methods.Needs()
-    teacher_dims = [t.model.feature_dim for t in teachers]
-    projection_dim = m.projection_dim or None
-    if needs.projection:  # CBD: Dense(sum of teacher widths) + ReLU (methods.md 8.2)
-        projection_dim = sum(teacher_dims)
-    return models.get_model(
-        m.name,
-        num_classes,
-        head=m.head,
-        dtype=compute_dtype(m.dtype),
-        projection_dim=projection_dim,
-        regressor_dim=teacher_dims[0] if needs.regressor else None,
-        ops=cpu_ops.model_ops(cpu_kernels(config)),
-        # Runs recorded before the field existed lack it; it only changes the initial state.
-        zero_init_residual=m.get("zero_init_residual", False),
-    )
-
-
-def cpu_kernels(config: ml_collections.ConfigDict) -> str:
-    """config.model.cpu_kernels; 'auto' for runs recorded before the field existed."""
-    return config.model.get("cpu_kernels", "auto")
 
 
 def create_train_state(
@@ -114,20 +70,12 @@ def create_train_state(
     return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
 
 
-def input_stats(config: ml_collections.ConfigDict, image_shape: tuple) -> tuple[tuple, tuple]:
-    """(mean, std) the step normalises with; identity when config.data.normalize is off."""
-    if config.data.normalize:
-        return data.dataset_stats(config.data.name)
-    channels = image_shape[-1]
-    return (0.0,) * channels, (1.0,) * channels
-
-
 def preprocess(images: jnp.ndarray, mean, std) -> jnp.ndarray:
     """uint8 NHWC -> normalised float32, on device (a quarter of the bytes cross to it)."""
     return data.normalize(images, mean, std)
 
 
-def apply_teachers(teachers: tuple[Teacher, ...], images: jnp.ndarray) -> tuple:
+def apply_teachers(teachers: tuple[modeling.Teacher, ...], images: jnp.ndarray) -> tuple:
     """Frozen teachers in inference mode (BatchNorm running statistics), no gradient."""
     outputs = []
     for teacher in teachers:
@@ -138,7 +86,7 @@ def apply_teachers(teachers: tuple[Teacher, ...], images: jnp.ndarray) -> tuple:
 
 def train_step(
     state: TrainState,
-    teachers: tuple[Teacher, ...],
+    teachers: tuple[modeling.Teacher, ...],
     batch: dict,
     ctx: dict,
     *,
@@ -218,7 +166,7 @@ def evaluate(eval_fn, variables, test_split, mesh, batch_size: int, class_groups
 
 def train_chunk(
     state: TrainState,
-    teachers: tuple[Teacher, ...],
+    teachers: tuple[modeling.Teacher, ...],
     data: dict,
     plan: dict,
     ctx: dict,
@@ -243,7 +191,7 @@ def train_chunk(
 
 def train_planned_step(
     state: TrainState,
-    teachers: tuple[Teacher, ...],
+    teachers: tuple[modeling.Teacher, ...],
     data: dict,
     plan: dict,
     index: jnp.ndarray,
@@ -294,279 +242,203 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _first_non_finite(step0: int, chunk: dict) -> tuple[int, dict] | None:
-    """(step, bad values) of the first step in a chunk of stacked [K] metrics with a
-    non-finite value, or None."""
-    finite = np.all([np.isfinite(v) for v in chunk.values()], axis=0)
-    if finite.all():
-        return None
-    i = int(np.argmin(finite))
-    return step0 + i + 1, {k: float(v[i]) for k, v in chunk.items() if not np.isfinite(v[i])}
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What a run's loop needs, built once by `_setup`."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Any
+    data: task_data.TaskData
+    task: methods.Task  # with the teacher's class feature means when the method needs them
+    method: methods.Method
+    feed: Any  # feeds.DeviceFeed | feeds.HostFeed
+    steps_per_epoch: int
+    mean: tuple
+    std: tuple
+    eval_batch_size: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.num_epochs
 
 
-def _time_estimate(seconds_per_step: float, steps_left: int) -> str:
-    """The time estimate, from a timed window after compilation (evaluation not included)."""
-    minutes = seconds_per_step * steps_left / 60
-    return (
-        f"{1000 * seconds_per_step:.0f} ms per step: about {minutes:.0f} min for the remaining "
-        f"{steps_left} steps (plus evaluation)"
-    )
-
-
-def _check_finite(step0: int, chunk: dict, workdir: str) -> None:
-    bad = _first_non_finite(step0, chunk)
-    if bad:
-        raise FloatingPointError(
-            f"non-finite training metrics at step {bad[0]}: {bad[1]}. The last good checkpoint "
-            f"in {checkpointing.checkpoint_dir(workdir)} is kept; lower config.optim.lr, check "
-            "the data and the loss hyper-parameters, then rerun the same command to resume "
-            "from it."
+def _check_teachers(config: ml_collections.ConfigDict, teachers: tuple) -> None:
+    wanted = methods.num_teachers(config)
+    if len(teachers) != wanted:
+        raise ValueError(
+            f"config.method={config.method!r} needs {wanted} teacher(s), got {len(teachers)}; "
+            "use job.run(), which trains or loads them from config.teacher"
         )
 
 
-class _TrainLog:
-    """Per-step metrics of finished chunks -> one train record per log window.
-
-    Windows end every config.log_every_steps steps and at every epoch end, whatever the
-    chunk size, so records land on the same steps on the device and the host path.
-    """
-
-    def __init__(self, writer: MetricWriter, config, steps_per_epoch: int, progress):
-        self.writer, self.progress = writer, progress
-        self.log_every, self.batch_size = config.log_every_steps, config.batch_size
-        self.steps_per_epoch = steps_per_epoch
-        self.window: list[dict] = []
-        self.seconds = 0.0
-
-    def add(self, step0: int, chunk: dict, seconds: float) -> None:
-        """Chunk = stacked [K] metrics of steps step0 .. step0 + K - 1 (host numpy)."""
-        k = len(next(iter(chunk.values())))
-        for i in range(k):
-            step = step0 + i + 1
-            self.window.append({name: v[i] for name, v in chunk.items()})
-            self.seconds += seconds / k
-            if step % self.log_every == 0 or step % self.steps_per_epoch == 0:
-                self._flush(step)
-
-    def _flush(self, step: int) -> None:
-        scalars = {k: float(np.mean([m[k] for m in self.window])) for k in self.window[0]}
-        scalars["images_per_sec"] = len(self.window) * self.batch_size / max(self.seconds, 1e-9)
-        epoch = (step - 1) // self.steps_per_epoch + 1
-        self.writer.write_scalars(
-            step, scalars, log=self.progress.disable, epoch=epoch, split="train"
-        )
-        self.progress.set_postfix(loss=f"{scalars['loss']:.3f}", epoch=epoch)
-        self.window, self.seconds = [], 0.0
+def _setup(config: ml_collections.ConfigDict, workdir: str, teachers: tuple) -> _Run:
+    """Checks the config, reads the data, makes the method and the feed."""
+    mesh = sharding.make_mesh(config.num_devices)
+    config_lib.validate_config(config, num_devices=mesh.devices.size)
+    _check_teachers(config, teachers)
+    run_data = task_data.load_task_data(config)
+    train_split = run_data.train
+    mean, std = task_data.input_stats(config, train_split.image_shape)
+    eval_batch_size = _round_up(config.eval_batch_size, mesh.devices.size)
+    task = run_data.task
+    if methods.needs_of(config).feature_means:
+        means = class_feature_means(teachers[0], train_split, mesh, eval_batch_size, mean, std)
+        task = dataclasses.replace(task, teacher_feature_means=means)
+    feed, steps_per_epoch = _make_feed(config, train_split, mesh)
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    method = methods.make(config, task)
+    return _Run(
+        config, workdir, mesh, run_data, task, method, feed, steps_per_epoch, mean, std,
+        eval_batch_size,
+    )  # fmt: skip
 
 
-def _chunks(start: int, total: int, steps_per_epoch: int, size: int):
-    """(t0, t1) ranges covering [start, total), never crossing an epoch end."""
-    t = start
-    while t < total:
-        epoch_end = (t // steps_per_epoch + 1) * steps_per_epoch
-        t1 = min(epoch_end, total, t + size)
-        yield t, t1
-        t = t1
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_splits(name: str, data_dir: str, archive: str, options: tuple):
-    return data.load_dataset(
-        name, data_dir=data_dir or None, archive=archive or None, **dict(options)
+def _log_start(run: _Run) -> None:
+    c, split = run.config, run.data.train
+    logging.info(
+        "%s: %s-LT IF %g, %d train images, %d classes, %d/%d/%d many/medium/few, %d devices",
+        run.workdir,
+        c.data.name,
+        c.data.imbalance_factor,
+        len(split),
+        split.num_classes,
+        *np.bincount(run.task.class_groups, minlength=3),
+        run.mesh.devices.size,
+    )
+    logging.info(
+        "%s at %s, %d steps per epoch x %d epochs = %d steps, batches built %s (a time "
+        "estimate follows the first chunk of steps after compilation)",
+        c.model.name,
+        "x".join(map(str, split.image_shape)),
+        run.steps_per_epoch,
+        c.num_epochs,
+        run.total_steps,
+        "on the device" if run.feed.on_device else "by grain on the host",
     )
 
 
-def _load_splits(d: ml_collections.ConfigDict) -> data.DataSplits:
-    """The dataset's splits, prepared once: on several hosts process 0 prepares, the others wait."""
-    key = (d.name, d.data_dir, d.archive, tuple(sorted(data.split_options(d).items())))
-    if jax.process_count() > 1 and jax.process_index() != 0:
-        multihost_utils.sync_global_devices("ltkd_jax:data_prepared")
-        return _cached_splits(*key)
-    splits = _cached_splits(*key)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("ltkd_jax:data_prepared")
-    return splits
+def _initial_state(run: _Run, model, schedule, manager) -> TrainState:
+    """A fresh state, the run's latest checkpoint, or (cRT) a finished run's weights."""
+    config, split = run.config, run.data.train
+    tx = optim.make_optimizer(config.optim, schedule)
+    if run.method.needs.frozen_backbone:
+        tx = optim.only_classifier(tx)
+    state = create_train_state(model, tx, split.image_shape, config.seed, run.mesh)
+    restored = checkpointing.restore_latest(manager, state, run.feed.checkpoint_item(0))
+    if restored is not None:
+        logging.info("resumed from step %d in %s", int(restored.step), run.workdir)
+        return restored
+    if config.init.workdir:
+        return finished_runs.init_from_run(state, config, split.num_classes, split.image_shape)
+    return state
 
 
-class TaskData(NamedTuple):
-    """What a run trains and evaluates on (`data.task_splits`), with its `methods.Task`."""
-
-    train: data.Split
-    test: data.Split
-    task: methods.Task
-    val: data.Split | None  # selects the best checkpoint when present
-    info: dict  # class names, data fingerprint, shot thresholds, ...: goes into task.json
-
-
-def load_task_data(config: ml_collections.ConfigDict) -> TaskData:
-    """The run's splits and task (`data.task_splits`: long-tail cut, val, checks, groups)."""
-    d = config.data
-    t = data.task_splits(_load_splits(d), d)
-    task = methods.Task(class_counts=t.class_counts, class_groups=t.class_groups, dataset=d.name)
-    return TaskData(t.train, t.test, task, t.val, t.info)
+def _task_record(run: _Run) -> dict:
+    """task.json: what a later stage (teacher loading, evaluation, export) needs to know."""
+    split = run.data.train
+    return {
+        "dataset": run.config.data.name,
+        "num_classes": split.num_classes,
+        "image_shape": list(split.image_shape),
+        "class_counts": run.task.class_counts,
+        "class_groups": run.task.class_groups,
+        "steps_per_epoch": run.steps_per_epoch,
+        "num_devices": run.mesh.devices.size,
+        **run.data.info,
+    }
 
 
-def load_task(config: ml_collections.ConfigDict):
-    """(long-tailed train split, test split, `methods.Task`)."""
-    t = load_task_data(config)
-    return t.train, t.test, t.task
+def _evaluate_and_save(run: _Run, state, t1: int, evaluators, writer, manager) -> None:
+    """Test (and val) results of the state after step t1; an asynchronous checkpoint."""
+    epoch = t1 // run.steps_per_epoch
+    results = None
+    for split, evaluate in zip(("test", "val"), evaluators, strict=True):
+        if evaluate is not None:  # val, when there is one, chooses the best checkpoint
+            results = metrics.summarize(evaluate(variables_of(state)), run.task.class_groups)
+            writer.write_scalars(t1, results, epoch=epoch, split=split)
+    # Asynchronous: the next chunk runs while orbax writes this one.
+    checkpointing.save(manager, t1, state, run.feed.checkpoint_item(t1), {"top1": results["top1"]})
+
+
+def _evaluates_after(run: _Run, t1: int) -> bool:
+    """Whether step t1 ends an epoch that is evaluated (every config.eval_every_epochs, and
+    the last)."""
+    epochs_done, steps_into_epoch = divmod(t1, run.steps_per_epoch)
+    if steps_into_epoch:
+        return False
+    return epochs_done % run.config.eval_every_epochs == 0 or t1 == run.total_steps
+
+
+def _train_loop(run: _Run, state, teachers, train_fn, evaluators, writer, manager, bar):
+    """Runs the chunks from the state's step to the end; evaluates and saves at epoch ends;
+    stops at a chunk end on SIGTERM / SIGINT (`rundir.Preempted`)."""
+    log = progress.TrainLog(writer, run.config, run.steps_per_epoch, bar)
+    size = (run.config.scan_steps if run.feed.on_device else run.config.log_every_steps) or (
+        run.steps_per_epoch
+    )
+    total = run.total_steps
+    windows = progress.chunks(int(state.step), total, run.steps_per_epoch, size)
+    for n, (t0, t1) in enumerate(windows):
+        ctx = run.method.epoch_context(t0 // run.steps_per_epoch)
+        ctx = jax.device_put(ctx, sharding.replicated(run.mesh))
+        started = time.perf_counter()
+        state, chunk_metrics = train_fn(state, teachers, ctx, t0, t1)
+        chunk_metrics = jax.device_get(chunk_metrics)  # the one host sync of the chunk
+        seconds = time.perf_counter() - started
+        progress.check_finite(t0, chunk_metrics, run.workdir)
+        log.add(t0, chunk_metrics, seconds)
+        if n < 2 and t1 < total:  # the first chunk holds the compile: an upper bound
+            estimate = progress.time_estimate(seconds / (t1 - t0), total - t1)
+            logging.info(estimate + (" (compile included: an upper bound)" if n == 0 else ""))
+        bar.update(t1 - t0)
+        if _evaluates_after(run, t1):
+            bar.set_postfix_str(f"epoch {t1 // run.steps_per_epoch}: evaluating")
+            _evaluate_and_save(run, state, t1, evaluators, writer, manager)
+        if t1 < total and progress.any_process_stopping():  # at a chunk's end
+            if manager.latest_step() != t1:
+                checkpointing.save(manager, t1, state, run.feed.checkpoint_item(t1), None)
+            raise rundir.Preempted(t1, run.workdir)
+    return state
 
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
     *,
-    teachers: tuple[Teacher, ...] = (),
+    teachers: tuple[modeling.Teacher, ...] = (),
 ) -> TrainState:
     """Trains (or resumes) the run in `workdir` with frozen `teachers`; returns the final state."""
-    mesh = sharding.make_mesh(config.num_devices)
-    num_devices = mesh.devices.size
-    config_lib.validate_config(config, num_devices=num_devices)
-    needs = methods.needs_of(config)
-    wanted = methods.num_teachers(config)
-    if len(teachers) != wanted:
-        raise ValueError(
-            f"config.method={config.method!r} needs {wanted} teacher(s), got {len(teachers)}; "
-            "use train.run(), which trains or loads them from config.teacher"
-        )
-    task_data = load_task_data(config)
-    train_split, test_split, task, val_split = task_data[:4]
-    num_classes = train_split.num_classes
-    mean, std = input_stats(config, train_split.image_shape)
-    eval_batch_size = _round_up(config.eval_batch_size, num_devices)
-    if needs.feature_means:
-        task = dataclasses.replace(
-            task,
-            teacher_feature_means=class_feature_means(
-                teachers[0], train_split, mesh, eval_batch_size, mean, std
-            ),
-        )
-    method = methods.make_method(config, task)
+    run = _setup(config, workdir, teachers)
     rundir.check_resume_config(workdir, config)  # before anything is written
     writer = MetricWriter(workdir)
     writer.write_json("config.json", config.to_dict())
-    logging.info(
-        "%s: %s-LT IF %g, %d train images, %d classes, %d/%d/%d many/medium/few, %d devices",
-        workdir,
-        config.data.name,
-        config.data.imbalance_factor,
-        len(train_split),
-        num_classes,
-        *np.bincount(task.class_groups, minlength=3),
-        num_devices,
-    )
-
-    feed, steps_per_epoch = _make_feed(config, train_split, mesh)
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    total_steps = steps_per_epoch * config.num_epochs
-    logging.info(
-        "%s at %s, %d steps per epoch x %d epochs = %d steps, batches built %s (a time "
-        "estimate follows the first chunk of steps after compilation)",
-        config.model.name,
-        "x".join(map(str, train_split.image_shape)),
-        steps_per_epoch,
-        config.num_epochs,
-        total_steps,
-        "on the device" if feed.on_device else "by grain on the host",
-    )
-
-    model = build_model(config, num_classes, teachers=teachers)
-    schedule = optim.make_schedule(config.optim, steps_per_epoch, config.num_epochs)
-    tx = optim.make_optimizer(config.optim, schedule)
-    if needs.frozen_backbone:
-        tx = optim.only_classifier(tx)
-    state = create_train_state(model, tx, train_split.image_shape, config.seed, mesh)
-
+    _log_start(run)
+    model = modeling.build_model(config, run.data.train.num_classes)
+    schedule = optim.make_schedule(config.optim, run.steps_per_epoch, config.num_epochs)
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
-    restored = checkpointing.restore_latest(manager, state, feed.checkpoint_item(0))
-    if restored is not None:
-        state = restored
-        logging.info("resumed from step %d in %s", int(state.step), workdir)
-    elif config.init.workdir:
-        state = init_from_run(state, config, num_classes, train_split.image_shape)
+    state = _initial_state(run, model, schedule, manager)
     start_step = int(state.step)
     writer.trim_after(start_step)  # records after the restored checkpoint are replayed
-
-    writer.write_json(
-        "task.json",
-        {
-            "dataset": config.data.name,
-            "num_classes": num_classes,
-            "image_shape": list(train_split.image_shape),
-            "class_counts": task.class_counts,
-            "class_groups": task.class_groups,
-            "steps_per_epoch": steps_per_epoch,
-            "num_devices": num_devices,
-            **task_data.info,
-        },
+    writer.write_json("task.json", _task_record(run))
+    step_kwargs = dict(method=run.method, schedule=schedule, mean=run.mean, std=run.std)
+    train_fn = _compile_train(config, run.mesh, run.feed, step_kwargs)
+    evaluators = tuple(
+        None if split is None else _make_evaluator(run, model, split)
+        for split in (run.data.test, run.data.val)
     )
-    step_kwargs = dict(method=method, schedule=schedule, mean=mean, std=std)
-    train_fn = _compile_train(config, mesh, feed, step_kwargs)
-    evaluate_test, evaluate_val = (
-        _make_evaluator(config, mesh, model, split, eval_batch_size, mean, std)
-        if split is not None
-        else None
-        for split in (test_split, val_split)
-    )
-    progress = _progress_bar(config, total_steps, start_step)
-    log = _TrainLog(writer, config, steps_per_epoch, progress)
-    chunk = config.scan_steps if feed.on_device else config.log_every_steps
-    for n, (t0, t1) in enumerate(
-        _chunks(start_step, total_steps, steps_per_epoch, chunk or steps_per_epoch)
-    ):
-        epoch = t0 // steps_per_epoch
-        ctx = jax.device_put(method.epoch_context(epoch), sharding.replicated(mesh))
-        started = time.perf_counter()
-        state, chunk_metrics = train_fn(state, teachers, ctx, t0, t1)
-        chunk_metrics = jax.device_get(chunk_metrics)  # the one host sync of the chunk
-        seconds = time.perf_counter() - started
-        _check_finite(t0, chunk_metrics, workdir)
-        log.add(t0, chunk_metrics, seconds)
-        if n < 2 and t1 < total_steps:  # the first chunk holds the compile: an upper bound
-            estimate = _time_estimate(seconds / (t1 - t0), total_steps - t1)
-            logging.info(estimate + (" (compile included: an upper bound)" if n == 0 else ""))
-        progress.update(t1 - t0)
-        end_of_epoch = t1 % steps_per_epoch == 0
-        if end_of_epoch and ((epoch + 1) % config.eval_every_epochs == 0 or t1 == total_steps):
-            progress.set_postfix_str(f"epoch {epoch + 1}: evaluating")
-            results = metrics.summarize(evaluate_test(variables_of(state)), task.class_groups)
-            writer.write_scalars(t1, results, epoch=epoch + 1, split="test")
-            if evaluate_val is not None:  # val, when there is one, chooses the best checkpoint
-                results = metrics.summarize(evaluate_val(variables_of(state)), task.class_groups)
-                writer.write_scalars(t1, results, epoch=epoch + 1, split="val")
-            # Asynchronous: the next chunk runs while orbax writes this one.
-            checkpointing.save(
-                manager, t1, state, feed.checkpoint_item(t1), {"top1": results["top1"]}
-            )
-        if t1 < total_steps and _any_process_stopping():  # SIGTERM / SIGINT: at a chunk's end
-            if manager.latest_step() != t1:
-                checkpointing.save(manager, t1, state, feed.checkpoint_item(t1), None)
-            manager.wait_until_finished()
-            progress.close()
-            writer.close()
-            raise rundir.Preempted(t1, workdir)
-    progress.close()
-    manager.wait_until_finished()
-    if start_step >= total_steps:
+    bar = progress.progress_bar(config, run.total_steps, start_step)
+    try:
+        state = _train_loop(run, state, teachers, train_fn, evaluators, writer, manager, bar)
+    finally:
+        bar.close()
+        manager.wait_until_finished()
+        writer.close()
+    if start_step >= run.total_steps:
         logging.info("run in %s is already complete (step %d)", workdir, start_step)
     manager.close()
-    writer.close()
     return state
-
-
-def _stack(step_metrics: list[dict]) -> dict:
-    """Per-step metric dicts -> one dict of [K] arrays, as `train_chunk` returns them."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *step_metrics)
-
-
-def _any_process_stopping() -> bool:
-    """Whether any process got SIGTERM / SIGINT: all of them stop at the same chunk end, so
-    a preempted pod saves one consistent checkpoint instead of hanging in a collective."""
-    stopping = rundir.stop_requested()
-    if jax.process_count() == 1:
-        return stopping
-    return bool(multihost_utils.process_allgather(np.int32(stopping)).max())
 
 
 def _make_feed(config: ml_collections.ConfigDict, train_split, mesh):
@@ -598,7 +470,7 @@ def _make_feed(config: ml_collections.ConfigDict, train_split, mesh):
 def _compile_train(config: ml_collections.ConfigDict, mesh, feed, step_kwargs: dict):
     """train_fn(state, teachers, ctx, t0, t1) -> (state, stacked [t1 - t0] metrics)."""
     repl = sharding.replicated(mesh)
-    options = cpu_ops.compiler_options(cpu_kernels(config))
+    options = cpu_ops.compiler_options(modeling.cpu_kernels(config))
     if feed.on_device:
         kwargs = dict(batch_sharding=sharding.data_sharded(mesh), **step_kwargs)
         jit = functools.partial(
@@ -616,7 +488,7 @@ def _compile_train(config: ml_collections.ConfigDict, mesh, feed, step_kwargs: d
             for i in range(t1 - t0):  # dispatched asynchronously: no host sync in between
                 state, step_metrics = p_planned(state, teachers, feed.data, plan, np.int32(i), ctx)
                 outputs.append(step_metrics)
-            return state, _stack(outputs)
+            return state, progress.stack(outputs)
 
         return planned_steps
     p_step = jax.jit(
@@ -631,17 +503,24 @@ def _compile_train(config: ml_collections.ConfigDict, mesh, feed, step_kwargs: d
         for batch in feed.batches(t1 - t0):
             state, step_metrics = p_step(state, teachers, batch, ctx)
             outputs.append(step_metrics)
-        return state, _stack(outputs)
+        return state, progress.stack(outputs)
 
     return host_chunk
 
 
-def _make_evaluator(config, mesh, model, test_split, batch_size: int, mean, std):
-    """variables -> summed per-class counts over the test split (one call when resident)."""
+def _make_evaluator(run: _Run, model, split):
+    """variables -> summed per-class counts over `split` (one call when resident)."""
+    config, mesh, batch_size, mean, std = (
+        run.config,
+        run.mesh,
+        run.eval_batch_size,
+        run.mean,
+        run.std,
+    )
     repl = sharding.replicated(mesh)
-    options = cpu_ops.compiler_options(cpu_kernels(config))
-    if config.data.device_resident and isinstance(test_split, data.ArraySplit):
-        layout = device_data.eval_layout(test_split, batch_size, mesh)
+    options = cpu_ops.compiler_options(modeling.cpu_kernels(config))
+    if config.data.device_resident and isinstance(split, data.ArraySplit):
+        layout = device_data.eval_layout(split, batch_size, mesh)
         p_eval = jax.jit(
             functools.partial(evaluate_resident, model=model, mean=mean, std=std),
             out_shardings=repl,
@@ -653,196 +532,11 @@ def _make_evaluator(config, mesh, model, test_split, batch_size: int, mean, std)
         out_shardings=repl,
         compiler_options=options,
     )
-    return lambda variables: _sum_eval_counts(p_eval_step, variables, test_split, mesh, batch_size)
-
-
-# ---------------------------------------------------------------------------------------
-# Teachers and runs that start from another run
-# ---------------------------------------------------------------------------------------
-
-
-def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """The config and task description a finished run wrote into its workdir."""
-    paths = [os.path.join(workdir, name) for name in ("config.json", "task.json")]
-    for path in paths:
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"{path} not found: {workdir} is not a ltkd_jax run directory (or the run never "
-                "started); point the config at a finished run's --workdir"
-            )
-    with open(paths[0]) as f:
-        run_config = ml_collections.ConfigDict(json.load(f))
-    with open(paths[1]) as f:
-        run_task = json.load(f)
-    return run_config, run_task
-
-
-def check_compatible(
-    what: str, workdir: str, run_config, run_task: dict, config, num_classes, image_shape
-) -> None:
-    """A teacher / init run must match the student task: dataset (and, for prepared image
-    data, its contents' fingerprint), classes, input shape."""
-    problems, fixes = [], []
-    if run_config.data.name != config.data.name:
-        problems.append(
-            f"it was trained on {run_config.data.name!r}, the student on {config.data.name!r}"
-        )
-    ours = _load_splits(config.data).train.fingerprint
-    theirs = run_task.get("data_fingerprint", "")
-    if ours and theirs and ours != theirs:
-        problems.append(
-            f"its data (fingerprint {theirs[:12]}) differs from the student's ({ours[:12]}): "
-            "another folder, or the same one with images added, removed or changed"
-        )
-        fixes.append("retrain it on this data (omit config.teacher.workdir to train it first)")
-    if run_task["num_classes"] != num_classes:
-        problems.append(f"it has {run_task['num_classes']} classes, the student task {num_classes}")
-    if tuple(run_task["image_shape"]) != tuple(image_shape):
-        problems.append(
-            f"its input shape is {tuple(run_task['image_shape'])}, the student's "
-            f"{tuple(image_shape)}"
-        )
-        fixes.append(
-            f"set the student's image size to the run's: --config.data.image_size="
-            f"{run_task['image_shape'][0]} (size={run_task['image_shape'][0]} in the folder "
-            "configs)"
-        )
-    if problems:
-        fixes.append(f"point the config at a run trained on the same dataset ({config.data.name})")
-        raise config_lib.UserError(
-            f"{what} in {workdir} does not fit this task: "
-            + "; ".join(problems)
-            + ". Fix: "
-            + ", or ".join(fixes)
-            + "."
-        )
-
-
-def _abstract_variables(model, image_shape: tuple, mesh) -> dict:
-    """Shapes, dtypes and (replicated) shardings of a model's variables, nothing allocated."""
-    shapes = jax.eval_shape(
-        functools.partial(model.init, train=False),
-        jax.random.key(0),
-        jnp.zeros((1, *image_shape), jnp.float32),
-    )
-    repl = sharding.replicated(mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
-
-
-def load_frozen(workdir: str, run_config, num_classes: int, image_shape: tuple, mesh) -> Teacher:
-    """A finished run's last checkpoint as a frozen model (methods.md 10.17: last epoch)."""
-    model = build_model(run_config, num_classes)
-    target = _abstract_variables(model, image_shape, mesh)
-    variables, step = checkpointing.restore_variables(workdir, target)
-    logging.info("%s (step %d) loaded from %s", run_config.model.name, step, workdir)
-    return Teacher(variables=variables, model=model)
-
-
-def fold_teacher(teacher: Teacher) -> Teacher:
-    """The same frozen teacher with BatchNorm folded into its convs, where its architecture
-    allows (cpu_ops.fold_batchnorm): equal outputs within float tolerance, fewer passes."""
-    model, variables = models.fold_for_inference(teacher.model, teacher.variables)
-    return Teacher(variables=variables, model=model)
-
-
-def load_teacher(config, workdir: str, num_classes: int, image_shape: tuple, mesh) -> Teacher:
-    """A teacher run, checked against the student task and `config.teacher.model`."""
-    run_config, run_task = read_run_info(workdir)
-    check_compatible("the teacher", workdir, run_config, run_task, config, num_classes, image_shape)
-    if config.teacher.model and run_config.model.name != config.teacher.model:
-        raise config_lib.UserError(
-            f"the teacher in {workdir} is a {run_config.model.name}, but config.teacher.model="
-            f"{config.teacher.model!r}; set --config.teacher.model={run_config.model.name} or "
-            "point config.teacher.workdir at the intended teacher"
-        )
-    return load_frozen(workdir, run_config, num_classes, image_shape, mesh)
-
-
-def init_from_run(state: TrainState, config, num_classes: int, image_shape: tuple) -> TrainState:
-    """Starts from a finished run's weights; the classifier is re-initialised (cRT)."""
-    workdir = config.init.workdir
-    run_config, run_task = read_run_info(workdir)
-    check_compatible(
-        "the init run", workdir, run_config, run_task, config, num_classes, image_shape
-    )
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        variables_of(state),
-    )
-    variables, step = checkpointing.restore_variables(workdir, target)
-    params = dict(variables["params"])
-    if methods.needs_of(config).frozen_backbone:
-        params["classifier"] = state.params["classifier"]  # fresh classifier to re-train
-    logging.info("initialised from %s (step %d)", workdir, step)
-    return state.replace(
-        params=params,
-        batch_stats=variables["batch_stats"],
-        opt_state=state.tx.init(params),
-    )
-
-
-def teacher_config(config: ml_collections.ConfigDict, index: int) -> ml_collections.ConfigDict:
-    """Stage 1: the teacher recipe of a distillation config (plain CE, instance sampling).
-
-    Teacher k trains with `config_lib.teacher_seed(config.seed, k)`, so no teacher shares the
-    student's initial weights, sampler order or augmentation stream. The last
-    config.teacher.color_jitter_teachers teachers add colour jitter + grayscale
-    (data.color_jitter). So CBD_ENS's vanilla_seed1/2, data_aug_seed1/2 are here teachers 0-1
-    and 2-3, four distinct seeds: the data-aug pair does not reuse the vanilla pair's seeds.
-    """
-    t = ml_collections.ConfigDict(config.to_dict())
-    t.method = "ce"
-    t.model.name = config.teacher.model
-    t.model.head = config.teacher.head
-    t.model.projection_dim = 0
-    t.num_epochs = config.teacher.num_epochs
-    t.seed = config_lib.teacher_seed(config.seed, index)
-    t.data.color_jitter = index >= config.teacher.count - config.teacher.color_jitter_teachers
-    t.data.sampler = "instance"
-    t.loss.class_weighting = "none"
-    t.teacher.workdir = ""
-    t.init.workdir = ""
-    return config_lib.lock(t)
-
-
-def teacher_workdirs(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """Where the teachers are: config.teacher.workdir, or WORKDIR/teacher[_k] to train."""
-    count = methods.num_teachers(config)
-    if config.teacher.workdir:
-        dirs = [d.strip() for d in config.teacher.workdir.split(",") if d.strip()]
-        if len(dirs) != count:
-            raise config_lib.UserError(
-                f"config.method={config.method!r} needs {count} teacher(s) but "
-                f"config.teacher.workdir names {len(dirs)}"
-            )
-        return dirs
-    if count == 1:
-        return [os.path.join(workdir, "teacher")]
-    return [os.path.join(workdir, f"teacher_{k}") for k in range(count)]
-
-
-def prepare_teachers(config: ml_collections.ConfigDict, workdir: str) -> tuple[Teacher, ...]:
-    """Loads the method's teachers, training them first (stage 1) when none is given."""
-    dirs = teacher_workdirs(config, workdir)
-    if not dirs:
-        return ()
-    if not config.teacher.workdir:
-        for k, teacher_dir in enumerate(dirs):
-            logging.info("stage 1: teacher %d of %d in %s", k + 1, len(dirs), teacher_dir)
-            train_and_evaluate(teacher_config(config, k), teacher_dir)
-    mesh = sharding.make_mesh(config.num_devices)
-    train_split, _, _ = load_task(config)
-    teachers = tuple(
-        load_teacher(config, d, train_split.num_classes, train_split.image_shape, mesh)
-        for d in dirs
-    )
-    if cpu_ops.cpu_kernels_enabled(cpu_kernels(config)):
-        teachers = tuple(fold_teacher(t) for t in teachers)
-    return teachers
+    return lambda variables: _sum_eval_counts(p_eval_step, variables, split, mesh, batch_size)
 
 
 def class_feature_means(
-    teacher: Teacher, split, mesh, batch_size: int, mean: tuple, std: tuple
+    teacher: modeling.Teacher, split, mesh, batch_size: int, mean: tuple, std: tuple
 ) -> np.ndarray:
     """Per-class mean teacher feature on un-augmented training images (methods.md 7.2)."""
 
@@ -865,75 +559,3 @@ def class_feature_means(
         )
     feature_sums, counts = totals
     return feature_sums / np.maximum(counts, 1)[:, None]
-
-
-def _progress_bar(config, total: int, initial: int):
-    from tqdm import tqdm
-
-    disable = not config.progress_bar or jax.process_index() != 0
-    return tqdm(total=total, initial=initial, disable=disable, unit="step", dynamic_ncols=True)
-
-
-def summarize_run(workdir: str) -> dict:
-    """Final and best test results of a run, read from its metrics file (the current
-    records only: those a resume replayed are dropped).
-
-    "best" is the test record of the evaluation with the highest top-1 on the val split
-    when the run has one (`selected_on` says which split chose it), else on test.
-    """
-    records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    tests = [r for r in records if r["split"] == "test"]
-    if not tests:
-        raise ValueError(f"no evaluation recorded in {workdir}/metrics.jsonl")
-    vals = [r for r in records if r["split"] == "val"]
-    if vals:
-        chosen = max(vals, key=lambda r: r["top1"])["step"]
-        best = next(r for r in tests if r["step"] == chosen)
-    else:
-        best = max(tests, key=lambda r: r["top1"])
-    return {"final": tests[-1], "best": best, "selected_on": "val" if vals else "test"}
-
-
-def format_summary(name: str, summary: dict) -> str:
-    def pct(x):
-        return "  n/a" if x is None or x != x else f"{100 * x:5.1f}"
-
-    final, best = summary["final"], summary["best"]
-    chosen = f", chosen on {summary.get('selected_on', 'test')}"
-    return (
-        f"{name:<10} final (epoch {final['epoch']}): top-1 {pct(final['top1'])}%  "
-        f"mean-class {pct(final.get('mean_class_acc'))}%  many {pct(final['many'])}%  "
-        f"medium {pct(final['medium'])}%  few {pct(final['few'])}%"
-        f"  | best top-1 {pct(best['top1'])}% (epoch {best['epoch']}{chosen})"
-    )
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """The command-line job: stage 1 teachers if needed, then the run; prints the results."""
-    from ltkd_jax import posthoc  # it builds on this module
-
-    if config.method in posthoc.POSTHOC:
-        best = posthoc.run(config, workdir)
-        rundir.write_summary(workdir, {"final": best, "best": best})
-        if jax.process_index() == 0:
-            print(format_summary("corrected", summarize_run(config.init.workdir)), flush=True)
-            name = f"{config.method} tau={best['tau']:g}"
-            print(format_summary(name, {"final": best, "best": best}), flush=True)
-        return best
-    teachers = prepare_teachers(config, workdir)
-    stage = "stage 2, the student" if teachers else "training"
-    logging.info("%s: %s in %s", stage, config.method, workdir)
-    train_and_evaluate(config, workdir, teachers=teachers)
-    summary = summarize_run(workdir)
-    rundir.write_summary(workdir, summary)
-    from ltkd_jax import report  # it builds on this module
-
-    report.write_training_reports(config, workdir)  # WORKDIR/report/, labels, preprocessing
-    if jax.process_index() == 0:
-        lines = []
-        for k, teacher_dir in enumerate(teacher_workdirs(config, workdir)):
-            name = "teacher" if len(teachers) == 1 else f"teacher_{k}"
-            lines.append(format_summary(name, summarize_run(teacher_dir)))
-        lines.append(format_summary(config.method, summary))
-        print("\n".join(lines), flush=True)
-    return summary

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from ltkd_jax import config_lib, methods, optim, train
+from ltkd_jax import config_lib, methods, modeling, optim, stage1, task_data, train
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.writers import read_jsonl
 
@@ -141,8 +141,7 @@ def _batches(n: int) -> tuple[dict, dict]:
 
 
 def _step_config(setting: str, method: str = "ce"):
-    c = config_lib.base_config()
-    c.method = method
+    c = config_lib.base_config(method)
     c.model.name, c.model.dtype, c.model.cpu_kernels = _MODEL.value, _DTYPE.value, setting
     if method == "bkd":
         c.loss.class_weighting = "reweight"
@@ -158,19 +157,19 @@ def jax_steps(setting: str, batch: dict, eval_batch: dict) -> dict[str, tuple[Ca
     batch = train.sharding.global_batch(mesh, batch)
     eval_batch = train.sharding.global_batch(mesh, eval_batch)
     mean, std = train.data.CIFAR_MEAN, train.data.CIFAR_STD
-    model = train.build_model(config, n)
+    model = modeling.build_model(config, n)
     schedule = optim.make_schedule(config.optim, 100, 200)
     tx = optim.make_optimizer(config.optim, schedule)
     options = cpu_ops.compiler_options(setting)
     teacher_vars = train.variables_of(train.create_train_state(model, tx, (32, 32, 3), 1, mesh))
-    teacher = train.Teacher(variables=teacher_vars, model=model)
-    if cpu_ops.cpu_kernels_enabled(setting):  # as train.prepare_teachers does
-        teacher = train.fold_teacher(teacher)
+    teacher = modeling.Teacher(variables=teacher_vars, model=model)
+    if cpu_ops.cpu_kernels_enabled(setting):  # as stage1.prepare_teachers does
+        teacher = modeling.fold_teacher(teacher)
     task = methods.Task(class_counts=_class_counts(n), class_groups=np.zeros(n, np.int32))
 
     out = {}
     for name, method_config, teachers in ((STEPS[0], config, ()), (STEPS[1], bkd, (teacher,))):
-        method = methods.make_method(method_config, task)
+        method = methods.make(method_config, task)
         step = jax.jit(
             functools.partial(
                 train.train_step, method=method, schedule=schedule, mean=mean, std=std
@@ -400,8 +399,7 @@ def bench_convs() -> None:
 
 def _loop_config(method: str, resident: bool, workdir_teacher: str = ""):
     """Two epochs of --loop_steps steps: the first compiles, the second is timed."""
-    c = config_lib.base_config()
-    c.method = method
+    c = config_lib.base_config(method)
     c.data.archive = _ARCHIVE.value
     c.data.device_resident = resident
     c.model.cpu_kernels = _CPU_KERNELS.value[0]
@@ -429,13 +427,13 @@ def jax_loop(resident: bool, root: str) -> tuple[float, float]:
     train.train_and_evaluate(_loop_config("ce", resident), teacher_dir)
     student_config = _loop_config("bkd", resident, teacher_dir)
     student_dir = tempfile.mkdtemp(dir=root)
-    teachers = train.prepare_teachers(student_config, student_dir)
+    teachers = stage1.prepare_teachers(student_config, student_dir)
     train.train_and_evaluate(student_config, student_dir, teachers=teachers)
     return _logged_rate(teacher_dir), _logged_rate(student_dir)
 
 
 def torch_loop(ref) -> tuple[float, float]:
-    split, _, task = train.load_task(_loop_config("ce", False))
+    split, _, task = task_data.load_task(_loop_config("ce", False))
     kwargs = {
         "num_classes": split.num_classes,
         "class_counts": task.class_counts,

@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ltkd_jax import config_lib, train
+from ltkd_jax import config_lib, finished_runs, job, stage1, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The recipe: a config file (with its argument), as for ltkd_jax.main."
@@ -153,14 +153,14 @@ def main(argv):
     recipe = _CONFIG.value
     teacher_dir = _TEACHER.value or recipe.teacher.workdir or os.path.join(_ROOT.value, "teacher")
     if not _COLLECT.value and not (_TEACHER.value or recipe.teacher.workdir):
-        train.train_and_evaluate(train.teacher_config(recipe, 0), teacher_dir)
-    rows = [("teacher", train.summarize_run(teacher_dir))]
+        train.train_and_evaluate(stage1.teacher_config(recipe, 0), teacher_dir)
+    rows = [("teacher", job.summarize_run(teacher_dir))]
     for method in _METHODS.value:
         workdir = os.path.join(_ROOT.value, method)
         if not _COLLECT.value:
-            train.run(method_config(recipe, method, teacher_dir), workdir)
-        rows.append((method, train.summarize_run(workdir)))
-    teacher_config, task = train.read_run_info(teacher_dir)
+            job.run(method_config(recipe, method, teacher_dir), workdir)
+        rows.append((method, job.summarize_run(workdir)))
+    teacher_config, task = finished_runs.read_run_info(teacher_dir)
     caption = caption_for(teacher_config, task, teacher_dir, rows[-1][1])
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     table = markdown_table(rows, caption)

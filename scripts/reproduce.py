@@ -346,12 +346,12 @@ def append_jsonl(path: str, record: dict) -> None:
 
 def execute(run: Run, env: dict) -> None:
     """Trains (or resumes) the run in this process, logging the attempt's wall time."""
-    from ltkd_jax import train
+    from ltkd_jax import job
 
     attempts = os.path.join(run.workdir, ATTEMPTS)
     start = time.time()
     append_jsonl(attempts, {"event": "start", "time": start, **env})
-    train.run(run.config, run.workdir)
+    job.run(run.config, run.workdir)
     append_jsonl(attempts, {"event": "end", "time": time.time(), "wall_s": time.time() - start})
 
 

@@ -9,16 +9,16 @@ import numpy as np
 from PIL import Image
 from tiny import tiny_config
 
-from ltkd_jax import train
+from ltkd_jax import job, task_data
 
 _RUNS: dict[str, str] = {}
 
 
 def tiny_run(tmp_path_factory) -> str:
-    """The workdir of a finished tiny digits run (train.run: it also writes the report)."""
+    """The workdir of a finished tiny digits run (job.run: it also writes the report)."""
     if "run" not in _RUNS:
         workdir = str(tmp_path_factory.mktemp("deploy") / "run")
-        train.run(tiny_config(), workdir)
+        job.run(tiny_config(), workdir)
         _RUNS["run"] = workdir
     return _RUNS["run"]
 
@@ -26,7 +26,7 @@ def tiny_run(tmp_path_factory) -> str:
 def digits_test_folder(root: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Writes the run's digits test split as root/<class>/<index>.png (8-bit grayscale);
     returns (paths in split order, uint8 images [N, 8, 8, 1], labels)."""
-    _, test, _ = train.load_task(tiny_config())
+    _, test, _ = task_data.load_task(tiny_config())
     paths = []
     for i, (image, label) in enumerate(zip(test.images, test.labels, strict=True)):
         folder = os.path.join(root, test.class_names[label])
@@ -38,4 +38,4 @@ def digits_test_folder(root: str) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def final_test_record(workdir: str) -> dict:
     """The trainer's last test evaluation of a run (what it printed)."""
-    return train.summarize_run(workdir)["final"]
+    return job.summarize_run(workdir)["final"]

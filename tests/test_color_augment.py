@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from ltkd_jax import config_lib, train
+from ltkd_jax import config_lib, stage1
 from ltkd_jax.data import ArraySplit, augment, make_train_iterator
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -149,14 +149,14 @@ def test_teacher_config_jitters_only_the_last_teachers():
     config = config_lib.base_config()
     assert config.data.color_jitter is False and config.teacher.color_jitter_teachers == 0
     config.teacher.count, config.teacher.color_jitter_teachers = 3, 1
-    flags = [train.teacher_config(config, k).data.color_jitter for k in range(3)]
+    flags = [stage1.teacher_config(config, k).data.color_jitter for k in range(3)]
     assert flags == [False, False, True]
     config.teacher.color_jitter_teachers = 0
-    assert not any(train.teacher_config(config, k).data.color_jitter for k in range(3))
+    assert not any(stage1.teacher_config(config, k).data.color_jitter for k in range(3))
 
     ens = _load("cbd_ens_imagenet_lt")
     assert (ens.teacher.count, ens.teacher.color_jitter_teachers) == (4, 2)
-    teachers = [train.teacher_config(ens, k) for k in range(4)]
+    teachers = [stage1.teacher_config(ens, k) for k in range(4)]
     assert [t.data.color_jitter for t in teachers] == [False, False, True, True]
     assert [t.seed for t in teachers] == [1000, 2000, 3000, 4000]  # never the student's 0
     assert ens.data.color_jitter is False  # the student trains without it

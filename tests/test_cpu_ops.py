@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ltkd_jax import config_lib, methods, models, optim, sharding, train
+from ltkd_jax import config_lib, methods, modeling, models, optim, sharding, train
 from ltkd_jax.models import cpu_ops
 
 pytestmark = pytest.mark.slow  # end-to-end: `pytest -m "not slow"` skips it
@@ -147,7 +147,7 @@ def test_folded_teacher_matches_unfolded(name):
     model = models.get_model(name, 10)
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
     variables = _perturbed_stats(model.init(jax.random.key(0), x, train=False))
-    teacher = train.fold_teacher(train.Teacher(variables=variables, model=model))
+    teacher = modeling.fold_teacher(modeling.Teacher(variables=variables, model=model))
     folded_model, folded = teacher.model, teacher.variables
     assert folded_model.ops == "folded" and "batch_stats" not in folded
     got = folded_model.apply(folded, x, train=False)
@@ -184,12 +184,12 @@ def _run_steps(setting: str, steps: int, *, permute: bool = False) -> dict:
     """
     config = config_lib.base_config()
     config.model.name, config.model.cpu_kernels = "resnet8", setting
-    model = train.build_model(config, 10)
+    model = modeling.build_model(config, 10)
     schedule = optim.make_schedule(config.optim, 10, 1)
     tx = optim.make_optimizer(config.optim, schedule)
     state = train.create_train_state(model, tx, (32, 32, 3), 0, sharding.make_mesh(1))
     task = methods.Task(class_counts=np.full(10, 5), class_groups=np.zeros(10, np.int32))
-    method = methods.make_method(config, task)
+    method = methods.make(config, task)
     step = jax.jit(
         functools.partial(train.train_step, method=method, schedule=schedule, mean=0.5, std=0.25),
         compiler_options=cpu_ops.compiler_options(setting),

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from conftest import REPO_ROOT
 from PIL import Image
 
-from ltkd_jax import data, train
+from ltkd_jax import data, job
 from ltkd_jax.data import image_builders
 
 TRAIN_COUNTS = (24, 12, 6)  # long-tailed already
@@ -193,7 +193,7 @@ def test_teacher_then_bkd_student_train_on_a_folder(tree, data_dir, tmp_path):
     root, _ = tree
     config = _folder_config(root, data_dir, "bkd")
     assert config.data.archive == root  # data.root is an alias of data.archive
-    summary = train.run(config, str(tmp_path / "bkd"))
+    summary = job.run(config, str(tmp_path / "bkd"))
     final = summary["final"]
     assert final["num_examples"] == sum(TEST_COUNTS)  # every test image counted once
     assert 0.0 <= final["top1"] <= 1.0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltkd_jax import config_lib, losses, metrics, train
+from ltkd_jax import config_lib, finished_runs, job, losses, metrics, task_data
 from ltkd_jax.data import longtail, sources
 from ltkd_jax.data import task as task_lib
 from ltkd_jax.writers import read_jsonl
@@ -89,19 +89,19 @@ def test_a_changed_folder_is_prepared_again_and_says_what_changed(tmp_path, capl
 
 def test_a_teacher_on_other_data_is_refused(tree, data_dir, tmp_path):
     config = folder_config(tree, data_dir)
-    ours = train._load_splits(config.data).train.fingerprint
+    ours = task_data.load_splits(config.data).train.fingerprint
     run_task = {"num_classes": 5, "image_shape": [32, 32, 3], "data_fingerprint": ours}
-    train.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
+    finished_runs.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
     run_task["data_fingerprint"] = "0" * 40
     with pytest.raises(ValueError, match="its data .fingerprint 000000000000. differs"):
-        train.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
+        finished_runs.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
 
 
 def test_a_size_mismatch_names_the_size_fix(tree, data_dir):
     config = folder_config(tree, data_dir)
     run_task = {"num_classes": 5, "image_shape": [64, 64, 3]}
     with pytest.raises(ValueError, match=r"image_size=64 \(size=64 in the folder configs\)"):
-        train.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
+        finished_runs.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
 
 
 # ---- Long-tailed subsets that make sense (item 2) --------------------------------------------
@@ -159,7 +159,7 @@ def test_an_empty_group_is_none_and_mean_class_skips_absent_classes():
     assert out["mean_class_acc"] == pytest.approx(0.45)  # (0.9 + 0) / 2, not / 3
     assert out["top1"] == pytest.approx(0.75) and out["test_imbalance"] == 5.0
     assert "NaN" not in json.dumps(out)  # nothing for TensorBoard to warn about
-    line = train.format_summary("bkd", {"final": {**out, "epoch": 1}, "best": {**out, "epoch": 1}})
+    line = job.format_summary("bkd", {"final": {**out, "epoch": 1}, "best": {**out, "epoch": 1}})
     assert "mean-class  45.0%" in line and "few   n/a%" in line
 
 
@@ -194,9 +194,9 @@ def test_summarize_run_takes_best_on_val(tmp_path):
     rows = [record("test", 1, 0.5), record("val", 1, 0.9), record("test", 2, 0.6)]
     rows.append(record("val", 2, 0.1))
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = train.summarize_run(str(tmp_path))
+    summary = job.summarize_run(str(tmp_path))
     assert summary["best"]["step"] == 1 and summary["selected_on"] == "val"
-    assert "chosen on val" in train.format_summary("ce", summary)
+    assert "chosen on val" in job.format_summary("ce", summary)
 
 
 # ---- compare.py and configs on any dataset (item 7) -----------------------------------------
@@ -243,7 +243,7 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
     )
     workdir = tmp_path / "ce"
     with caplog.at_level(logging.INFO, logger="absl"):
-        train.run(config, str(workdir))
+        job.run(config, str(workdir))
     log = " ".join(r.getMessage() for r in caplog.records)
     assert "resnet8 at 32x32x3, 3 steps per epoch" in log and "ms per step" in log
     task = json.loads((workdir / "task.json").read_text())
@@ -258,15 +258,15 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
     from conftest import load_script
 
     compare = load_script("compare")
-    run_config, run_task = train.read_run_info(str(workdir))
-    caption = compare.caption_for(run_config, run_task, "t", train.summarize_run(str(workdir)))
+    run_config, run_task = finished_runs.read_run_info(str(workdir))
+    caption = compare.caption_for(run_config, run_task, "t", job.summarize_run(str(workdir)))
     assert "imbalanced test split" in caption and "chosen on val" in caption
     assert "balanced test split" not in caption.replace("imbalanced test split", "")
 
     # A post-hoc tau is chosen on val too: the best tau is the val argmax, test is reported.
     posthoc = config_lib.with_method(config, config)
     posthoc.method, posthoc.init.workdir = "posthoc_la", str(workdir)
-    best = train.run(config_lib.lock(posthoc), str(tmp_path / "la"))
+    best = job.run(config_lib.lock(posthoc), str(tmp_path / "la"))
     records = read_jsonl(str(tmp_path / "la" / "metrics.jsonl"))
     val_top1 = [r["top1"] for r in records if r["split"] == "val"]
     tests = [r for r in records if r["split"] == "test"]

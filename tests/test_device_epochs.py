@@ -6,7 +6,7 @@ import pytest
 from test_train import params_of
 from tiny import tiny_config
 
-from ltkd_jax import sharding, train
+from ltkd_jax import progress, sharding, train
 from ltkd_jax.data import device, load_digits, make_train_iterator, pipeline
 from ltkd_jax.writers import read_jsonl
 
@@ -114,7 +114,7 @@ def test_killed_device_run_resumes_bit_exact(device_run, tmp_path, kill_after_fi
 
 def test_non_finite_guard_names_the_first_bad_step_of_a_chunk():
     chunk = {"loss": np.array([1.0, 2.0, np.nan, np.inf]), "lr": np.array([0.1, np.inf, 0.1, 0.1])}
-    assert train._first_non_finite(10, chunk) == (12, {"lr": np.inf})
-    assert train._first_non_finite(10, {"loss": np.ones(3)}) is None
+    assert progress.first_non_finite(10, chunk) == (12, {"lr": np.inf})
+    assert progress.first_non_finite(10, {"loss": np.ones(3)}) is None
     with pytest.raises(FloatingPointError, match="at step 12: "):
-        train._check_finite(10, chunk, "/tmp/run")
+        progress.check_finite(10, chunk, "/tmp/run")

@@ -9,7 +9,17 @@ import pytest
 from test_train import assert_trees_close, params_of
 from tiny import tiny_config
 
-from ltkd_jax import checkpointing, config_lib, losses, methods, train
+from ltkd_jax import (
+    checkpointing,
+    config_lib,
+    finished_runs,
+    job,
+    losses,
+    methods,
+    modeling,
+    stage1,
+    train,
+)
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.writers import read_jsonl
 
@@ -62,7 +72,7 @@ def student_runs(teacher_dir, tmp_path_factory):
     for method in METHOD_OVERRIDES:
         workdir = str(tmp_path_factory.mktemp(method))
         config = student_config(method, teacher_dir)
-        teachers = train.prepare_teachers(config, workdir)
+        teachers = stage1.prepare_teachers(config, workdir)
         before = jax.tree.map(np.array, [t.variables for t in teachers])
         state = train.train_and_evaluate(config, workdir, teachers=teachers)
         after = jax.tree.map(np.array, [t.variables for t in teachers])
@@ -87,9 +97,11 @@ def test_teachers_are_bitwise_unchanged(student_runs, teacher_dir):
         jax.tree.map(np.testing.assert_array_equal, run["before"], run["after"])
     # And the teacher on disk is what the students were given (BatchNorm folded on the CPU).
     config = student_config("kd", teacher_dir)
-    restored = train.load_teacher(config, teacher_dir, 10, (8, 8, 1), train.sharding.make_mesh(1))
+    restored = finished_runs.load_teacher(
+        config, teacher_dir, 10, (8, 8, 1), train.sharding.make_mesh(1)
+    )
     if cpu_ops.cpu_kernels_enabled(config.model.cpu_kernels):
-        restored = train.fold_teacher(restored)
+        restored = modeling.fold_teacher(restored)
     jax.tree.map(
         np.testing.assert_array_equal,
         jax.tree.map(np.asarray, restored.variables),
@@ -111,11 +123,11 @@ def test_student_run_resumes_after_a_kill(
 ):
     config = student_config("bkd", teacher_dir)
     with pytest.raises(KeyboardInterrupt):
-        train.run(config, str(tmp_path))
+        job.run(config, str(tmp_path))
     kill_after_first_save.undo()
-    train.run(config, str(tmp_path))
+    job.run(config, str(tmp_path))
     resumed = train.train_and_evaluate(
-        config, str(tmp_path), teachers=train.prepare_teachers(config, str(tmp_path))
+        config, str(tmp_path), teachers=stage1.prepare_teachers(config, str(tmp_path))
     )
     reference = student_runs["bkd"]["state"]
     assert_trees_close(params_of(resumed), params_of(reference), rtol=1e-5, atol=1e-6)
@@ -145,16 +157,16 @@ def test_mismatched_teacher_is_rejected_with_the_reason(teacher_dir, tmp_path, e
     bad = _edited_run(teacher_dir, tmp_path, edit)
     config = student_config("kd", bad)
     with pytest.raises(ValueError, match=message):
-        train.prepare_teachers(config, str(tmp_path / "student"))
+        stage1.prepare_teachers(config, str(tmp_path / "student"))
 
 
 def test_wrong_teacher_architecture_and_missing_teacher(teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="is a resnet8"):
-        train.prepare_teachers(
+        stage1.prepare_teachers(
             student_config("kd", teacher_dir, **{"teacher.model": "resnet20"}), str(tmp_path)
         )
     with pytest.raises(FileNotFoundError, match="not a ltkd_jax run"):
-        train.prepare_teachers(student_config("kd", str(tmp_path / "nothing")), str(tmp_path))
+        stage1.prepare_teachers(student_config("kd", str(tmp_path / "nothing")), str(tmp_path))
     with pytest.raises(ValueError, match="needs 1 teacher"):
         train.train_and_evaluate(student_config("kd", teacher_dir), str(tmp_path))
 
@@ -167,7 +179,7 @@ def test_crt_retrains_only_the_classifier(teacher_dir, tmp_path):
         **{"init.workdir": teacher_dir, "data.sampler": "class_balanced"},
     )
     state = train.train_and_evaluate(config, str(tmp_path))
-    start = train.load_teacher(
+    start = finished_runs.load_teacher(
         tiny_config(**{"teacher.model": "resnet8"}),
         teacher_dir,
         10,
@@ -188,16 +200,16 @@ def test_crt_retrains_only_the_classifier(teacher_dir, tmp_path):
 def test_epoch_dependent_weights_switch_at_the_drw_epoch():
     counts = np.array([500, 100, 20, 5])
     task = methods.Task(class_counts=counts, class_groups=np.zeros(4, np.int32))
-    config = config_lib.base_config()
-    config.method, config.loss.class_weighting = "bkd", "drw"
-    method = methods.make_method(config, task)
+    config = config_lib.base_config("bkd")
+    config.loss.class_weighting = "drw"
+    method = methods.make(config, task)
     np.testing.assert_array_equal(method.epoch_context(159)["class_weights"], np.ones(4))
     np.testing.assert_allclose(
         method.epoch_context(160)["class_weights"], losses.effective_number_weights(counts)
     )
     config.loss.class_weighting = "reweight"  # CIFAR-100 rule: weighted from epoch 0
     np.testing.assert_allclose(
-        methods.make_method(config, task).epoch_context(0)["class_weights"],
+        methods.make(config, task).epoch_context(0)["class_weights"],
         losses.effective_number_weights(counts),
     )
 
@@ -205,9 +217,8 @@ def test_epoch_dependent_weights_switch_at_the_drw_epoch():
 def test_dkd_distillation_term_warms_up_over_epochs():
     counts = np.array([50, 20, 5])
     task = methods.Task(class_counts=counts, class_groups=np.zeros(3, np.int32))
-    config = config_lib.base_config()
-    config.method = "dkd"
-    method = methods.make_method(config, task)
+    config = config_lib.base_config("dkd")
+    method = methods.make(config, task)
     rng = np.random.default_rng(0)
     student = methods.ModelOutput(rng.normal(size=(4, 3)).astype(np.float32), np.zeros((4, 2)))
     teacher = methods.ModelOutput(rng.normal(size=(4, 3)).astype(np.float32), np.zeros((4, 2)))
@@ -225,11 +236,11 @@ def test_dkd_distillation_term_warms_up_over_epochs():
 
 
 def test_method_head_requirements_are_validated():
-    config = config_lib.base_config()
-    config.method = "ldam_drw"
+    config = config_lib.base_config("ldam_drw")
     with pytest.raises(ValueError, match="--config.model.head=normed"):
         config_lib.validate_config(config)
-    config.method, config.model.head = "crt", "linear"
+    config = config_lib.set_method(config, "crt")
+    config.model.head = "linear"
     with pytest.raises(ValueError, match="config.init.workdir"):
         config_lib.validate_config(config)
 
@@ -242,15 +253,15 @@ def _compare_module():
 
 def test_compare_writes_a_table_and_a_per_class_plot(student_runs, teacher_dir, tmp_path):
     compare = _compare_module()
-    rows = [("teacher", train.summarize_run(teacher_dir))] + [
-        (m, train.summarize_run(student_runs[m]["workdir"])) for m in ("kd", "bkd")
+    rows = [("teacher", job.summarize_run(teacher_dir))] + [
+        (m, job.summarize_run(student_runs[m]["workdir"])) for m in ("kd", "bkd")
     ]
     table = compare.markdown_table(rows, "Short CPU schedule.")
     body = [line for line in table.splitlines() if line.startswith("| ") and "top-1" not in line]
     assert [line.split("|")[1].strip() for line in body] == ["teacher", "kd", "bkd"]
     top1 = float(body[2].split("|")[2])
     np.testing.assert_allclose(top1, 100 * rows[2][1]["final"]["top1"], atol=0.006)
-    _, task = train.read_run_info(teacher_dir)
+    _, task = finished_runs.read_run_info(teacher_dir)
     path = tmp_path / "plot.png"
     compare.plot_per_class(rows, np.asarray(task["class_counts"]), str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -263,14 +274,14 @@ def test_compare_writes_a_table_and_a_per_class_plot(student_runs, teacher_dir, 
 @pytest.mark.parametrize("method", ["tau_norm", "posthoc_la"])
 def test_posthoc_corrections_evaluate_a_tau_grid(teacher_dir, tmp_path, method):
     config = tiny_config(method=method, num_devices=1, **{"init.workdir": teacher_dir})
-    best = train.run(config, str(tmp_path))
+    best = job.run(config, str(tmp_path))
     records = read_jsonl(str(tmp_path / "metrics.jsonl"))
     taus = [r["tau"] for r in records]
     np.testing.assert_allclose(taus, np.arange(21) / 10)
     assert best["top1"] == max(r["top1"] for r in records)
     # tau = 0 leaves predictions unchanged for post-hoc LA; for tau-norm it only drops the bias.
     if method == "posthoc_la":
-        final = train.summarize_run(teacher_dir)["final"]
+        final = job.summarize_run(teacher_dir)["final"]
         np.testing.assert_allclose(records[0]["top1"], final["top1"], atol=1e-6)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from deploy_helpers import digits_test_folder, final_test_record, tiny_run
 
-from ltkd_jax import evaluate, inference
+from ltkd_jax import evaluate, inference, job
 
 GROUPS = ("top1", "many", "medium", "few")
 
@@ -27,7 +27,7 @@ def folder(tmp_path_factory):
 
 
 def test_report_written_after_training(workdir):
-    """train.run writes WORKDIR/report/ (the trainer's own numbers) and the metadata files."""
+    """job.run writes WORKDIR/report/ (the trainer's own numbers) and the metadata files."""
     report = json.load(open(os.path.join(workdir, "report", "report.json")))
     final = final_test_record(workdir)
     for key in GROUPS:
@@ -106,7 +106,7 @@ def test_evaluate_reproduces_a_folder_run(tmp_path, in_memory):
     folder through `evaluate` gives the trainer's numbers exactly."""
     from test_data_folder import make_tree  # noqa: PLC0415
 
-    from ltkd_jax import config_lib, train  # noqa: PLC0415
+    from ltkd_jax import config_lib  # noqa: PLC0415
 
     root = str(tmp_path / "mydata")
     make_tree(root)
@@ -117,7 +117,7 @@ def test_evaluate_reproduces_a_folder_run(tmp_path, in_memory):
     c.model.name, c.num_epochs, c.batch_size, c.eval_batch_size = "resnet8", 1, 16, 8
     c.max_steps_per_epoch, c.optim.warmup_epochs, c.progress_bar = 2, 0, False
     workdir = str(tmp_path / "run")
-    train.run(config_lib.lock(c), workdir)
+    job.run(config_lib.lock(c), workdir)
     if in_memory == "no":  # an older run: labels and preprocessing derived from the dataset
         os.remove(os.path.join(workdir, inference.LABELS_FILE))
         os.remove(os.path.join(workdir, inference.PREPROCESS_FILE))

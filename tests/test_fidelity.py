@@ -9,7 +9,7 @@ import optax
 import pytest
 from test_configs import CONFIG_DIR, _load
 
-from ltkd_jax import config_lib, losses, methods, models, optim, train
+from ltkd_jax import config_lib, losses, methods, models, optim, stage1
 from ltkd_jax.methods import ModelOutput
 
 
@@ -26,13 +26,13 @@ def test_cbd_effective_weight_decay_is_half_the_official_config(name, official_w
     updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(theta), theta)
     np.testing.assert_allclose(updates["w"], -(official_wd / 2) * theta["w"], rtol=1e-6)
     # The stage-1 teachers are built from the same optimiser section.
-    assert train.teacher_config(config, 0).optim.weight_decay == config.optim.weight_decay
+    assert stage1.teacher_config(config, 0).optim.weight_decay == config.optim.weight_decay
 
 
 @pytest.mark.parametrize("name, arg", [("bkd_cifar", None), ("cbd_ens_imagenet_lt", None)])
 def test_teacher_seeds_differ_from_the_student_and_each_other(name, arg):
     _, config = _load(CONFIG_DIR / f"{name}.py", arg)
-    seeds = [train.teacher_config(config, k).seed for k in range(methods.num_teachers(config))]
+    seeds = [stage1.teacher_config(config, k).seed for k in range(methods.num_teachers(config))]
     assert config.seed not in seeds
     assert len(set(seeds)) == len(seeds)
     # Across a table over seeds 0..999, no teacher reuses any student's seed.
@@ -41,7 +41,7 @@ def test_teacher_seeds_differ_from_the_student_and_each_other(name, arg):
 
 def _kd_loss_value(config, counts):
     task = methods.Task(class_counts=counts, class_groups=np.zeros(len(counts), np.int32))
-    method = methods.make_method(config, task)
+    method = methods.make(config, task)
     rng = np.random.default_rng(0)
     student = ModelOutput(jnp.asarray(rng.normal(size=(6, len(counts)))), jnp.zeros((6, 1)))
     teacher = ModelOutput(jnp.asarray(rng.normal(size=(6, len(counts)))), jnp.zeros((6, 1)))

@@ -10,7 +10,7 @@ import pytest
 from deploy_helpers import digits_test_folder, final_test_record, tiny_run
 from PIL import Image
 
-from ltkd_jax import inference, predict, sharding, train
+from ltkd_jax import finished_runs, inference, predict, sharding, task_data, train
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,13 @@ def folder(tmp_path_factory):
 
 
 def trainer_predictions(workdir: str, images: np.ndarray) -> np.ndarray:
-    """Argmax of the trainer's own evaluation forward pass (train.load_frozen + eval inputs)."""
-    config, task = train.read_run_info(workdir)
+    """Argmax of the trainer's evaluation forward pass (finished_runs.load_frozen, eval inputs)."""
+    config, task = finished_runs.read_run_info(workdir)
     shape = tuple(task["image_shape"])
-    frozen = train.load_frozen(workdir, config, task["num_classes"], shape, sharding.make_mesh(1))
-    mean, std = train.input_stats(config, shape)
+    frozen = finished_runs.load_frozen(
+        workdir, config, task["num_classes"], shape, sharding.make_mesh(1)
+    )
+    mean, std = task_data.input_stats(config, shape)
     logits, _ = frozen.model.apply(
         frozen.variables, train.preprocess(images, mean, std), train=False
     )

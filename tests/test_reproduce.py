@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from ltkd_jax import config_lib, tables
+from ltkd_jax import config_lib, stage1, tables
 from ltkd_jax.data.longtail import longtail_counts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,13 +126,12 @@ def test_tables_have_the_issue_rows_and_link_to_one_teacher_per_seed(name, keys,
 
 @pytest.mark.parametrize("name", CIFAR_TABLES)
 def test_the_teacher_run_is_the_teacher_the_students_would_train(name, tmp_path):
-    """The shared CE teacher equals stage 1 of the students' own config (train.teacher_config)."""
-    from ltkd_jax import train
+    """The shared CE teacher equals stage 1 of the students' own config (stage1.teacher_config)."""
 
     runs = reproduce.plan_table(tables.TABLES[name], [3], str(tmp_path), "")
     teacher = runs[0].config
     student = next(r for r in runs if r.row.key == "bkd").config
-    expected = train.teacher_config(student, 0)
+    expected = stage1.teacher_config(student, 0)
     for field in ("method", "seed", "num_epochs", "batch_size", "eval_batch_size"):
         assert teacher[field] == expected[field], field
     for section in ("data", "model", "optim"):

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO_ROOT, SHARED_DATA
 from tiny import tiny_config
 
-from ltkd_jax import checkpointing, config_lib, data, train
+from ltkd_jax import checkpointing, config_lib, data, job, train
 from ltkd_jax.writers import read_jsonl
 
 CIFAR100_ZIP = SHARED_DATA / "cifar100-png.zip"
@@ -146,7 +146,7 @@ def test_cifar100_lt_short_run_trains_evaluates_and_resumes(tmp_path):
     config.progress_bar = False
     state = train.train_and_evaluate(config, workdir)
     assert int(state.step) == 2
-    result = train.summarize_run(workdir)["final"]
+    result = job.summarize_run(workdir)["final"]
     assert result["num_examples"] == 10_000
     assert all(np.isfinite(result[g]) for g in ("many", "medium", "few"))
     task = json.load(open(os.path.join(workdir, "task.json")))

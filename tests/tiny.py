@@ -9,8 +9,9 @@ from ltkd_jax import config_lib
 
 
 def tiny_config(**overrides):
-    """Digits-LT, ResNet-8, 2 epochs x 3 steps: seconds on a CPU."""
-    c = config_lib.base_config()
+    """Digits-LT, ResNet-8, 2 epochs x 3 steps: seconds on a CPU. A `method` override
+    comes with that method's own `config.loss` defaults."""
+    c = config_lib.base_config(overrides.pop("method", "ce"))
     c.data.name = "digits"
     c.data.imbalance_factor = 10.0
     c.data.augment = "none"

@@ -20,6 +20,8 @@ from ltkd_jax.data.sources import DataSplits, Split
 # An evaluated split whose largest class has more than this many times the images of its
 # smallest is called imbalanced in the logs (top-1 then favours the head classes).
 IMBALANCED_TEST_RATIO = 1.5
+# How classes are grouped for the many / medium / few report (docs/evaluation.md).
+EVAL_GROUPS = ("shot", "tail33")
 
 
 @dataclasses.dataclass(frozen=True)

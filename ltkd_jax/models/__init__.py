@@ -34,6 +34,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnext50_32x4d": resnet.resnext50_32x4d,
 }
 
+# Compute dtypes by config name (config.model.dtype); parameters stay float32.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 # Models built from resnet_cifar's layers, which take `ops` (cpu_ops.OPS).
 CPU_OPS_MODELS = tuple(
     name for name, fn in MODELS.items() if fn.func.__module__ == resnet_cifar.__name__

@@ -1,0 +1,203 @@
+"""What a method module declares, and the pieces every method shares.
+
+A method module (``ltkd_jax/methods/<name>.py``) holds its pure loss function(s) and a
+``METHODS`` tuple of `Spec`s, one per name it registers. A `Spec` gives the registry:
+
+- ``config()``: the method's own ``config.loss`` section, every field with its default and a
+  comment (the command line shows them: ``--print_config``);
+- ``validate(config) -> [errors]``: checks run by ``config_lib.validate_config`` before any
+  data or teacher is read;
+- ``needs(config) -> Needs``: what the trainer must provide (teachers, their class feature
+  means, a frozen backbone, a particular classifier head);
+- ``student_parts(config, teacher_widths) -> StudentParts``: learnable modules the method
+  adds to the student (CBD's projection, KRDistill's regressor), under their own parameter
+  subtrees; the backbones know nothing of them;
+- ``make(config, task) -> loss(student, labels, teachers, ctx)``: the function the jitted
+  train step calls. ``student`` is a `ModelOutput`, ``teachers`` a tuple of them (empty
+  without a teacher), ``ctx`` the per-epoch arrays of `epoch_context`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ltkd_jax.methods import primitives
+
+
+class ModelOutput(NamedTuple):
+    logits: jnp.ndarray
+    features: jnp.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What a method asks of the trainer."""
+
+    teachers: int = 0  # 0: none; 1: one frozen teacher; -1: config.teacher.count of them
+    feature_means: bool = False  # per-class mean teacher features on the training set
+    frozen_backbone: bool = False  # only the classifier trains (cRT)
+    head: str | None = None  # the student head the loss assumes
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentParts:
+    """Modules a method adds to the student network (see `models.Network`).
+
+    ``neck`` maps the pooled features before the classifier (the classifier sees its output);
+    ``side`` maps the features the loss receives, after the classifier (it does not change
+    the logits). Each exposes its output width as ``features``.
+    """
+
+    neck: nn.Module | None = None
+    side: nn.Module | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Facts about the training data a loss may need."""
+
+    class_counts: np.ndarray
+    class_groups: np.ndarray
+    dataset: str = ""
+    teacher_feature_means: np.ndarray | None = None
+
+
+LossFn = Callable[[ModelOutput, jnp.ndarray, tuple, dict], tuple]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A method made for one config and task: what the trainer runs."""
+
+    name: str
+    loss: LossFn
+    epoch_context: Callable[[int], dict]
+    needs: Needs = Needs()
+
+
+def _no_needs(config: ml_collections.ConfigDict) -> Needs:
+    return Needs()
+
+
+def _no_checks(config: ml_collections.ConfigDict) -> list[str]:
+    return []
+
+
+def _no_parts(config: ml_collections.ConfigDict, teacher_widths: tuple[int, ...]) -> StudentParts:
+    return StudentParts()
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A registry entry; see the module docstring."""
+
+    name: str
+    config: Callable[[], ml_collections.ConfigDict]
+    make: Callable[[ml_collections.ConfigDict, Task], LossFn]
+    needs: Callable[[ml_collections.ConfigDict], Needs] = _no_needs
+    validate: Callable[[ml_collections.ConfigDict], list[str]] = _no_checks
+    student_parts: Callable[[ml_collections.ConfigDict, tuple[int, ...]], StudentParts] = _no_parts
+    doc: str = ""  # the method's documentation: its module's docstring
+
+
+def one_teacher(config: ml_collections.ConfigDict) -> Needs:
+    return Needs(teachers=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Class weighting, shared by the methods that weight their CE (or their KD target) by class
+# ---------------------------------------------------------------------------------------
+
+WEIGHTINGS = ("none", "reweight", "drw")
+
+
+def add_class_weighting(c: ml_collections.ConfigDict, default: str = "none") -> None:
+    """Adds the class-weighting fields to a method's config section."""
+    # Class weights: none | reweight (effective number from epoch 0) | drw (effective
+    # number from loss.drw_epoch, ones before; Cao et al. 2019).
+    c.class_weighting = default
+    c.cb_beta = 0.9999  # beta of the effective number of samples (Cui et al. 2019)
+    c.drw_epoch = 160  # first (0-based) epoch of drw's weights
+
+
+def check_class_weighting(config: ml_collections.ConfigDict) -> list[str]:
+    loss = config.loss
+    errors = check_choice("loss.class_weighting", loss.class_weighting, WEIGHTINGS)
+    if not 0 <= loss.cb_beta < 1:
+        errors.append(f"config.loss.cb_beta={loss.cb_beta} must be in [0, 1), e.g. 0.9999")
+    if loss.drw_epoch < 0:
+        errors.append(f"config.loss.drw_epoch={loss.drw_epoch} must be >= 0")
+    return errors
+
+
+def class_weights_for_epoch(
+    weighting: str, class_counts: np.ndarray, epoch: int, *, beta: float, drw_epoch: int
+) -> np.ndarray:
+    """Per-class weights by rule: none, reweight (from epoch 0) or drw (from drw_epoch)."""
+    if weighting == "none" or (weighting == "drw" and epoch < drw_epoch):
+        return np.ones(len(class_counts), np.float32)
+    if weighting in ("reweight", "drw"):
+        weights = primitives.effective_number_weights(class_counts, beta=beta)
+        return np.asarray(weights, np.float32)
+    raise ValueError(
+        f"config.loss.class_weighting={weighting!r} is not known; choose one of {WEIGHTINGS}"
+    )
+
+
+def epoch_context(config: ml_collections.ConfigDict, task: Task) -> Callable[[int], dict]:
+    """{'epoch', 'class_weights'} for every method: one structure, so a new epoch never
+    recompiles the step. Methods without class weighting get ones."""
+    loss = config.loss
+
+    def context(epoch: int) -> dict:
+        weights = class_weights_for_epoch(
+            loss.get("class_weighting", "none"),
+            task.class_counts,
+            epoch,
+            beta=loss.get("cb_beta", 0.9999),
+            drw_epoch=loss.get("drw_epoch", 0),
+        )
+        return {"epoch": np.float32(epoch), "class_weights": weights}
+
+    return context
+
+
+def weights_or_none(config: ml_collections.ConfigDict, ctx: dict):
+    """Class weights for losses where 'no weights' differs from weights of one."""
+    return None if config.loss.class_weighting == "none" else ctx["class_weights"]
+
+
+# ---------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------
+
+
+def check_choice(field: str, value, choices) -> list[str]:
+    if value in choices:
+        return []
+    return [f"config.{field}={value!r} is not known; choose one of {list(choices)}"]
+
+
+def check_positive(config: ml_collections.ConfigDict, *names: str) -> list[str]:
+    """config.loss.<name> > 0 for each name."""
+    return [
+        f"config.loss.{name}={config.loss[name]} must be > 0"
+        for name in names
+        if not config.loss[name] > 0
+    ]
+
+
+def check_non_negative(config: ml_collections.ConfigDict, *names: str) -> list[str]:
+    """config.loss.<name> >= 0 for each name (a loss weight of 0 switches its term off)."""
+    return [
+        f"config.loss.{name}={config.loss[name]} must be >= 0"
+        for name in names
+        if not config.loss[name] >= 0
+    ]

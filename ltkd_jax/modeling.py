@@ -1,0 +1,65 @@
+"""The networks a config describes: the student (backbone, head and the method's own parts),
+frozen teachers, and the helpers every stage shares to build and restore them."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import struct
+
+from ltkd_jax import methods, models, sharding
+from ltkd_jax.models import cpu_ops
+
+
+@struct.dataclass
+class Teacher:
+    """A frozen teacher: its module (static) and its variables (a constant pytree)."""
+
+    variables: dict
+    model: Any = struct.field(pytree_node=False)
+
+
+def cpu_kernels(config: ml_collections.ConfigDict) -> str:
+    """config.model.cpu_kernels; 'auto' for runs recorded before the field existed."""
+    return config.model.get("cpu_kernels", "auto")
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+    """The network of `config`: its backbone and head, plus the learnable parts its method
+    adds (`methods.student_parts`), from the config alone, so a finished run is rebuilt
+    exactly as it was trained."""
+    m = config.model
+    parts = methods.student_parts(config)
+    return models.get_model(
+        m.name,
+        num_classes,
+        head=m.head,
+        dtype=models.DTYPES[m.dtype],
+        neck=parts.neck,
+        side=parts.side,
+        ops=cpu_ops.model_ops(cpu_kernels(config)),
+        # Runs recorded before the field existed lack it; it only changes the initial state.
+        zero_init_residual=m.get("zero_init_residual", False),
+    )
+
+
+def abstract_variables(model, image_shape: tuple, mesh) -> dict:
+    """Shapes, dtypes and (replicated) shardings of a model's variables, nothing allocated."""
+    shapes = jax.eval_shape(
+        functools.partial(model.init, train=False),
+        jax.random.key(0),
+        jnp.zeros((1, *image_shape), jnp.float32),
+    )
+    repl = sharding.replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
+
+
+def fold_teacher(teacher: Teacher) -> Teacher:
+    """The same frozen teacher with BatchNorm folded into its convs, where its architecture
+    allows (cpu_ops.fold_batchnorm): equal outputs within float tolerance, fewer passes."""
+    model, variables = models.fold_for_inference(teacher.model, teacher.variables)
+    return Teacher(variables=variables, model=model)
