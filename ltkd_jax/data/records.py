@@ -3,8 +3,8 @@
 A `RecordSplit` wraps a random-access source (`tfds.data_source` over ArrayRecord, or
 `tfds.testing.mock_data`) plus the record ids of its examples. Labels are read once without
 decoding any image (`SkipDecoding` + `__getitems__`) and cached next to the data, so class
-counts and shot groups (methods.md 3) cost no decode. Images stay encoded until a grain worker
-decodes and transforms them (`ltkd_jax.data.pipeline`).
+counts and shot groups (docs/evaluation.md#shot-groups) cost no decode. Images stay encoded
+until a grain worker decodes and transforms them (`ltkd_jax.data.pipeline`).
 
 `ArraySplit` (sources.py) and `RecordSplit` share: `labels`, `num_classes`, `class_names`,
 `image_shape`, `__len__`, `subset`, `class_counts`.

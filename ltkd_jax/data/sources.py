@@ -1,11 +1,12 @@
 """Train/test splits: CIFAR-10/100 and sklearn digits decoded into RAM; ImageNet-LT, Places-LT,
 iNaturalist 2018 and a user's image folders read per example (`records.RecordSplit`) or, when
-small, decoded into RAM. `load_splits` dispatches on the dataset name (methods.md 2).
+small, decoded into RAM. `load_splits` dispatches on the dataset name (docs/data.md#datasets).
 
 CIFAR-sized data fits in RAM (50k x 32x32x3 uint8 = 150 MB), so each split is decoded once from
 the prepared ArrayRecord files and cached as `.npy` next to them; later loads take a fraction of
-a second (style.md 2.c). Train images are ordered by (label, index within class) — the original
-within-class order — which the LDAM-DRW long-tail generator needs (methods.md 2.1).
+a second. Train images are ordered by (label, index within class) — the original
+within-class order — which the LDAM-DRW long-tail generator needs
+(docs/data.md#long-tailed-cifar-subsets).
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ DATASETS = ("cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat20
 IN_MEMORY = ("auto", "yes", "no")
 # `in_memory='auto'` decodes into RAM when all images at image_size take at most this much.
 IN_MEMORY_AUTO_BYTES = 2 << 30
-DEFAULT_IMAGE_SIZE = 224  # ImageNet-style datasets (methods.md 5.3, 8.3)
+DEFAULT_IMAGE_SIZE = 224  # ImageNet-style datasets (docs/data.md#large-scale-benchmarks)
 # A folder's validation split (it selects checkpoints) when it also has a test split.
 VAL_SPLIT_NAMES = ("val", "validation")
 
 
 @dataclasses.dataclass(frozen=True)
 class ListBenchmark:
-    """A benchmark defined by list files of `relative/path label` lines (methods.md 2.2)."""
+    """A benchmark defined by list files of `relative/path label` lines (docs/data.md#datasets)."""
 
     num_classes: int
     list_files: dict[str, str]  # split -> list file name (in data.list_dir)
@@ -251,7 +252,7 @@ def _benchmark_splits(
             raise FileNotFoundError(
                 f"{name} list files not found: {missing}. Put the benchmark's list files "
                 f"({', '.join(bench.list_files.values())}) in one folder and pass "
-                "--config.data.list_dir=/that/folder (methods.md 2.2)."
+                "--config.data.list_dir=/that/folder (docs/data.md#datasets)."
             )
         index = image_builders.list_index(files, bench.num_classes)
         slug = image_builders.dataset_slug(name, store.root, "|".join(sorted(files.values())))
