@@ -4,7 +4,8 @@
 balanced test split (CIFAR-LT, ImageNet-LT) it equals top-1, on an imbalanced one (a
 user's folder) top-1 is dominated by the head classes. The many / medium / few scores are
 unweighted means of per-class accuracy within each group, with groups defined by
-*training* counts (methods.md 3). Classes without test images are left out of every mean.
+*training* counts (docs/evaluation.md#shot-groups). Classes without test images are left
+out of every mean.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Optimiser and learning-rate schedules built from `config.optim`.
 
-The BKD / LDAM-DRW recipe (methods.md 5.3) sets the learning rate *per epoch*: a linear
+The BKD / LDAM-DRW recipe (docs/recipes.md#bkd-cifar-recipe; `adjust_learning_rate` in BKD's
+train_student.py) sets the learning rate *per epoch*: a linear
 warm-up `lr * (e + 1) / warmup` for the first epochs, then multiplicative drops at fixed
 epochs. The schedules here are functions of the optimiser step and derive the epoch as
 `step // steps_per_epoch`, so they stay inside the compiled step and never recompile.
@@ -23,7 +24,7 @@ def step_schedule(
     decay_epochs: tuple[int, ...],
     decay_factor: float,
 ) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """Per-epoch warm-up plus step decay (TV15: 0.02, 0.04, 0.1, ..., 1e-3 at 160, 1e-5 at 180)."""
+    """Per-epoch warm-up plus step decay (BKD: 0.02, 0.04, 0.1, ..., 1e-3 at 160, 1e-5 at 180)."""
     boundaries = jnp.asarray(sorted(decay_epochs), jnp.int32)
 
     def schedule(step):
@@ -39,7 +40,7 @@ def step_schedule(
 def cosine_schedule(
     base_lr: float, steps_per_epoch: int, *, warmup_epochs: int, num_epochs: int
 ) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """Linear warm-up over whole epochs, then per-step cosine decay to 0 (CBD, methods.md 8.3)."""
+    """Linear warm-up over whole epochs, then per-step cosine decay to 0 (docs/recipes.md)."""
     total = steps_per_epoch * num_epochs
     warmup = steps_per_epoch * warmup_epochs
     if warmup == 0:
@@ -74,7 +75,7 @@ def make_optimizer(
     """SGD with momentum and *coupled* weight decay on every parameter, as PyTorch's SGD does.
 
     PyTorch adds `wd * p` to the gradient before the momentum buffer; `add_decayed_weights`
-    placed before `sgd` does exactly that (methods.md 10.13: BN and biases decayed too).
+    placed before `sgd` does exactly that, BN and biases included (docs/recipes.md#optimiser).
     """
     return optax.chain(
         optax.add_decayed_weights(optim.weight_decay),

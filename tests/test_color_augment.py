@@ -1,4 +1,5 @@
-"""Colour jitter + grayscale (methods.md 8.1): the op, its pipeline threading, teacher configs."""
+"""Colour jitter + grayscale (docs/data.md#colour-jitter): the op, its pipeline threading,
+teacher configs."""
 
 import importlib.util
 import pathlib

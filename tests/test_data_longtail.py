@@ -1,4 +1,4 @@
-"""Long-tailed counts, LDAM-DRW subset parity and shot groups (methods.md 2.1, 3, TV15)."""
+"""Long-tailed counts, LDAM-DRW subset parity and shot groups (docs/data.md, docs/evaluation.md)."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,8 @@ from ltkd_jax.data import (
 )
 from ltkd_jax.data.longtail import tail33_groups
 
-# methods.md 2.1 table: (C, n_max, IF, total, last count, many/medium/few classes).
+# LDAM-DRW's exp profile (imbalance_cifar.py): (C, n_max, IF, total, last count,
+# many/medium/few classes).
 TABLE = [
     (10, 5000, 100, 12406, 50, (8, 2, 0)),
     (10, 5000, 50, 13996, 100, (9, 1, 0)),

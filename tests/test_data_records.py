@@ -1,5 +1,6 @@
 """Record splits: TFDS builders via mock_data, list-file benchmarks, eval counting, the CBD
-stream resampler (methods.md 8.2, TV14) and ImageNet-style augmentation (methods.md 8.3)."""
+stream resampler (docs/sampling.md#cbd-stream) and ImageNet-style augmentation
+(docs/data.md#augmentation)."""
 
 import io
 import os
@@ -120,7 +121,7 @@ def test_every_eval_example_counts_exactly_once(n, process_count, kind):
 
 
 def test_cbd_stream_ratios_and_balance():
-    """methods.md TV14: n = [100, 20, 5] -> r = [0.416667, 2.083333, 8.333333]."""
+    """n = [100, 20, 5] -> r = (1/3) / pi = [0.416667, 2.083333, 8.333333]."""
     counts = np.array([100, 20, 5])
     np.testing.assert_allclose(
         data.cbd_repeat_ratios(counts), [0.416667, 2.083333, 8.333333], atol=1e-6

@@ -1,4 +1,5 @@
-"""Re-weighted samplers: target probabilities (TV14), empirical frequencies, determinism."""
+"""Re-weighted samplers: target probabilities (docs/sampling.md#samplers), empirical
+frequencies, determinism."""
 
 import pickle
 
@@ -7,8 +8,8 @@ import pytest
 
 from ltkd_jax.data import SAMPLERS, ReweightedIndexSequence, class_sampling_probs
 
-N_TV14 = np.array([100, 20, 5])
-TV14 = {
+COUNTS = np.array([100, 20, 5])
+PROBS = {
     "instance": [0.8, 0.16, 0.04],
     "sqrt": [0.598508, 0.267661, 0.133831],
     "class_balanced": [1 / 3, 1 / 3, 1 / 3],
@@ -21,16 +22,16 @@ def labels_for(counts):
     return np.random.RandomState(0).permutation(labels)
 
 
-@pytest.mark.parametrize("sampler", sorted(TV14))
-def test_class_probs_tv14(sampler):
-    np.testing.assert_allclose(class_sampling_probs(N_TV14, sampler), TV14[sampler], atol=1e-6)
+@pytest.mark.parametrize("sampler", sorted(PROBS))
+def test_class_probs(sampler):
+    np.testing.assert_allclose(class_sampling_probs(COUNTS, sampler), PROBS[sampler], atol=1e-6)
 
 
 def test_progressive_interpolates_instance_to_balanced():
-    at = lambda e: class_sampling_probs(N_TV14, "progressive", epoch=e, num_epochs=10)
-    np.testing.assert_allclose(at(0), TV14["instance"])
-    np.testing.assert_allclose(at(10), TV14["class_balanced"])
-    np.testing.assert_allclose(at(5), (np.array(TV14["instance"]) + 1 / 3) / 2)
+    at = lambda e: class_sampling_probs(COUNTS, "progressive", epoch=e, num_epochs=10)
+    np.testing.assert_allclose(at(0), PROBS["instance"])
+    np.testing.assert_allclose(at(10), PROBS["class_balanced"])
+    np.testing.assert_allclose(at(5), (np.array(PROBS["instance"]) + 1 / 3) / 2)
     head = [at(e)[0] for e in range(11)]
     assert (np.diff(head) < 0).all()
 
@@ -38,20 +39,20 @@ def test_progressive_interpolates_instance_to_balanced():
 def test_probs_errors_and_empty_classes():
     np.testing.assert_allclose(class_sampling_probs([4, 0, 4], "class_balanced"), [0.5, 0, 0.5])
     with pytest.raises(ValueError, match="unknown sampler"):
-        class_sampling_probs(N_TV14, "square_root")
+        class_sampling_probs(COUNTS, "square_root")
     with pytest.raises(ValueError, match="non-negative"):
         class_sampling_probs([0, 0], "instance")
 
 
 @pytest.mark.parametrize("sampler", ["instance", "sqrt", "class_balanced"])
 def test_empirical_class_frequencies(sampler):
-    labels = labels_for(N_TV14)
+    labels = labels_for(COUNTS)
     draws = 120_000
     # instance = permutations of all 125 indices: exact frequencies up to the truncated tail.
     seq = ReweightedIndexSequence(labels, 3, sampler=sampler, seed=0, epoch_len=draws, num_epochs=1)
     freq = np.bincount(labels[seq.epoch_indices(0)], minlength=3) / draws
     # 5 sigma of a binomial proportion at 120k draws is < 0.006.
-    np.testing.assert_allclose(freq, TV14[sampler], atol=0.006)
+    np.testing.assert_allclose(freq, PROBS[sampler], atol=0.006)
 
 
 def test_within_class_draws_are_uniform():
@@ -66,14 +67,14 @@ def test_within_class_draws_are_uniform():
 
 
 def test_progressive_moves_from_instance_to_balanced():
-    labels = labels_for(N_TV14)
+    labels = labels_for(COUNTS)
     seq = ReweightedIndexSequence(
         labels, 3, sampler="progressive", seed=0, epoch_len=40_000, num_epochs=4
     )
     freq = [np.bincount(labels[seq.epoch_indices(e)], minlength=3) / 40_000 for e in range(4)]
-    np.testing.assert_allclose(freq[0], TV14["instance"], atol=0.01)
+    np.testing.assert_allclose(freq[0], PROBS["instance"], atol=0.01)
     np.testing.assert_allclose(
-        freq[3], class_sampling_probs(N_TV14, "progressive", epoch=3, num_epochs=4), atol=0.01
+        freq[3], class_sampling_probs(COUNTS, "progressive", epoch=3, num_epochs=4), atol=0.01
     )
     assert freq[0][0] > freq[1][0] > freq[2][0] > freq[3][0]
 

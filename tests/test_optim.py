@@ -8,8 +8,8 @@ import pytest
 from ltkd_jax import config_lib, optim
 
 
-def test_bkd_step_schedule_matches_tv15():
-    # methods.md TV15: LR at epochs 0, 1, 4, 5, 159, 160, 179, 180, 199.
+def test_bkd_step_schedule_matches_the_bkd_repo():
+    # adjust_learning_rate of BKD's train_student.py at epochs 0, 1, 4, 5, 159, 160, 179, 180, 199.
     steps_per_epoch = 7
     schedule = optim.make_schedule(config_lib.base_config().optim, steps_per_epoch, 200)
     epochs = [0, 1, 4, 5, 159, 160, 179, 180, 199]
@@ -43,7 +43,7 @@ def test_weight_decay_is_coupled_like_pytorch_sgd():
         g = {k: np.asarray(grads[k]) + c.weight_decay * p[k] for k in p}
         buf = g if buf is None else {k: c.momentum * buf[k] + g[k] for k in p}
         p = {k: p[k] - 0.1 * buf[k] for k in p}
-    for k in p:  # BN parameters are decayed too (methods.md 10.13)
+    for k in p:  # BN parameters are decayed too (docs/recipes.md#optimiser)
         np.testing.assert_allclose(params[k], p[k], rtol=1e-6)
 
 

@@ -1,6 +1,6 @@
 """Data layer: TF-free TFDS builders (CIFAR, image folders, benchmark list files), in-RAM and
 per-example splits, long-tailed subsets, re-weighted sampling and grain pipelines
-(methods.md 1-3, 8.2; style.md 2.c-2.d)."""
+(docs/data.md, docs/sampling.md, docs/evaluation.md)."""
 
 from ltkd_jax.data.augment import (
     AUGMENTS,

@@ -1,12 +1,12 @@
-"""Host-side augmentation and normalisation (methods.md 2.1, 8.3).
+"""Host-side augmentation and normalisation (docs/data.md#augmentation).
 
 CIFAR: batch-vectorised pad-crop-flip on uint8 batches. ImageNet-style ('imagenet'): per-image
 random-resized crop + flip for training and resize-shorter-side + centre crop for evaluation,
 with Pillow on encoded bytes or uint8 arrays (JPEGs are decoded at a reduced scale when the
 crop allows it). Augmentation runs in numpy/PIL on the host; normalisation is left to the
 jitted train step (`normalize` works on numpy and jax arrays alike), so the host ships 4x
-fewer bytes. Colour augmentation (CBD_ENS's data-aug teachers, methods.md 8.1): SimCLR v2
-colour jitter + random grayscale, vectorised over uint8 batches.
+fewer bytes. Colour augmentation (CBD_ENS's data-aug teachers, docs/data.md#colour-jitter):
+SimCLR v2 colour jitter + random grayscale, vectorised over uint8 batches.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 
 AUGMENTS = ("cifar", "imagenet", "none")
 # ImageNet-style augmentation defaults: torchvision RandomResizedCrop (area [0.08, 1], aspect
-# ratio [3/4, 4/3]); CBD uses area [0.05, 1] (methods.md 8.3, config.data.crop_min_area).
+# ratio [3/4, 4/3]); CBD uses area [0.05, 1] (its input_pipeline.py; config.data.crop_min_area).
 DEFAULT_MIN_AREA = 0.08
 ASPECT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 # Evaluation resizes the shorter side to size / CENTER_CROP_FRACTION (256 for 224), then crops.
@@ -29,8 +29,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Datasets normalised with ImageNet statistics (user folders too: most are natural photos).
 IMAGENET_LIKE = ("imagenet_lt", "places_lt", "inat2018", "folder")
-# BKD / LDAM-DRW constants (methods.md 2.1). The std values are not CIFAR's true std; every
-# LDAM-derived repo uses them, so keep them for parity.
+# The LDAM-DRW / BKD training scripts' Normalize constants. The std values are not CIFAR's
+# true std; every LDAM-derived repo uses them, so keep them for parity.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 DIGITS_MEAN = (0.5,)
@@ -207,13 +207,14 @@ def resize_center_crop(
 
 
 # --------------------------------------------------------------------------------------------
-# Colour augmentation: SimCLR v2 colour jitter + random grayscale (methods.md 8.1, CBD_ENS)
+# Colour augmentation: SimCLR v2 colour jitter + random grayscale (CBD input_pipeline.py)
 # --------------------------------------------------------------------------------------------
 
 # ITU-R 601-2 luma weights (torchvision rgb_to_grayscale, PIL convert("L")).
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # SimCLR v2 `color_distortion(s)`: ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with p = 0.8, then
-# RandomGrayscale(p = 0.2). CBD's data-aug teachers use s = 1 (methods.md 8.1).
+# RandomGrayscale(p = 0.2). CBD's data-aug teachers use s = 1 (input_pipeline.py,
+# random_color_jitter).
 COLOR_STRENGTH = 1.0
 COLOR_JITTER_P = 0.8
 GRAYSCALE_P = 0.2

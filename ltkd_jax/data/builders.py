@@ -2,7 +2,7 @@
 
 Why a custom builder: TFDS's own `cifar10`/`cifar100` builders yield numpy images (encoding
 them needs TensorFlow) and read with `tf.io.gfile`. This builder yields *encoded* image bytes,
-which TFDS stores without TensorFlow (style.md 2.c).
+which TFDS stores without TensorFlow.
 
 Two sources, same features:
 
@@ -13,7 +13,7 @@ Two sources, same features:
 
 Every example carries `id` = its index within its class in the original dataset order, so
 readers can restore the (label, id) order that the LDAM-DRW long-tail generator relies on
-(methods.md 2.1).
+(docs/data.md#long-tailed-cifar-subsets).
 """
 
 from __future__ import annotations

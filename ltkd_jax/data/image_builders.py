@@ -1,6 +1,6 @@
 """TF-free TFDS builder for image files: a `<split>/<class>/<image>` tree or zip, or an image
 root plus benchmark list files (ImageNet-LT / Places-LT OLTR lists, iNaturalist 2018
-classifier-balancing lists; methods.md 2.2). Writes ArrayRecord (style.md 2.c).
+classifier-balancing lists; docs/data.md#datasets). Writes ArrayRecord.
 
 One implementation serves both layouts: an *index* maps each split to `(relative path, label)`
 rows over an *image store* (a directory or a zip). Preparation has two passes:
@@ -174,7 +174,7 @@ def read_list_file(path: str) -> list[tuple[str, int]]:
             if not rel or not label.lstrip("-").isdigit() or int(label) < 0:
                 raise ValueError(
                     f"{path}:{lineno}: expected 'relative/path label', got {line!r}. Use the "
-                    "benchmark's own list files (methods.md 2.2)."
+                    "benchmark's own list files (docs/data.md#datasets)."
                 )
             rows.append((rel.strip().lstrip("/"), int(label)))
     if not rows:

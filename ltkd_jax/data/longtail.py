@@ -1,4 +1,5 @@
-"""Long-tailed subsets (LDAM-DRW generator, methods.md 2.1) and shot groups (methods.md 3)."""
+"""Long-tailed subsets (LDAM-DRW's generator, docs/data.md#long-tailed-cifar-subsets) and
+class groups for evaluation (docs/evaluation.md#shot-groups, #tail33)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ GROUP_NAMES = ("many", "medium", "few")
 def longtail_counts(
     n_max: int, num_classes: int, imbalance_factor: float, profile: str = "exp"
 ) -> np.ndarray:
-    """int64 [C] images per class; class 0 is the head (methods.md 2.1, TV15).
+    """int64 [C] images per class; class 0 is the head (LDAM-DRW imbalance_cifar.py).
 
     exp: `int(n_max * (1/IF)**(c/(C-1)))`; step: the first C//2 classes keep n_max, the rest
     `int(n_max * (1/IF))`. The float expressions are the LDAM code's, so `int()` truncation
@@ -40,7 +41,7 @@ def longtail_counts(
 
 
 def longtail_indices(labels: np.ndarray, counts: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Indices of the LT subset, grouped by class in label order (methods.md 2.1).
+    """Indices of the LT subset, grouped by class in label order (LDAM-DRW imbalance_cifar.py).
 
     Same draw as LDAM-DRW's `np.random.seed(seed)` + per-class `np.random.shuffle`: a
     `RandomState(seed)` has the global generator's MT19937 stream. For each class in label
@@ -142,7 +143,11 @@ def stratified_holdout(split: Split, fraction: float, seed: int = 0) -> tuple[Sp
 
 
 def shot_groups(class_counts: np.ndarray, many: int = 100, few: int = 20) -> np.ndarray:
-    """int32 [C] by training count: 0 many (n > many), 1 medium, 2 few (n < few); methods.md 3."""
+    """int32 [C] by training count: 0 many (n > many), 1 medium, 2 few (n < few).
+
+    The OLTR / decoupling protocol (classifier-balancing utils.py, shot_acc); see
+    docs/evaluation.md#shot-groups.
+    """
     n = np.asarray(class_counts)
     return np.where(n > many, 0, np.where(n < few, 2, 1)).astype(np.int32)
 

@@ -14,7 +14,7 @@ Two paths, chosen by the split and the augmentation:
 
 Either way every stage is a function of the element index, so N processes together produce
 exactly the 1-process batch, `get_state()` is a small dict, and resuming replays the same
-batches (style.md 2.d).
+batches (docs/sampling.md#determinism-and-resume).
 """
 
 from __future__ import annotations
@@ -149,14 +149,14 @@ def make_train_iterator(
     one shape); each epoch draws steps_per_epoch * global_batch_size indices. Yields
     {'image': uint8 [local_b, H, W, C], 'label': int32 [local_b]}, local_b = global / processes,
     H = W = the split's image size. The iterator supports get_state()/set_state() (and
-    grain.checkpoint.CheckpointSave/Restore). Samplers: methods.md 1 and 8.2 (cbd_stream).
-    Augmentation: 'cifar' = methods.md 2.1 (pad 4, crop, flip); 'imagenet' = random-resized
-    crop (area [crop_min_area, 1], ratio [3/4, 4/3]) + flip (methods.md 8.3); 'none' =
+    grain.checkpoint.CheckpointSave/Restore). Samplers: docs/sampling.md. Augmentation
+    (docs/data.md#augmentation): 'cifar' = pad 4, crop, flip; 'imagenet' = random-resized
+    crop (area [crop_min_area, 1], ratio [3/4, 4/3]) + flip; 'none' =
     resize + centre crop for record splits, identity in RAM. `num_workers` > 0 decodes and
     augments in that many grain worker processes (each gets its own copy of in-RAM arrays);
     `num_threads` reader threads per process (default 2, or 1 per worker). `color_jitter`
     adds, after the geometric augmentation, SimCLR v2 colour jitter (strength 1, p = 0.8) +
-    random grayscale (p = 0.2) (methods.md 8.1; augment.color_augment), on both paths.
+    random grayscale (p = 0.2) (docs/data.md#colour-jitter), on both paths.
     """
     if global_batch_size < 1:
         raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
@@ -229,7 +229,7 @@ class TrainTransform:
 
     `resize`: the input may have any size (record splits) and is first brought to size x size
     for 'cifar' / 'none'; in-RAM images already are. `color_jitter`: then SimCLR v2 colour
-    jitter + grayscale (methods.md 8.1), drawn from the same generator after the crop.
+    jitter + grayscale (docs/data.md#colour-jitter), drawn from the same generator after the crop.
     """
 
     def __init__(

@@ -3,8 +3,8 @@
 A `RecordSplit` wraps a random-access source (`tfds.data_source` over ArrayRecord, or
 `tfds.testing.mock_data`) plus the record ids of its examples. Labels are read once without
 decoding any image (`SkipDecoding` + `__getitems__`) and cached next to the data, so class
-counts and shot groups (methods.md 3) cost no decode. Images stay encoded until a grain worker
-decodes and transforms them (`ltkd_jax.data.pipeline`).
+counts and shot groups (docs/evaluation.md#shot-groups) cost no decode. Images stay encoded
+until a grain worker decodes and transforms them (`ltkd_jax.data.pipeline`).
 
 `ArraySplit` (sources.py) and `RecordSplit` share: `labels`, `num_classes`, `class_names`,
 `image_shape`, `__len__`, `subset`, `class_counts`.
@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from ltkd_jax.data import augment as augment_lib
+from ltkd_jax.data import cache
 
 _LABEL_CACHE = "ltkd_labels"  # Inside the prepared dataset dir, next to the records.
 _LABEL_CHUNK = 4096
@@ -98,11 +99,9 @@ def cached_labels(source: Sequence[dict[str, Any]], cache_dir: str | None, split
         logging.warning("Ignoring stale label cache %s", path)
     labels = read_labels(source)
     if path:
-        from ltkd_jax.data.sources import _save_atomic  # noqa: PLC0415 (avoid an import cycle)
-
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            _save_atomic(path, labels)
+            cache.save_atomic(path, labels)
         except OSError as e:  # Read-only data_dir (e.g. a shared bucket): just do not cache.
             logging.info("Not caching labels in %s: %s", path, e)
     return labels

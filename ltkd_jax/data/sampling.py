@@ -1,7 +1,8 @@
-"""Re-weighted sampling as a stateless, seeded per-epoch index sequence (methods.md 1, TV14).
+"""Re-weighted sampling as a stateless, seeded per-epoch index sequence (docs/sampling.md).
 
 The sequence is a pure function of (seed, epoch), so it can be handed to `grain.MapDataset.source`
-and resumed from a checkpointed position without storing any sampler state (style.md 2.d).
+and resumed from a checkpointed position without storing any sampler state
+(docs/sampling.md#determinism-and-resume).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import collections.abc
 import numpy as np
 
 SAMPLERS = ("instance", "sqrt", "class_balanced", "progressive", "cbd_stream")
-# cbd_stream targets the class-balanced distribution through example repetition (methods.md 8.2).
+# cbd_stream targets the class-balanced distribution through example repetition
+# (docs/sampling.md#cbd-stream).
 _EXPONENT = {"instance": 1.0, "sqrt": 0.5, "class_balanced": 0.0, "cbd_stream": 0.0}
 
 
 def class_sampling_probs(
     class_counts: np.ndarray, sampler: str, *, epoch: int = 0, num_epochs: int = 1
 ) -> np.ndarray:
-    """float64 [C] probability of drawing each class (methods.md 1, TV14).
+    """float64 [C] probability of drawing each class (docs/sampling.md#samplers).
 
     `p_c ∝ n_c^q` with q = 1 (instance), 0.5 (sqrt), 0 (class_balanced, and the expected
     distribution of cbd_stream); empty classes get 0.
@@ -42,9 +44,10 @@ def class_sampling_probs(
 
 
 def cbd_repeat_ratios(class_counts: np.ndarray) -> np.ndarray:
-    """float64 [C] CBD's per-example repeat ratio `r_c = (1/C) / pi_c` (methods.md 8.2, TV14).
+    """float64 [C] CBD's per-example repeat ratio `r_c = (1/C) / pi_c`.
 
-    `pi_c = n_c / N`; C counts the non-empty classes; empty classes get 0.
+    `pi_c = n_c / N`; C counts the non-empty classes; empty classes get 0
+    (docs/sampling.md#cbd-stream).
     """
     n = np.asarray(class_counts, dtype=np.float64)
     present = n > 0
@@ -57,7 +60,9 @@ def cbd_stream_pass(labels: np.ndarray, ratios: np.ndarray, rng: np.random.Gener
 
     Example i of class c is emitted `floor(r_c)` times plus once more with probability
     `r_c - floor(r_c)` (for r_c < 1 that is: kept with probability r_c), then the pass is
-    shuffled (methods.md 8.2). Expected N/C examples per class, ~N in total.
+    shuffled: CBD's `oversample_classes` + `undersampling_filter` (official
+    input_pipeline.py), with a whole-pass shuffle instead of its 1000-example buffer.
+    Expected N/C examples per class, ~N in total.
     """
     r = ratios[labels]
     base = np.floor(r)

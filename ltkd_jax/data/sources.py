@@ -1,11 +1,12 @@
 """Train/test splits: CIFAR-10/100 and sklearn digits decoded into RAM; ImageNet-LT, Places-LT,
 iNaturalist 2018 and a user's image folders read per example (`records.RecordSplit`) or, when
-small, decoded into RAM. `load_splits` dispatches on the dataset name (methods.md 2).
+small, decoded into RAM. `load_splits` dispatches on the dataset name (docs/data.md#datasets).
 
 CIFAR-sized data fits in RAM (50k x 32x32x3 uint8 = 150 MB), so each split is decoded once from
 the prepared ArrayRecord files and cached as `.npy` next to them; later loads take a fraction of
-a second (style.md 2.c). Train images are ordered by (label, index within class) — the original
-within-class order — which the LDAM-DRW long-tail generator needs (methods.md 2.1).
+a second. Train images are ordered by (label, index within class) — the original
+within-class order — which the LDAM-DRW long-tail generator needs
+(docs/data.md#long-tailed-cifar-subsets).
 """
 
 from __future__ import annotations
@@ -14,26 +15,26 @@ import dataclasses
 import os
 import socket
 import urllib.parse
-import uuid
 from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
 
-from ltkd_jax.data import builders, image_builders, records
+from ltkd_jax.data import augment as augment_lib
+from ltkd_jax.data import builders, cache, image_builders, records
 
 DATASETS = ("cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018", "folder")
 IN_MEMORY = ("auto", "yes", "no")
 # `in_memory='auto'` decodes into RAM when all images at image_size take at most this much.
 IN_MEMORY_AUTO_BYTES = 2 << 30
-DEFAULT_IMAGE_SIZE = 224  # ImageNet-style datasets (methods.md 5.3, 8.3)
+DEFAULT_IMAGE_SIZE = 224  # ImageNet-style datasets (docs/data.md#large-scale-benchmarks)
 # A folder's validation split (it selects checkpoints) when it also has a test split.
 VAL_SPLIT_NAMES = ("val", "validation")
 
 
 @dataclasses.dataclass(frozen=True)
 class ListBenchmark:
-    """A benchmark defined by list files of `relative/path label` lines (methods.md 2.2)."""
+    """A benchmark defined by list files of `relative/path label` lines (docs/data.md#datasets)."""
 
     num_classes: int
     list_files: dict[str, str]  # split -> list file name (in data.list_dir)
@@ -251,7 +252,7 @@ def _benchmark_splits(
             raise FileNotFoundError(
                 f"{name} list files not found: {missing}. Put the benchmark's list files "
                 f"({', '.join(bench.list_files.values())}) in one folder and pass "
-                "--config.data.list_dir=/that/folder (methods.md 2.2)."
+                "--config.data.list_dir=/that/folder (docs/data.md#datasets)."
             )
         index = image_builders.list_index(files, bench.num_classes)
         slug = image_builders.dataset_slug(name, store.root, "|".join(sorted(files.values())))
@@ -321,8 +322,6 @@ def typical_image_size(split: records.RecordSplit, cap: int = DEFAULT_IMAGE_SIZE
     only), rounded down to a multiple of 32 (of 8 below 32 px), so small images are not
     upscaled, large ones are cropped to the ImageNet default, and the ResNets' stride-2
     stages divide it evenly."""
-    from ltkd_jax.data import augment as augment_lib  # noqa: PLC0415
-
     picks = np.linspace(0, len(split) - 1, num=min(64, len(split))).astype(int)
     sides = [min(augment_lib.open_image(split.read_image(i)).size) for i in picks]
     median = int(np.median(sides))
@@ -428,17 +427,17 @@ def read_split(builder: builders.LtkdCifar, split: str) -> ArraySplit:
     """Decodes one prepared split into RAM, ordered by (label, id); cached as .npy."""
     names = tuple(builder.info.features["label"].names)
     num_examples = builder.info.splits[split].num_examples
-    cache = os.path.join(builder.data_dir, _CACHE_DIRNAME)
-    paths = [os.path.join(cache, f"{split}_{k}.npy") for k in ("labels", "images")]
+    cache_dir = os.path.join(builder.data_dir, _CACHE_DIRNAME)
+    paths = [os.path.join(cache_dir, f"{split}_{k}.npy") for k in ("labels", "images")]
     if all(os.path.exists(p) for p in paths):
         labels, images = (np.load(p) for p in paths)
         if len(labels) == len(images) == num_examples:
             return ArraySplit(images, labels, len(names), names)
-        logging.warning("Ignoring stale decoded cache %s", cache)
+        logging.warning("Ignoring stale decoded cache %s", cache_dir)
     images, labels = decode_split(builder, split)
-    os.makedirs(cache, exist_ok=True)
+    os.makedirs(cache_dir, exist_ok=True)
     for path, array in zip(paths, (labels, images), strict=True):
-        _save_atomic(path, array)
+        cache.save_atomic(path, array)
     return ArraySplit(images, labels, len(names), names)
 
 
@@ -468,18 +467,6 @@ def decode_split(
     images, labels, ids = np.concatenate(images), np.concatenate(labels), np.concatenate(ids)
     order = np.lexsort((ids, labels))
     return np.ascontiguousarray(images[order]), labels[order]
-
-
-def _save_atomic(path: str, array: np.ndarray) -> None:
-    """np.save via a temp file + rename, so a reader never sees a partial cache file."""
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # Unique per writer; plain open() honours umask.
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # --------------------------------------------------------------------------------------------
