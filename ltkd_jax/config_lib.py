@@ -22,10 +22,6 @@ from ltkd_jax.errors import UserError  # noqa: F401 - re-exported for configs
 from ltkd_jax.methods import base as method_base
 from ltkd_jax.models import cpu_ops
 
-# Every list of known names is the implementing module's own (one source of truth).
-DTYPES = models.DTYPES
-
-
 def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     """The BKD/LDAM-DRW CIFAR recipe (docs/recipes.md): ResNet-32, 200 epochs, batch 128,
     running `method` with its own defaults in `config.loss`."""

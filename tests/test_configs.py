@@ -78,8 +78,33 @@ def test_batch_size_must_divide_over_devices():
         config_lib.validate_config(config, num_devices=8)
 
 
-def test_known_names_match_the_implementations():
-    from ltkd_jax import data
+def test_a_wrong_method_hyper_parameter_fails_before_any_data():
+    """Method checks run in validate_config, which train_and_evaluate calls first."""
+    _, config = _load(CONFIG_DIR / "ltkd_cifar.py")
+    config.loss.rebalance = "batchh"
+    with pytest.raises(ValueError, match=r"config.loss.rebalance='batchh' is not known"):
+        config_lib.validate_config(config)
+    _, config = _load(CONFIG_DIR / "dkd_cifar.py")
+    config.loss.temperature = 0.0
+    with pytest.raises(ValueError, match=r"config.loss.temperature=0.0 must be > 0"):
+        config_lib.validate_config(config)
 
-    assert set(config_lib.DATASETS) == set(data.DATASETS)
-    assert set(config_lib.SAMPLERS) == set(data.SAMPLERS)
+
+def test_a_method_takes_only_its_own_hyper_parameters():
+    _, config = _load(CONFIG_DIR / "bkd_cifar.py")
+    with pytest.raises(AttributeError):  # locked: LTKD's field does not exist for BKD
+        config.loss.rebalance = "batch"
+    config.method = "ltkd"  # switched after the config was built: its section is BKD's
+    with pytest.raises(ValueError, match="the method was changed after the config was built"):
+        config_lib.validate_config(config)
+
+
+def test_old_run_configs_upgrade_to_the_method_sections():
+    saved = {
+        "method": "kd",
+        "model": {"name": "resnet8", "projection_dim": 0},
+        "loss": {"temperature": None, "alpha": 0.5, "rebalance": "batch", "ce_weight": None},
+    }
+    upgraded = config_lib.upgrade_saved_config(saved)
+    assert "projection_dim" not in upgraded["model"]
+    assert upgraded["loss"] == {**config_lib.loss_section("kd").to_dict(), "alpha": 0.5}

@@ -84,7 +84,7 @@ def test_resume_refuses_changes_to_what_checkpoints_mean(tmp_path):
         rundir.check_resume_config(str(tmp_path), changed)
     message = str(error.value)
     assert "config.model.name: saved 'resnet8', now 'resnet20'" in message
-    assert "config.loss.temperature: saved None, now 4.0" in message
+    assert "config.loss.temperature: saved 2.0, now 4.0" in message
     assert "config.seed: saved 0, now 1" in message
     assert (tmp_path / "config.json").read_text() == before
 
