@@ -1,4 +1,4 @@
-"""BKD student on a user's own images (teacher first, then the student; methods.md 5).
+"""BKD student on a user's own images (teacher first, then the student; ltkd_jax/methods/bkd.py).
 
     python -m ltkd_jax.main --config configs/bkd_folder.py --workdir runs/bkd_mydata \
         --config.data.root=/path/to/mydata

@@ -1,4 +1,4 @@
-"""BKD student on ImageNet-LT (methods.md 5.1, 5.3 large-scale best guess [RECON]).
+"""BKD student on ImageNet-LT (ltkd_jax/methods/bkd.py on docs/recipes.md#large-scale-recipe: our choice, the BKD paper ran CIFAR only).
 
 On a Cloud TPU VM pod slice:
 

@@ -8,11 +8,11 @@
     python -m ltkd_jax.main --config configs/cbd_cifar.py:teachers=2 --workdir runs/cbdens \
         --config.data.archive=../shared/data/cifar100-png.zip
 
-methods.md 8: teachers and student use a cosine classifier (sigma 20); the student adds a
+ltkd_jax/methods/cbd.py: teachers and student use a cosine classifier (sigma 20); the student adds a
 Dense+ReLU projection as wide as the teachers' features together and is trained on a
 class-balanced stream with (1 - alpha) * CE + alpha * beta * mean(1 - cos(f_s, f_T)),
 alpha = 0.4, beta = 100. An ensemble of n > 1 teachers trains its last n // 2 teachers with
-SimCLR v2 colour jitter + random grayscale (methods.md 8.1's data-aug teachers). On CIFAR the
+SimCLR v2 colour jitter + random grayscale (the official code's data-aug teachers). On CIFAR the
 BKD recipe (5.3) replaces CBD's ImageNet schedule.
 """
 
@@ -28,6 +28,6 @@ def get_config(arg=None):
     c.model.head = c.teacher.head = "cosine"
     c.data.sampler = "class_balanced"
     c.teacher.count = args.teachers
-    if args.teachers > 1:  # methods.md 8.1: the last half train with colour jitter + grayscale
+    if args.teachers > 1:  # the last half train with colour jitter + grayscale
         c.teacher.color_jitter_teachers = args.teachers // 2
     return config_lib.lock(c)

@@ -1,4 +1,4 @@
-"""CBD_ENS (four teachers) on ImageNet-LT (methods.md 8: stage 2 student, 8.3 optimisation).
+"""CBD_ENS (four teachers) on ImageNet-LT (ltkd_jax/methods/cbd.py; docs/recipes.md#cbd).
 
 On a Cloud TPU VM pod slice:
 

@@ -1,4 +1,4 @@
-"""CBD (single teacher) on iNaturalist 2018 (methods.md 8: stage 2 student, 8.3 optimisation).
+"""CBD (single teacher) on iNaturalist 2018 (ltkd_jax/methods/cbd.py; docs/recipes.md#cbd).
 
 On a Cloud TPU VM pod slice:
 

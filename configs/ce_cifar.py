@@ -1,4 +1,4 @@
-"""CE teacher on CIFAR-100-LT (IF 100), ResNet-32, the BKD recipe (methods.md 5.3).
+"""CE teacher on CIFAR-100-LT (IF 100), ResNet-32, the BKD recipe (docs/recipes.md#bkd-cifar-recipe).
 
     python -m ltkd_jax.main --config configs/ce_cifar.py --workdir runs/ce_cifar100_if100 \
         --config.data.archive=../shared/data/cifar100-png.zip
@@ -10,7 +10,7 @@ CIFAR-10 or another imbalance factor through the config argument:
 
 200 epochs, batch 128, SGD momentum 0.9, coupled weight decay 2e-4, 5-epoch linear
 warm-up, LR 0.1 -> 1e-3 at epoch 160 -> 1e-5 at 180; instance sampling, pad-4 crop and
-flip. The last epoch's checkpoint is the teacher (methods.md 10.17).
+flip. The last epoch's checkpoint is the teacher (as the BKD code loads its teacher).
 """
 
 from ltkd_jax import config_lib

@@ -1,4 +1,4 @@
-"""CE teacher on ImageNet-LT (methods.md 2.2, 4.6 stage 1, 5.3 large-scale recipe).
+"""CE teacher on ImageNet-LT (docs/recipes.md#large-scale-recipe).
 
 On a Cloud TPU VM pod slice (the same command on every worker; each host reads only its
 slice of every batch):

@@ -4,7 +4,7 @@
         --config.init.workdir=runs/ce_c100 \
         --config.data.archive=../shared/data/cifar100-png.zip
 
-methods.md 4.6: the run's backbone frozen (BatchNorm statistics included), the linear
+ltkd_jax/methods/ce.py (crt): the run's backbone frozen (BatchNorm statistics included), the linear
 classifier re-initialised and trained with CE for 10 epochs on class-balanced batches,
 cosine learning rate.
 """

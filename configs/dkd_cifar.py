@@ -4,7 +4,7 @@
         --config.teacher.workdir=runs/bkd_c100/teacher \
         --config.data.archive=../shared/data/cifar100-png.zip
 
-methods.md 4.8: CE + min(epoch / 20, 1) * (alpha * TCKD + beta * NCKD), alpha = 1,
+ltkd_jax/methods/dkd.py: CE + min(epoch / 20, 1) * (alpha * TCKD + beta * NCKD), alpha = 1,
 beta = 8, T = 4 (mdistiller CIFAR defaults), on the BKD recipe.
 """
 

@@ -1,4 +1,4 @@
-"""DU-KD with TGLS on CIFAR-LT -- a reconstruction (methods.md 6.2), not the paper's code.
+"""DU-KD with TGLS on CIFAR-LT -- a reconstruction (ltkd_jax/methods/dukd.py), not the paper's code.
 
     python -m ltkd_jax.main --config configs/dukd_cifar.py --workdir runs/dukd_c100 \
         --config.teacher.workdir=runs/bkd_c100/teacher \

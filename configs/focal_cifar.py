@@ -3,7 +3,7 @@
     python -m ltkd_jax.main --config configs/focal_cifar.py --workdir runs/focal_c100 \
         --config.data.archive=../shared/data/cifar100-png.zip
 
-methods.md 4.3: mean (1 - p_y)^gamma * CE, gamma = 1 (the LDAM/BKD code); class weights
+ltkd_jax/methods/focal.py: mean (1 - p_y)^gamma * CE, gamma = 1 (the LDAM/BKD code); class weights
 via --config.loss.class_weighting=reweight give CB-focal.
 """
 

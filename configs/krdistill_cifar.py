@@ -1,10 +1,10 @@
-"""KRDistill-R on CIFAR-LT -- a reconstruction (methods.md 7.2), not the paper's method.
+"""KRDistill-R on CIFAR-LT -- a reconstruction (ltkd_jax/methods/krdistill.py), not the paper's method.
 
     python -m ltkd_jax.main --config configs/krdistill_cifar.py --workdir runs/kr_c100 \
         --config.teacher.workdir=runs/bkd_c100/teacher \
         --config.data.archive=../shared/data/cifar100-png.zip
 
-    # methods.md 7.2's setting: a heterogeneous pair on the mdistiller recipe
+    # a heterogeneous pair on the mdistiller recipe
     python -m ltkd_jax.main \
         --config configs/krdistill_cifar.py:teacher=resnet32x4,student=resnet8x4,recipe=mdistiller \
         --workdir runs/kr_r32x4_r8x4 --config.data.archive=../shared/data/cifar100-png.zip

@@ -7,7 +7,7 @@ The data ships inside scikit-learn, so this needs no download and no archive:
 Digits (1,797 images, 10 classes) keep 2/3 of each class for training and are made
 long-tailed with imbalance factor 10; shot groups use thresholds scaled to its size
 (many > 50, few < 20 training images). Stage 1 trains a CE teacher (ResNet-8) into
-WORKDIR/teacher, stage 2 distils a ResNet-8 student from it with BKD (methods.md 5);
+WORKDIR/teacher, stage 2 distils a ResNet-8 student from it with BKD (ltkd_jax/methods/bkd.py);
 both runs' overall and many / medium / few top-1 are printed side by side.
 """
 

@@ -4,7 +4,7 @@ A run's checkpoints live in `WORKDIR/checkpoints`. Each holds two items: `state`
 student's TrainState) and `data` (the grain iterator position), so a resumed run sees
 exactly the batches it would have seen. Retention keeps the latest N *and* the best by
 test top-1; orbax's legacy `max_to_keep` + `best_fn` would delete the latest step and
-break resume (style.md 2.e). Teachers are never written here.
+break resume (its state must be saved with the model). Teachers are never written here.
 
 A checkpoint that cannot be restored (a kill mid-write on a file system without atomic
 renames, a truncated file) is reported and the previous one is tried, newest first. The
@@ -38,7 +38,7 @@ def make_manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp
     policy = checkpoint_managers.AnyPreservationPolicy(
         [
             checkpoint_managers.LatestN(n=keep),
-            # reverse=False keeps the *highest* metric (verified in style.md 2.e).
+            # reverse=False keeps the *highest* metric (orbax BestN).
             # Checkpoints without metrics (saved on preemption) are LatestN's to keep.
             checkpoint_managers.BestN(
                 n=1,

@@ -61,11 +61,11 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     c.data.crop_min_area = 0.08
     c.data.imbalance_factor = 100.0
     c.data.profile = "exp"
-    c.data.lt_seed = 0  # methods.md 2.1: np.random.seed(0) picks the kept images
+    c.data.lt_seed = 0  # np.random.seed(0) picks the kept images, as LDAM-DRW (docs/data.md)
     c.data.sampler = "instance"
     c.data.augment = "cifar"
     # After the geometric augmentation: SimCLR v2 colour jitter (s = 1, p = 0.8) + random
-    # grayscale (p = 0.2), as CBD_ENS's data-aug teachers (methods.md 8.1).
+    # grayscale (p = 0.2), as CBD_ENS's data-aug teachers (docs/data.md#colour-jitter).
     c.data.color_jitter = False
     c.data.num_workers = 0
     # In-RAM splits (CIFAR, digits, folders that fit) live on the devices and a whole chunk
@@ -73,9 +73,9 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     # from the host through grain, as record splits and colour jitter always do.
     c.data.device_resident = True
     # Mean/std normalisation of the input (dataset_stats); False feeds pixels in [0, 1],
-    # as CBD does (methods.md 8.3).
+    # as CBD does (docs/recipes.md#cbd).
     c.data.normalize = True
-    # Shot groups by training count (methods.md 3): many > 100, few < 20.
+    # Shot groups by training count (docs/evaluation.md#shot-groups): many > 100, few < 20.
     c.data.many_threshold = 100
     c.data.few_threshold = 20
     # How classes are grouped for the many / medium / few report: shot (the thresholds
@@ -108,7 +108,7 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     # CBD ensembles: how many teachers; teacher k trains with seed + 1000 * (k + 1).
     c.teacher.count = 1
     # How many of an ensemble's teachers (the last ones) train with colour jitter + grayscale
-    # (data.color_jitter), methods.md 8.1.
+    # (data.color_jitter), as the official CBD_ENS data-aug teachers.
     c.teacher.color_jitter_teachers = 0
 
     # A finished run whose weights start this one (cRT, tau-norm, post-hoc adjustment).
@@ -119,7 +119,7 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     c.optim.lr = 0.1
     c.optim.momentum = 0.9
     c.optim.nesterov = False
-    c.optim.weight_decay = 2e-4  # coupled L2 on every parameter, BN included (methods.md 10.13)
+    c.optim.weight_decay = 2e-4  # coupled L2 on every parameter, BN included (docs/recipes.md#optimiser)
     c.optim.schedule = "step"
     c.optim.warmup_epochs = 5
     c.optim.decay_epochs = (160, 180)
@@ -454,10 +454,10 @@ def cifar_config(
     """A CIFAR-LT config for `method`, from the `file.py:k=v,...` argument.
 
     Arguments: dataset (cifar10 | cifar100), imb (imbalance factor), student and teacher
-    (architectures, e.g. teacher=resnet32x4,student=resnet8x4 for methods.md 7.2's
+    (architectures, e.g. teacher=resnet32x4,student=resnet8x4 for the
     heterogeneous pairs), teacher_workdir (a finished teacher run; empty = train it first
-    into WORKDIR/teacher), recipe (bkd = methods.md 5.3, the default, so every method is
-    compared on one recipe; mdistiller = methods.md 7.2). `loss` sets config.loss fields.
+    into WORKDIR/teacher), recipe (bkd = docs/recipes.md#bkd-cifar-recipe, the default, so every method is
+    compared on one recipe; mdistiller = docs/recipes.md#mdistiller-cifar-recipe). `loss` sets config.loss fields.
     `bkd_repo_rule`: under recipe=bkd, weight the loss by class as the BKD repository does
     for every loss (`bkd_repo_weighting`); other recipes keep config.loss.class_weighting.
     """
@@ -483,7 +483,7 @@ def cifar_config(
     if bkd_repo_rule and args.recipe == "bkd":
         c.loss.class_weighting = bkd_repo_weighting(args.dataset)
     if args.recipe == "mdistiller":
-        # methods.md 7.2: 240 epochs, batch 64, lr 0.05, x0.1 at 150/180/210, wd 5e-4.
+        # mdistiller: 240 epochs, batch 64, lr 0.05, x0.1 at 150/180/210, wd 5e-4.
         for section in (c, c.teacher):
             section.num_epochs = 240
         c.batch_size = 64
@@ -496,7 +496,7 @@ def cifar_config(
 def large_scale_config(
     dataset: str, method: str, *, model: str, epochs: int, weight_decay: float = 5e-4
 ) -> ml_collections.ConfigDict:
-    """ImageNet-style recipe (classifier-balancing stage 1, methods.md 4.6 / 5.3).
+    """ImageNet-style recipe (docs/recipes.md#large-scale-recipe).
 
     224-pixel random-resized crops read from disk by 8 grain workers, bf16 compute with
     float32 parameters and loss, batch 512, SGD 0.9, lr 0.2 cosine to 0 per step. The
@@ -526,7 +526,7 @@ def large_scale_config(
 def cbd_large_scale_config(
     dataset: str, *, teachers: int, epochs: int, weight_decay: float
 ) -> ml_collections.ConfigDict:
-    """CBD stage 2 as its official code runs it (methods.md 8.2-8.3).
+    """CBD stage 2 as its official code runs it (docs/recipes.md#cbd).
 
     `weight_decay` is the official config's value; the effective decay applied is half of it
     (see below). The official code shuffles its example stream with a 1000-example buffer;
@@ -553,7 +553,7 @@ def cbd_large_scale_config(
     c.data.sampler = "cbd_stream"
     c.model.head = c.teacher.head = "cosine"
     c.teacher.count = teachers  # seeds seed + 1000, seed + 2000, ... (train.teacher_seed)
-    # methods.md 8.1: CBD_ENS = vanilla_seed1/2 + data_aug_seed1/2 (colour jitter + grayscale).
+    # CBD_ENS = vanilla_seed1/2 + data_aug_seed1/2 (colour jitter + grayscale).
     c.teacher.color_jitter_teachers = teachers // 2
     c.batch_size = 128
     c.optim.lr = 0.05

@@ -1,6 +1,6 @@
 """Metric writers: absl logging, JSON lines and TensorBoard, written by process 0 only.
 
-`clu.metric_writers` imports TensorFlow at module load (style.md 2.h), so this is the
+`clu.metric_writers` imports TensorFlow at module load , so this is the
 same `write_scalars(step, dict)` interface in a few lines over tensorboardX.
 
 The metrics file matches the checkpoint a run resumes from: `trim_after(step)` drops the

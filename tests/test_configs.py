@@ -41,7 +41,7 @@ def test_distillation_configs_take_pairs_and_recipes():
     _, config = _load(CONFIG_DIR / "cbd_cifar.py", "teachers=4,dataset=cifar10")
     assert (config.method, config.teacher.count, config.data.name) == ("cbd_ensemble", 4, "cifar10")
     _, config = _load(CONFIG_DIR / "bkd_cifar.py", "dataset=cifar10")
-    assert config.loss.class_weighting == "drw"  # BKD's CIFAR-10 rule (methods.md 5.1)
+    assert config.loss.class_weighting == "drw"  # BKD's CIFAR-10 rule (ltkd_jax/methods/bkd.py)
 
 
 def test_config_argument_selects_dataset_and_imbalance():

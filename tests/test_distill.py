@@ -25,7 +25,7 @@ from ltkd_jax.writers import read_jsonl
 
 pytestmark = pytest.mark.slow  # end-to-end: `pytest -m "not slow"` skips it
 
-# Per-method config changes on top of the tiny digits recipe (methods.md's recipes).
+# Per-method config changes on top of the tiny digits recipe (the configs' recipes).
 METHOD_OVERRIDES = {
     "ce": {},
     "cb": {"loss.class_weighting": "reweight"},
@@ -113,7 +113,7 @@ def test_students_are_shaped_by_their_teachers(student_runs):
     params = student_runs["krdistill"]["state"].params
     assert params["regressor"]["kernel"].shape == (64, 64)  # ResNet-8 feature widths
     assert "regressor" not in student_runs["kd"]["state"].params
-    # CBD: projection as wide as the teachers' features together (methods.md 8.2).
+    # CBD: projection as wide as the teachers' features together (ltkd_jax/methods/cbd.py).
     assert student_runs["cbd"]["state"].params["projection"]["kernel"].shape == (64, 64)
     assert student_runs["cbd_ensemble"]["state"].params["projection"]["kernel"].shape == (64, 128)
 
