@@ -1,9 +1,10 @@
 """Layers shared by the CIFAR and ImageNet-style ResNets (NHWC, Flax Linen).
 
-Init rules (those of the reference PyTorch code: LDAM-DRW ``models/resnet_cifar.py``, which
-the BKD code reuses, and torchvision's ``resnet.py``): Kaiming-normal fan_in on conv and linear
-weights, PyTorch's default uniform linear bias, BatchNorm scale 1 / bias 0. Parameters are
-always float32; ``dtype`` is the computation dtype.
+Init rules, for every model, of the LDAM-DRW / BKD ``models/resnet_cifar.py``
+(``_weights_init``): Kaiming-normal fan_in on conv and linear weights, PyTorch's default
+uniform linear bias, BatchNorm scale 1 / bias 0. (torchvision's ``resnet.py`` and mdistiller
+use fan_out on convs; one rule for all keeps teachers and students comparable.) Parameters
+are always float32; ``dtype`` is the computation dtype.
 
 ``ops`` picks the implementation of conv and BatchNorm (`cpu_ops.OPS`): Flax's own layers
 (``xla``), the CPU kernels of `cpu_ops` with the same parameters (``cpu``), or, for
@@ -26,7 +27,7 @@ Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 # Kaiming-normal, fan_in, gain sqrt(2), not truncated: PyTorch's `kaiming_normal_` as the
-# LDAM-DRW / BKD code applies it to every conv and linear weight.
+# LDAM-DRW / BKD ``models/resnet_cifar.py`` apply it to every conv and linear weight.
 kaiming_normal: Initializer = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 SHORTCUTS = ("A", "B")  # He et al. 2016, Sec. 3.3: A = zero-pad identity, B = 1x1 conv

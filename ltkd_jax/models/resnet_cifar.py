@@ -10,8 +10,7 @@
 
 A backbone maps normalised float images [B, H, W, C_in] (any H, W, C_in) to the globally
 pooled features [B, feature_dim]; `models.Network` adds the classifier. Layers and init rules
-are in `layers` (mdistiller initialises its WRN / x4 convs with fan_out; we use one rule
-for all models so teachers and students are comparable).
+are in `layers`.
 
 Variable names are those of the checkpoints written so far (``BasicBlockA_i`` /
 ``BasicBlockB_i``, ``WideBasicBlock_i``, ``Conv_0``, ``BatchNorm_0``); keep them.
