@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
 
 import grain
 import jax
@@ -153,34 +152,28 @@ def restore_latest(manager: ocp.CheckpointManager, state, iterator):
     return restored["state"]
 
 
-def saved_param_names(workdir: str, step: int) -> set[str]:
-    """The top-level parameter names stored in checkpoint `step` of `workdir` (metadata only)."""
+def saved_param_names(workdir: str, step: int | None = None) -> set[str]:
+    """The top-level parameter names stored in checkpoint `step` (default the latest) of
+    `workdir`, read from its metadata; empty when there is no checkpoint."""
+    if step is None:
+        manager = make_manager(workdir, read_only=True)
+        step = manager.latest_step()
+        manager.close()
+        if step is None:
+            return set()
     path = os.path.join(checkpoint_dir(workdir), str(step), "state")
     metadata = ocp.PyTreeCheckpointer().metadata(path)
     tree = getattr(metadata, "item_metadata", metadata)
     return set(getattr(tree, "tree", tree)["params"])
 
 
-def _rename_params(variables: dict, renames: Mapping[str, str]) -> dict:
-    params = {renames.get(k, k): v for k, v in variables["params"].items()}
-    return {**variables, "params": params}
-
-
-def restore_variables(
-    workdir: str,
-    target: dict,
-    *,
-    step: int | None = None,
-    legacy_names: Mapping[str, str] | None = None,
-) -> tuple[dict, int]:
+def restore_variables(workdir: str, target: dict, *, step: int | None = None) -> tuple[dict, int]:
     """Reads `{'params', 'batch_stats'}` of a finished run read-only (a teacher).
 
     `target` gives the expected structure, shapes and shardings; only those leaves are read
     (no optimiser state, no iterator). Without `step`, the latest checkpoint: an older one
     would be another teacher, so an unrestorable latest one is an error naming the fix.
-    `legacy_names` maps parameter names an older layout used to today's
-    (`models.LEGACY_PARAM_NAMES`): a checkpoint written with them is read under them and
-    returned under today's. Returns (variables, step).
+    Returns (variables, step).
     """
     manager = make_manager(workdir, read_only=True)
     step = manager.latest_step() if step is None else step
@@ -189,9 +182,6 @@ def restore_variables(
             f"no checkpoint under {checkpoint_dir(workdir)}; train the teacher first or point "
             "the config at a finished run's workdir"
         )
-    saved = saved_param_names(workdir, step) if legacy_names else set()
-    old_names = {new: old for old, new in (legacy_names or {}).items() if old in saved}
-    target = _rename_params(target, old_names)
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
     try:
         restored = manager.restore(
@@ -210,4 +200,4 @@ def restore_variables(
         ) from e
     finally:
         manager.close()
-    return _rename_params(restored["state"], {v: k for k, v in old_names.items()}), step
+    return restored["state"], step

@@ -22,6 +22,7 @@ from ltkd_jax.errors import UserError  # noqa: F401 - re-exported for configs
 from ltkd_jax.methods import base as method_base
 from ltkd_jax.models import cpu_ops
 
+
 def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     """The BKD/LDAM-DRW CIFAR recipe (docs/recipes.md): ResNet-32, 200 epochs, batch 128,
     running `method` with its own defaults in `config.loss`."""
@@ -119,7 +120,9 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     c.optim.lr = 0.1
     c.optim.momentum = 0.9
     c.optim.nesterov = False
-    c.optim.weight_decay = 2e-4  # coupled L2 on every parameter, BN included (docs/recipes.md#optimiser)
+    c.optim.weight_decay = (
+        2e-4  # coupled L2 on every parameter, BN included (docs/recipes.md#optimiser)
+    )
     c.optim.schedule = "step"
     c.optim.warmup_epochs = 5
     c.optim.decay_epochs = (160, 180)

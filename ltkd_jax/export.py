@@ -57,10 +57,8 @@ class ExportError(RuntimeError):
 def inference_model(run: inference.LoadedRun):
     """(model, variables) for export: BatchNorm folded where the architecture allows, Flax's
     own layers (no custom-gradient CPU kernels), inference-only variables."""
-    model = run.model
-    if getattr(model, "ops", "xla") == "cpu":
-        model = model.clone(ops="xla")  # same parameters; the CPU kernels differ only in grads
-    return models.fold_for_inference(model, run.variables)
+    # Same parameters; the CPU kernels differ from Flax's layers only in their gradients.
+    return models.fold_for_inference(run.model.with_ops("xla"), run.variables)
 
 
 def inference_function(model, variables: dict, prep: inference.Preprocess):

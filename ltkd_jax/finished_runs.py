@@ -79,12 +79,14 @@ def check_compatible(
         )
 
 
-def restore(workdir: str, target: dict, step: int | None = None) -> tuple[dict, int]:
-    """A finished run's `{'params', 'batch_stats'}` in `target`'s structure and shardings,
-    from runs written by earlier layouts too (`models.LEGACY_PARAM_NAMES`)."""
-    return checkpointing.restore_variables(
-        workdir, target, step=step, legacy_names=models.LEGACY_PARAM_NAMES
-    )
+def restore(workdir: str, target: dict) -> tuple[dict, int]:
+    """A finished run's latest `{'params', 'batch_stats'}` in `target`'s structure and
+    shardings, from runs written before the method owned its parameters too
+    (`models.migrate_variables`)."""
+    if not models.needs_migration(checkpointing.saved_param_names(workdir)):
+        return checkpointing.restore_variables(workdir, target)
+    variables, step = checkpointing.restore_variables(workdir, models.legacy_variables(target))
+    return models.migrate_variables(variables), step
 
 
 def load_frozen(workdir: str, run_config, num_classes: int, image_shape: tuple, mesh) -> Teacher:

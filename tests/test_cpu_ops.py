@@ -149,7 +149,7 @@ def test_folded_teacher_matches_unfolded(name):
     variables = _perturbed_stats(model.init(jax.random.key(0), x, train=False))
     teacher = modeling.fold_teacher(modeling.Teacher(variables=variables, model=model))
     folded_model, folded = teacher.model, teacher.variables
-    assert folded_model.ops == "folded" and "batch_stats" not in folded
+    assert folded_model.backbone.ops == "folded" and "batch_stats" not in folded
     got = folded_model.apply(folded, x, train=False)
     for a, b in zip(got, model.apply(variables, x, train=False), strict=True):
         assert _rel(a, b) < 1e-5

@@ -9,7 +9,7 @@ import optax
 import pytest
 from test_configs import CONFIG_DIR, _load
 
-from ltkd_jax import config_lib, losses, methods, models, optim, stage1
+from ltkd_jax import config_lib, losses, methods, modeling, models, optim, stage1
 from ltkd_jax.methods import ModelOutput
 
 
@@ -109,9 +109,13 @@ def test_cbd_resnet50_zero_inits_the_last_batchnorm_of_each_block():
 
 
 def test_cbd_projection_is_glorot_uniform_with_zero_bias():
-    model = models.get_model("resnet8", 10, head="cosine", projection_dim=256)
+    config = config_lib.base_config("cbd")
+    config.model.name = config.teacher.model = "resnet8"
+    config.model.head = "cosine"
+    model = modeling.build_model(config, 10)  # the projection as wide as the teacher's features
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)["params"]
-    kernel, bias = params["projection"]["kernel"], params["projection"]["bias"]
+    kernel, bias = params["neck"]["kernel"], params["neck"]["bias"]
+    assert kernel.shape == (64, 64)
     np.testing.assert_array_equal(bias, 0.0)
     fan_in, fan_out = kernel.shape
     limit = np.sqrt(6.0 / (fan_in + fan_out))

@@ -5,15 +5,16 @@ Everything except the resnet8 / head tests runs under ``jax.eval_shape`` (no com
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import absltest, parameterized
 
-from ltkd_jax.models import MODELS, feature_dim, get_model, num_params
+from ltkd_jax.models import MODELS, Network, feature_dim, get_model, num_params
 from ltkd_jax.models import heads as heads_lib
-from ltkd_jax.models.resnet_cifar import option_a_shortcut
+from ltkd_jax.models.layers import BasicBlock, option_a_shortcut
 
 # Exact trainable parameter counts (BN scale/bias included, running statistics excluded, as
 # PyTorch counts them): {name: (C=100, C=10)}.
@@ -139,14 +140,29 @@ class ShapeTest(parameterized.TestCase):
         self.assertEqual(classifier["kernel"].shape, (64, 5))
         self.assertEqual(logits.shape, (2, 5))
 
-    def test_projection(self):
-        model = get_model("wrn16_2", 10, head="cosine", projection_dim=48)
+    def test_neck(self):
+        model = get_model("wrn16_2", 10, head="cosine", neck=nn.Dense(48))
         (logits, features), variables = _init_shapes(model, (2, 8, 8, 3))
         self.assertEqual(features.shape, (2, 48))
         self.assertEqual(logits.shape, (2, 10))
-        self.assertEqual(variables["params"]["projection"]["kernel"].shape, (128, 48))
+        self.assertEqual(variables["params"]["neck"]["kernel"].shape, (128, 48))
         self.assertEqual(variables["params"]["classifier"]["kernel"].shape, (48, 10))
-        self.assertEqual(feature_dim("wrn16_2", projection_dim=48), 48)
+        self.assertEqual(model.feature_dim, 48)
+        self.assertEqual(feature_dim("wrn16_2"), 128)  # the backbone's pooled width
+
+    def test_side(self):
+        model = get_model("resnet8", 10, neck=nn.Dense(48), side=nn.Dense(32))
+        (logits, features), variables = _init_shapes(model, (2, 8, 8, 3))
+        self.assertEqual(features.shape, (2, 32))
+        self.assertEqual(logits.shape, (2, 10))
+        self.assertEqual(variables["params"]["side"]["kernel"].shape, (48, 32))
+        self.assertEqual(variables["params"]["classifier"]["kernel"].shape, (48, 10))
+        self.assertEqual(model.feature_dim, 32)
+
+    def test_neck_needs_a_width(self):
+        model = get_model("resnet8", 10, neck=nn.relu)
+        with self.assertRaisesRegex(TypeError, "neck module.*features"):
+            _ = model.feature_dim
 
     @parameterized.parameters("resnet8", "resnet8x4", "wrn16_2")
     def test_bf16_compute_float32_params(self, name):
@@ -162,6 +178,20 @@ class ShapeTest(parameterized.TestCase):
             get_model("resnet18", 10)
         with self.assertRaisesRegex(ValueError, "unknown head 'arc'.*normed"):
             get_model("resnet32", 10, head="arc")
+        with self.assertRaisesRegex(ValueError, "unknown ops 'gpu'.*folded"):
+            get_model("resnet32", 10, ops="gpu")
+
+    def test_ops_and_folding_are_declared_by_the_backbone(self):
+        self.assertEqual(get_model("resnet8x4", 10, ops="cpu").backbone.ops, "cpu")
+        self.assertEqual(get_model("wrn16_2", 10, ops="cpu").backbone.ops, "cpu")
+        # ImageNet-style backbones have no CPU kernels: Flax's layers, and nothing to fold.
+        imagenet = get_model("resnet10", 10, ops="cpu")
+        self.assertFalse(hasattr(imagenet.backbone, "ops"))
+        self.assertFalse(imagenet.foldable)
+        with self.assertRaisesRegex(ValueError, "cannot fold"):
+            imagenet.with_ops("folded")
+        self.assertTrue(get_model("resnet8", 10).foldable)
+        self.assertFalse(get_model("wrn16_2", 10).foldable)
 
 
 @pytest.mark.slow
@@ -295,6 +325,61 @@ class ShortcutTest(absltest.TestCase):
         np.testing.assert_array_equal(y[..., 8:24], x[:, ::2, ::2, :])
         np.testing.assert_array_equal(y[..., :8], 0.0)
         np.testing.assert_array_equal(y[..., 24:], 0.0)
+        with self.assertRaisesRegex(ValueError, "only doubles"):
+            option_a_shortcut(x, 64)
+
+    def test_shortcut_is_a_field_of_one_block(self):
+        x = jnp.zeros((1, 8, 8, 16))
+        shapes = lambda shortcut: jax.eval_shape(
+            lambda: BasicBlock(32, 2, shortcut).init(jax.random.key(0), x, train=False)
+        )["params"]
+        self.assertNotIn("shortcut_conv", shapes("A"))  # parameter-free
+        self.assertEqual(shapes("B")["shortcut_conv"]["kernel"].shape, (1, 1, 16, 32))
+        with self.assertRaisesRegex(ValueError, "shortcut='C'"):
+            shapes("C")
+
+    def test_zero_init_residual(self):
+        model = get_model("resnet8", 10, zero_init_residual=True)
+        params = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)), train=False)["params"]
+        for block in ("BasicBlockA_0", "BasicBlockA_1", "BasicBlockA_2"):
+            np.testing.assert_array_equal(params[block]["BatchNorm_1"]["scale"], 0.0)
+            np.testing.assert_array_equal(params[block]["BatchNorm_0"]["scale"], 1.0)
+        with self.assertRaisesRegex(ValueError, "zero_init_residual=False"):
+            _init_shapes(get_model("wrn16_2", 10, zero_init_residual=True), (1, 8, 8, 3))
+
+
+class TinyBackbone(nn.Module):
+    """Pooled input channels through one Dense: a backbone in a few flops."""
+
+    supports_cpu_ops = False
+    foldable = False
+    feature_dim = 4
+
+    @nn.compact
+    def __call__(self, x, train):
+        del train
+        return nn.Dense(self.feature_dim)(jnp.mean(x, axis=(1, 2)))
+
+
+class NetworkTest(absltest.TestCase):
+    """Network = backbone -> [neck] -> head, features -> [side]; backbone params at the top."""
+
+    def test_wiring(self):
+        net = Network(TinyBackbone(), 3, neck=nn.Dense(5), side=nn.Dense(6))
+        x = jax.random.normal(jax.random.key(0), (2, 4, 4, 2))
+        variables = net.init(jax.random.key(1), x, train=False)
+        p = variables["params"]
+        self.assertEqual(set(p), {"Dense_0", "neck", "classifier", "side"})
+        self.assertEqual(net.feature_dim, 6)
+        dense = lambda q, h: h @ q["kernel"] + q["bias"]
+        h = dense(p["neck"], dense(p["Dense_0"], jnp.mean(x, axis=(1, 2))))
+        logits, features = net.apply(variables, x, train=False)
+        np.testing.assert_allclose(logits, dense(p["classifier"], h), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(features, dense(p["side"], h), rtol=1e-6, atol=1e-6)
+        # The head never sees the side module: the same logits without it.
+        plain = Network(TinyBackbone(), 3, neck=nn.Dense(5))
+        no_side = {"params": {k: v for k, v in p.items() if k != "side"}}
+        np.testing.assert_array_equal(plain.apply(no_side, x, train=False)[0], logits)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """ImageNet-style ResNet / ResNeXt: parameter counts and shapes via jax.eval_shape (no compile)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -31,15 +32,15 @@ def test_parameter_counts_match_torchvision(name, expected, dim):
     assert set(variables["params"]["classifier"]) == {"kernel", "bias"}
 
 
-def test_cbd_cosine_head_projection_and_bfloat16():
-    """methods.md 8.1-8.2: cosine head (fixed sigma, no bias), Dense(2048 K) + ReLU projection."""
+def test_cbd_cosine_head_neck_and_bfloat16():
+    """CBD's ImageNet student: cosine head (fixed sigma, no bias) after a Dense(2048 K) neck."""
     model, variables, (logits, features) = _abstract(
-        "resnet50", 1000, 64, head="cosine", projection_dim=4096, dtype=jnp.bfloat16
+        "resnet50", 1000, 64, head="cosine", neck=nn.Dense(4096), dtype=jnp.bfloat16
     )
     params = variables["params"]
     assert set(params["classifier"]) == {"kernel"}  # sigma is not a parameter
     assert params["classifier"]["kernel"].shape == (4096, 1000)
-    assert params["projection"]["kernel"].shape == (2048, 4096)
+    assert params["neck"]["kernel"].shape == (2048, 4096)
     assert features.shape == (2, 4096) and model.feature_dim == 4096
     # bf16 compute, float32 parameters and BatchNorm statistics.
     assert logits.dtype == jnp.bfloat16

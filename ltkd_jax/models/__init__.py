@@ -1,8 +1,9 @@
-"""Model registry: ``get_model(name, num_classes, ...)`` (methods.md 5.2, 7.2, 8.2).
+"""Model registry: ``get_model(name, num_classes, ...) -> Network``.
 
-Every model is a Linen module called as ``model.apply(variables, x, train=...)`` on
-normalised NHWC float images; it returns ``(logits [B, C], features [B, D])`` and keeps its
-head at ``params['classifier']`` (``kernel`` [D, C], plus ``bias`` for the linear head).
+A registered model is a backbone (pooled features) wrapped in a `Network` that adds the
+classifier head at ``params['classifier']`` (``kernel`` [D, C], plus ``bias`` for the linear
+head). It is called as ``model.apply(variables, x, train=...)`` on normalised NHWC float
+images and returns ``(logits [B, C], features [B, D])``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import jax.numpy as jnp
 
 from ltkd_jax.models import cpu_ops, resnet, resnet_cifar
 from ltkd_jax.models.heads import HEADS
+from ltkd_jax.models.network import (
+    Network,
+    legacy_variables,
+    migrate_variables,
+    needs_migration,
+)
 
+# name -> builder(**backbone fields) -> backbone. A backbone has a `feature_dim` property and
+# the class attributes `supports_cpu_ops` (it takes an `ops` field) and `foldable`.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet8": resnet_cifar.resnet8,
     "resnet20": resnet_cifar.resnet20,
@@ -28,7 +37,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet32x4": resnet_cifar.resnet32x4,
     "wrn16_2": resnet_cifar.wrn16_2,
     "wrn40_2": resnet_cifar.wrn40_2,
-    # ImageNet-style (224 x 224 inputs; methods.md 4.6, 5.3, 8.1)
+    # ImageNet-style (224 x 224 inputs)
     "resnet10": resnet.resnet10,
     "resnet50": resnet.resnet50,
     "resnext50_32x4d": resnet.resnext50_32x4d,
@@ -37,10 +46,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 # Compute dtypes by config name (config.model.dtype); parameters stay float32.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-# Models built from resnet_cifar's layers, which take `ops` (cpu_ops.OPS).
-CPU_OPS_MODELS = tuple(
-    name for name, fn in MODELS.items() if fn.func.__module__ == resnet_cifar.__name__
-)
+
+def _backbone(name: str, **fields: Any) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name](**fields)
 
 
 def get_model(
@@ -49,11 +59,11 @@ def get_model(
     *,
     head: str = "linear",
     dtype: Any = jnp.float32,
-    projection_dim: int | None = None,
-    regressor_dim: int | None = None,
     ops: str = "xla",
     zero_init_residual: bool = False,
-) -> nn.Module:
+    neck: nn.Module | None = None,
+    side: nn.Module | None = None,
+) -> Network:
     """Build a registered model.
 
     Args:
@@ -61,40 +71,36 @@ def get_model(
       num_classes: width of the classifier.
       head: ``linear`` (default), ``normed`` (LDAM, cosines) or ``cosine`` (CBD, 20 * cos).
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
-      projection_dim: if set, a CBD ``Dense(projection_dim) + ReLU`` after pooling; the
-        returned features are then the projected vector (methods.md 8.2).
-      regressor_dim: if set, the returned features pass through a linear map to this width
-        (KRDistill's regressor onto the teacher's features, methods.md 7.2).
-      ops: ``xla`` (Flax layers) or ``cpu`` (`cpu_ops` kernels, same parameters); the
-        ImageNet-style models always use ``xla``.
-      zero_init_residual: ImageNet-style models only: the last BatchNorm of every residual
-        block starts with gamma 0 (the official CBD code's ``gamma_initializer='zeros'``).
+      ops: ``xla`` (Flax layers) or ``cpu`` (`cpu_ops` kernels, same parameters); backbones
+        without CPU kernels (the ImageNet-style ones) always use ``xla``.
+      zero_init_residual: the last BatchNorm of every residual block starts with gamma 0 (the
+        official CBD code's ``gamma_initializer='zeros'``); post-activation ResNets only.
+      neck: a method's module between pooling and the head (e.g. CBD's Dense + ReLU
+        projection); its output is what the head sees and the returned features.
+      side: a method's module on the returned features only (e.g. KRDistill's regressor onto
+        the teacher's width); the head does not see it.
+      ``neck`` and ``side`` need an int ``features`` attribute (their width), as nn.Dense has.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
-    return MODELS[name](
-        num_classes=num_classes,
-        head=head,
-        dtype=dtype,
-        projection_dim=projection_dim,
-        regressor_dim=regressor_dim,
-        **({"ops": ops} if name in CPU_OPS_MODELS else {"zero_init_residual": zero_init_residual}),
-    )
+    if ops not in cpu_ops.OPS:
+        raise ValueError(f"unknown ops {ops!r}; choose one of: {', '.join(cpu_ops.OPS)}")
+    backbone = _backbone(name, dtype=dtype, zero_init_residual=zero_init_residual)
+    network = Network(backbone, num_classes, head=head, dtype=dtype, neck=neck, side=side)
+    return network.with_ops(ops)
 
 
-def fold_for_inference(model: nn.Module, variables: dict) -> tuple[nn.Module, dict]:
+def feature_dim(name: str) -> int:
+    """Pooled width of the backbone `name` (the features before any neck or side module)."""
+    return _backbone(name).feature_dim
+
+
+def fold_for_inference(model: Network, variables: dict) -> tuple[Network, dict]:
     """A frozen model and its variables with BatchNorm folded into the convs, when its
-    architecture allows (post-activation CIFAR ResNets); otherwise both unchanged."""
-    if not getattr(model, "foldable", False):
+    backbone allows (post-activation CIFAR ResNets); otherwise both unchanged."""
+    if not model.foldable:
         return model, variables
-    return model.clone(ops="folded"), cpu_ops.fold_batchnorm(variables)
-
-
-def feature_dim(name: str, projection_dim: int | None = None) -> int:
-    """Width D of the features a model returns (its pooled width, or ``projection_dim``)."""
-    return get_model(name, 1, projection_dim=projection_dim).feature_dim
+    return model.with_ops("folded"), cpu_ops.fold_batchnorm(variables)
 
 
 def num_params(params: Any) -> int:
@@ -102,4 +108,15 @@ def num_params(params: Any) -> int:
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
 
 
-__all__ = ["MODELS", "HEADS", "get_model", "fold_for_inference", "feature_dim", "num_params"]
+__all__ = [
+    "HEADS",
+    "MODELS",
+    "Network",
+    "feature_dim",
+    "fold_for_inference",
+    "get_model",
+    "legacy_variables",
+    "migrate_variables",
+    "needs_migration",
+    "num_params",
+]

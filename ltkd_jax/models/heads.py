@@ -1,49 +1,32 @@
-"""Classifier heads, selected by name (methods.md 4.4, 5.2, 8.1).
+"""Classifier heads, selected by name.
 
-Every head is created by the model under the submodule name ``classifier`` with a parameter
-``kernel`` of shape [D, C] (plus ``bias`` for ``linear``), so later stages (tau-norm, cRT)
-find it at ``params['classifier']``.
+Every head is created by `models.Network` under the submodule name ``classifier`` with a
+parameter ``kernel`` of shape [D, C] (plus ``bias`` for ``linear``), so later stages
+(tau-norm, cRT) find it at ``params['classifier']``.
 
-- ``linear``: Dense with bias (the default; the BKD / mdistiller heads).
-- ``normed``: LDAM ``NormedLinear``: cosine between the L2-normalised feature and the
-  L2-normalised weight columns, no bias. Outputs cosines in [-1, 1]; the LDAM loss applies
-  its own scale s = 30 (methods.md 4.4, checklist 9).
-- ``cosine``: CBD cosine classifier ``sigma * cos`` with a FIXED, non-trainable sigma = 20,
-  Glorot-uniform weights, no bias (methods.md 8.1, checklist 15).
+- ``linear``: Dense with bias and PyTorch's init (the default; the BKD / mdistiller heads).
+- ``normed``: LDAM ``NormedLinear`` (LDAM-DRW ``models/resnet_cifar.py``): cosine between the
+  L2-normalised feature and the L2-normalised weight columns, no bias. Outputs cosines in
+  [-1, 1]; the LDAM loss applies its own scale s = 30 (LDAM-DRW ``losses.py``).
+- ``cosine``: the CBD cosine classifier ``sigma * cos`` with a FIXED, non-trainable
+  sigma = 20, Glorot-uniform weights (Keras' default, as the official CBD code builds it),
+  no bias.
 """
 
 from __future__ import annotations
-
-import math
-from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Dtype = Any
-Initializer = Callable[..., jax.Array]
-
-# Kaiming-normal, fan_in, gain sqrt(2), not truncated: PyTorch `kaiming_normal_` as used by the
-# BKD/LDAM code on every conv and linear weight (methods.md 5.2).
-kaiming_normal: Initializer = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+from ltkd_jax.models.layers import Dtype, Initializer, kaiming_normal, linear, torch_bias_init
 
 # Avoids 0/0 when normalising an all-zero vector (e.g. a dead ReLU feature); PyTorch's
 # F.normalize uses the same 1e-12 floor on the norm.
 NORM_EPS = 1e-12
 
-CBD_SIGMA = 20.0  # methods.md 8.1: fixed, not learned.
-
-
-def torch_bias_init(fan_in: int) -> Initializer:
-    """PyTorch's default ``nn.Linear`` bias init: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+# The CBD cosine classifier's scale (CBD paper and official code): fixed, not learned.
+CBD_SIGMA = 20.0
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = NORM_EPS) -> jax.Array:
@@ -60,22 +43,8 @@ def ldam_kernel_init(
     return l2_normalize(w, axis=0)
 
 
-def linear(
-    features: int, in_features: int, *, dtype: Dtype = jnp.float32, name: str | None = None
-) -> nn.Dense:
-    """Dense with the PyTorch-style init of methods.md 5.2 (heads and the CBD projection)."""
-    return nn.Dense(
-        features,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=kaiming_normal,
-        bias_init=torch_bias_init(in_features),
-        name=name,
-    )
-
-
 class CosineClassifier(nn.Module):
-    """``scale * normalize(x) @ normalize(W, axis=0)``; no bias (methods.md 4.4, 8.1).
+    """``scale * normalize(x) @ normalize(W, axis=0)``; no bias (LDAM's NormedLinear, CBD).
 
     ``scale`` is a static attribute, never a parameter: 1 for LDAM's NormedLinear, 20 for CBD.
     """
@@ -105,7 +74,7 @@ def make_head(
     in_features: int,
     *,
     dtype: Dtype = jnp.float32,
-    name: str = "classifier",
+    name: str | None = "classifier",
 ) -> nn.Module:
     """Build the classifier head called ``head`` (one of :data:`HEADS`)."""
     if head == "linear":
@@ -123,3 +92,16 @@ def make_head(
             name=name,
         )
     raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
+
+
+__all__ = [
+    "CBD_SIGMA",
+    "HEADS",
+    "CosineClassifier",
+    "kaiming_normal",
+    "l2_normalize",
+    "ldam_kernel_init",
+    "linear",
+    "make_head",
+    "torch_bias_init",
+]
