@@ -15,7 +15,8 @@ With a finished teacher run, and other data or architectures through the config 
 ltkd_jax/methods/bkd.py: CE + alpha * T^2 * KL(q~ || p) with the teacher's softened distribution
 re-weighted per class column by effective-number weights (beta 0.9999); alpha = 1, T = 2.
 CIFAR-100 re-weights from epoch 0; CIFAR-10 follows the repo's DRW rule (plain KD until
-epoch 160). Recipe (docs/recipes.md#bkd-cifar-recipe): 200 epochs, batch 128, SGD 0.9, wd 2e-4, warm-up 5, 1e-3 at 160,
+epoch 160). Recipe (docs/recipes.md#bkd-cifar-recipe): 200 epochs, batch 128, SGD 0.9, wd 2e-4,
+warm-up 5, 1e-3 at 160,
 1e-5 at 180.
 """
 

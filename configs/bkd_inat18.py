@@ -1,4 +1,5 @@
-"""BKD student on iNaturalist 2018 (ltkd_jax/methods/bkd.py on docs/recipes.md#large-scale-recipe: our choice, the BKD paper ran CIFAR only).
+"""BKD student on iNaturalist 2018 (ltkd_jax/methods/bkd.py on docs/recipes.md#large-scale-recipe:
+our choice, the BKD paper ran CIFAR only).
 
 On a Cloud TPU VM pod slice:
 

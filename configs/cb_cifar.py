@@ -3,7 +3,8 @@
     python -m ltkd_jax.main --config configs/cb_cifar.py --workdir runs/cb_c100 \
         --config.data.archive=../shared/data/cifar100-png.zip
 
-ltkd_jax/methods/ce.py (cb): weights (1 - beta) / (1 - beta^n_c), beta = 0.9999, normalised to sum C,
+ltkd_jax/methods/ce.py (cb): weights (1 - beta) / (1 - beta^n_c), beta = 0.9999, normalised to sum
+C,
 PyTorch weighted-mean reduction, from epoch 0 (the LDAM/BKD code's `Reweight` rule).
 """
 

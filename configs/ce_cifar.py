@@ -1,4 +1,5 @@
-"""CE teacher on CIFAR-100-LT (IF 100), ResNet-32, the BKD recipe (docs/recipes.md#bkd-cifar-recipe).
+"""CE teacher on CIFAR-100-LT (IF 100), ResNet-32, the BKD recipe
+(docs/recipes.md#bkd-cifar-recipe).
 
     python -m ltkd_jax.main --config configs/ce_cifar.py --workdir runs/ce_cifar100_if100 \
         --config.data.archive=../shared/data/cifar100-png.zip

@@ -14,7 +14,8 @@ The first run checks every image and prepares ArrayRecord files in `data.data_di
 changed folder is prepared again, with a log line saying what changed. Corrupt images are
 listed with their paths and stop preparation (nothing is written) unless
 --config.data.on_corrupt=skip. The train split is used as it is (`imb=1`); `:imb=100` cuts
-an exponentially long-tailed subset out of a *balanced* folder (docs/data.md#long-tailed-cifar-subsets) and is
+an exponentially long-tailed subset out of a *balanced* folder
+(docs/data.md#long-tailed-cifar-subsets) and is
 refused on one that is already imbalanced. A `val/` split (or `data.val_fraction`) chooses
 the best checkpoint; shot groups use thresholds derived from the class counts when the
 CIFAR ones (100 / 20) leave a group empty. Images are fed at `size` (0 = the typical

@@ -11,7 +11,8 @@ slice of every batch):
 
 `data.root` is the iNaturalist 2018 root the classifier-balancing lists
 (iNaturalist18_{train,val}.txt in `data.list_dir`, lines `train_val2018/... label`) are
-relative to; the validation split is the test set (docs/data.md#large-scale-benchmarks). The first run
+relative to; the validation split is the test set (docs/data.md#large-scale-benchmarks). The first
+run
 prepares ArrayRecord files into `data_dir` (TF-free; prepare once per host disk first
 with `python -m ltkd_jax.data.prepare --config configs/ce_inat18.py ...` and the same
 data flags). Without `data.root`, TFDS's own prepared `i_naturalist2018` in `data_dir`

@@ -1,4 +1,5 @@
-"""KRDistill-R on CIFAR-LT -- a reconstruction (ltkd_jax/methods/krdistill.py), not the paper's method.
+"""KRDistill-R on CIFAR-LT -- a reconstruction (ltkd_jax/methods/krdistill.py), not the paper's
+method.
 
     python -m ltkd_jax.main --config configs/krdistill_cifar.py --workdir runs/kr_c100 \
         --config.teacher.workdir=runs/bkd_c100/teacher \

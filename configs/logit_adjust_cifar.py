@@ -3,7 +3,8 @@
     python -m ltkd_jax.main --config configs/logit_adjust_cifar.py --workdir runs/la_c100 \
         --config.data.archive=../shared/data/cifar100-png.zip
 
-ltkd_jax/methods/logit_adjust.py: CE(z + tau * log pi, y) in training, tau = 1; raw logits at test. On the
+ltkd_jax/methods/logit_adjust.py: CE(z + tau * log pi, y) in training, tau = 1; raw logits at test.
+On the
 BKD recipe (5.3) rather than the logit-adjustment repo's 1,241-epoch schedule.
 """
 

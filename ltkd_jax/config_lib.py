@@ -459,8 +459,10 @@ def cifar_config(
     Arguments: dataset (cifar10 | cifar100), imb (imbalance factor), student and teacher
     (architectures, e.g. teacher=resnet32x4,student=resnet8x4 for the
     heterogeneous pairs), teacher_workdir (a finished teacher run; empty = train it first
-    into WORKDIR/teacher), recipe (bkd = docs/recipes.md#bkd-cifar-recipe, the default, so every method is
-    compared on one recipe; mdistiller = docs/recipes.md#mdistiller-cifar-recipe). `loss` sets config.loss fields.
+    into WORKDIR/teacher), recipe (bkd = docs/recipes.md#bkd-cifar-recipe, the default, so every
+    method is
+    compared on one recipe; mdistiller = docs/recipes.md#mdistiller-cifar-recipe). `loss` sets
+    config.loss fields.
     `bkd_repo_rule`: under recipe=bkd, weight the loss by class as the BKD repository does
     for every loss (`bkd_repo_weighting`); other recipes keep config.loss.class_weighting.
     """

@@ -1,7 +1,8 @@
 """A 1-D data-parallel mesh, and host-local batches turned into global arrays.
 
 `jax.jit` over a mesh `('data',)`: batches are split along the batch axis, the state is
-replicated, and XLA inserts the gradient all-reduce itself (as flax examples and big_vision do). Each process
+replicated, and XLA inserts the gradient all-reduce itself (as flax examples and big_vision do).
+Each process
 feeds only its slice of the global batch, so the same code runs on one CPU, one GPU or
 a multi-host TPU pod.
 """

@@ -538,7 +538,8 @@ def _make_evaluator(run: _Run, model, split):
 def class_feature_means(
     teacher: modeling.Teacher, split, mesh, batch_size: int, mean: tuple, std: tuple
 ) -> np.ndarray:
-    """Per-class mean teacher feature on un-augmented training images (KRDistill-R, ltkd_jax/methods/krdistill.py)."""
+    """Per-class mean teacher feature on un-augmented training images (KRDistill-R,
+    ltkd_jax/methods/krdistill.py)."""
 
     @jax.jit
     def sums(variables, batch):

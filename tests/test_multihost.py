@@ -1,5 +1,6 @@
 """Multi-host on CPU: 2 processes x 4 devices over loopback (jax.distributed + gloo) give the
-same training losses and evaluation as 1 process with 8 devices (the flax/big_vision data-parallel pattern)."""
+same training losses and evaluation as 1 process with 8 devices (the flax/big_vision data-parallel
+pattern)."""
 
 import os
 import pathlib
