@@ -120,9 +120,8 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     c.optim.lr = 0.1
     c.optim.momentum = 0.9
     c.optim.nesterov = False
-    c.optim.weight_decay = (
-        2e-4  # coupled L2 on every parameter, BN included (docs/recipes.md#optimiser)
-    )
+    # coupled L2 on every parameter, BN included (docs/recipes.md#optimiser)
+    c.optim.weight_decay = 2e-4
     c.optim.schedule = "step"
     c.optim.warmup_epochs = 5
     c.optim.decay_epochs = (160, 180)
@@ -457,12 +456,11 @@ def cifar_config(
     """A CIFAR-LT config for `method`, from the `file.py:k=v,...` argument.
 
     Arguments: dataset (cifar10 | cifar100), imb (imbalance factor), student and teacher
-    (architectures, e.g. teacher=resnet32x4,student=resnet8x4 for the
-    heterogeneous pairs), teacher_workdir (a finished teacher run; empty = train it first
-    into WORKDIR/teacher), recipe (bkd = docs/recipes.md#bkd-cifar-recipe, the default, so every
-    method is
-    compared on one recipe; mdistiller = docs/recipes.md#mdistiller-cifar-recipe). `loss` sets
-    config.loss fields.
+    (architectures, e.g. teacher=resnet32x4,student=resnet8x4 for the heterogeneous
+    pairs), teacher_workdir (a finished teacher run; empty = train it first into
+    WORKDIR/teacher), recipe (bkd = docs/recipes.md#bkd-cifar-recipe, the default, so every
+    method is compared on one recipe; mdistiller = docs/recipes.md#mdistiller-cifar-recipe).
+    `loss` sets config.loss fields.
     `bkd_repo_rule`: under recipe=bkd, weight the loss by class as the BKD repository does
     for every loss (`bkd_repo_weighting`); other recipes keep config.loss.class_weighting.
     """

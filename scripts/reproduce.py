@@ -123,15 +123,18 @@ def short_schedule(config, epochs: int, steps: int) -> list[str]:
     """
     scale = epochs / config.num_epochs
     decay = tuple(round(d * scale) for d in config.optim.decay_epochs)
-    return [
+    overrides = [
         f"num_epochs={epochs}",
         f"max_steps_per_epoch={steps}",
         f"eval_every_epochs={epochs}",
         f"optim.warmup_epochs={round(config.optim.warmup_epochs * scale)}",
         f"optim.decay_epochs={cli_value(decay)}",
-        f"loss.drw_epoch={round(config.loss.drw_epoch * scale)}",
-        f"loss.warmup_epochs={max(1, round(config.loss.warmup_epochs * scale))}",
     ]
+    if "drw_epoch" in config.loss:  # the methods that weight by class
+        overrides.append(f"loss.drw_epoch={round(config.loss.drw_epoch * scale)}")
+    if "warmup_epochs" in config.loss:  # DKD
+        overrides.append(f"loss.warmup_epochs={max(1, round(config.loss.warmup_epochs * scale))}")
+    return overrides
 
 
 def plan_table(
@@ -230,7 +233,7 @@ def check_same_config(run: Run) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        stored = _flatten(json.load(f))
+        stored = _flatten(config_lib.upgrade_saved_config(json.load(f)))
     wanted = _flatten(json.loads(json.dumps(run.config.to_dict())))
     differ = sorted(k for k in stored.keys() & wanted.keys() if stored[k] != wanted[k])
     if differ:
