@@ -1,4 +1,4 @@
-"""The import graph inside `ltkd_jax.data` has no cycle, counting deferred imports too.
+"""The import graph of `ltkd_jax` has no cycle, counting deferred imports too.
 
 `import_graph` reads the source with `ast` (nothing is imported), so an import inside a
 function counts as much as one at the top of the module: a cycle hidden in a function body
@@ -108,11 +108,30 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_data_package_has_no_import_cycle():
-    graph = import_graph(REPO / "ltkd_jax" / "data")
-    assert "ltkd_jax.data.records" in graph and "ltkd_jax.data.sources" in graph
+def test_the_package_has_no_import_cycle():
+    graph = import_graph(REPO / "ltkd_jax")
+    assert "ltkd_jax.data.records" in graph and "ltkd_jax.methods.bkd" in graph
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_trainer_imports_no_stage_above_it():
+    """Layers: the job builds on stage 1, which builds on the trainer; methods and models
+    know nothing of the trainer."""
+    graph = import_graph(REPO / "ltkd_jax")
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    assert not reaches("ltkd_jax.train") & {"ltkd_jax.job", "ltkd_jax.stage1"}
+    for lower in ("ltkd_jax.methods.bkd", "ltkd_jax.models", "ltkd_jax.config_lib"):
+        assert "ltkd_jax.train" not in reaches(lower), lower
 
 
 def test_import_graph_sees_deferred_and_package_imports(tmp_path):
