@@ -16,10 +16,10 @@ Multi-host (TPU VM pod slice):
       --workdir gs://$BUCKET/runs/bkd_mydata --distributed --config.data.root=/mnt/disks/mydata"
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_lib, recipes
 
 
 def get_config(arg=None):
-    c = config_lib.folder_config(arg, "bkd")
+    c = recipes.folder_config(arg, "bkd")
     c.loss.class_weighting = "reweight"  # effective-number weights from epoch 0
     return config_lib.lock(c)

@@ -15,11 +15,11 @@ and student share the recipe of configs/ce_inat18.py (ResNet-50, 90 epochs, batc
 512, lr 0.2 cosine, wd 5e-4); only the loss differs: BKD with effective-number class weights.
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_lib, recipes
 
 
 def get_config(arg=None):
     args = config_lib.parse_arg(arg, model="resnet50", epochs=90)
-    c = config_lib.large_scale_config("inat2018", "bkd", model=args.model, epochs=args.epochs)
+    c = recipes.large_scale_config("inat2018", "bkd", model=args.model, epochs=args.epochs)
     c.loss.class_weighting = "reweight"
     return config_lib.lock(c)

@@ -16,7 +16,7 @@ SimCLR v2 colour jitter + random grayscale (the official code's data-aug teacher
 BKD recipe (5.3) replaces CBD's ImageNet schedule.
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_lib, recipes
 
 
 def get_config(arg=None):
@@ -24,7 +24,7 @@ def get_config(arg=None):
     args = config_lib.parse_arg(",".join(i for i in items if i.startswith("teachers=")), teachers=1)
     rest = ",".join(i for i in items if not i.startswith("teachers="))
     method = "cbd" if args.teachers == 1 else "cbd_ensemble"
-    c = config_lib.cifar_config(rest or None, method, alpha=0.4, beta=100.0)
+    c = recipes.cifar_config(rest or None, method, alpha=0.4, beta=100.0)
     c.model.head = c.teacher.head = "cosine"
     c.data.sampler = "class_balanced"
     c.teacher.count = args.teachers

@@ -14,16 +14,16 @@ fixed sigma 20, student projection Dense(2048) + ReLU; stage 2 samples with CBD'
 class-balancing example-stream resampler (`cbd_stream`); loss (1 - 0.4) CE + 0.4 * 100 *
 (1 - cos) on features. 90 epochs, batch 128, lr 0.05 cosine per step without warm-up, heavy-
 ball momentum 0.9; the official weight decay 5e-4 as its code applies it, an effective 2.5e-4
-on all parameters (config_lib.cbd_large_scale_config says why); random-resized crop area
+on all parameters (recipes.cbd_large_scale_config says why); random-resized crop area
 [0.05, 1]. The last BN of each ResNet-50 block starts with gamma 0, as in the official code.
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_lib, recipes
 
 
 def get_config(arg=None):
     args = config_lib.parse_arg(arg, epochs=90)
-    c = config_lib.cbd_large_scale_config(
+    c = recipes.cbd_large_scale_config(
         "imagenet_lt", teachers=1, epochs=args.epochs, weight_decay=5e-4
     )
     return config_lib.lock(c)

@@ -20,10 +20,10 @@ Recipe (classifier-balancing stage 1): ResNeXt-50 32x4d (`:model=resnet50` for R
 sampling, random-resized crop 224 + flip, evaluation resize 256 + centre crop 224.
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_lib, recipes
 
 
 def get_config(arg=None):
     args = config_lib.parse_arg(arg, model="resnext50_32x4d", epochs=90)
-    c = config_lib.large_scale_config("imagenet_lt", "ce", model=args.model, epochs=args.epochs)
+    c = recipes.large_scale_config("imagenet_lt", "ce", model=args.model, epochs=args.epochs)
     return config_lib.lock(c)

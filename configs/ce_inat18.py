@@ -23,10 +23,10 @@ schedule), batch 512, SGD momentum 0.9, lr 0.2 cosine to 0, weight decay 5e-4, i
 sampling, random-resized crop 224 + flip, evaluation resize 256 + centre crop 224.
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_lib, recipes
 
 
 def get_config(arg=None):
     args = config_lib.parse_arg(arg, model="resnet50", epochs=90)
-    c = config_lib.large_scale_config("inat2018", "ce", model=args.model, epochs=args.epochs)
+    c = recipes.large_scale_config("inat2018", "ce", model=args.model, epochs=args.epochs)
     return config_lib.lock(c)

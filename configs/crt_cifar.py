@@ -9,11 +9,11 @@ classifier re-initialised and trained with CE for 10 epochs on class-balanced ba
 cosine learning rate.
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_lib, recipes
 
 
 def get_config(arg=None):
-    c = config_lib.cifar_config(arg, "crt")
+    c = recipes.cifar_config(arg, "crt")
     c.data.sampler = "class_balanced"
     c.num_epochs = 10
     c.optim.schedule, c.optim.warmup_epochs = "cosine", 0

@@ -10,14 +10,14 @@ data, models and schedule from the folder recipe. The other arguments are ce_fol
 method first trains its CE teacher into WORKDIR/teacher. docs/own_data.md walks through it.
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_lib, recipes
 
 
 def get_config(arg=None):
     items = [i for i in (arg or "").split(",") if i]
     method = next((i.partition("=")[2] for i in items if i.startswith("method=")), "ce")
     rest = ",".join(i for i in items if not i.startswith("method=")) or None
-    recipe = config_lib.folder_config(rest, "ce")
+    recipe = recipes.folder_config(rest, "ce")
     if method == "ce":
         return config_lib.lock(recipe)
-    return config_lib.lock(config_lib.with_method(recipe, config_lib.method_config(method)))
+    return config_lib.lock(recipes.with_method(recipe, recipes.method_config(method)))

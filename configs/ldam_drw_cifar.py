@@ -7,11 +7,11 @@ ltkd_jax/methods/ldam_drw.py: cosine (NormedLinear) head, logits 30 * (cos - Del
 margins 0.5 * n_c^-1/4 / max; effective-number re-weighting from epoch 160 (DRW).
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_lib, recipes
 
 
 def get_config(arg=None):
-    c = config_lib.cifar_config(arg, "ldam_drw")
+    c = recipes.cifar_config(arg, "ldam_drw")
     c.model.head = "normed"
     c.loss.class_weighting = "drw"
     c.loss.drw_epoch = 160

@@ -19,9 +19,9 @@ T = 4, alpha = beta = 1, the exact scaling formula (losses.batch_rebalanced_grou
 Alternatives: loss.rebalance (batch | r1 | r2 | none), loss.groups (tail33 | shot | thirds).
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_lib, recipes
 
 
 def get_config(arg=None):
-    c = config_lib.cifar_config(arg, "ltkd", temperature=4.0, alpha=1.0, beta=1.0)
+    c = recipes.cifar_config(arg, "ltkd", temperature=4.0, alpha=1.0, beta=1.0)
     return config_lib.lock(c)

@@ -11,10 +11,10 @@ tau in 0, 0.1, ...,
 instead. CIFAR-LT has no validation split, so tau is chosen on the test split.
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_lib, recipes
 
 
 def get_config(arg=None):
-    c = config_lib.cifar_config(arg, "tau_norm")
+    c = recipes.cifar_config(arg, "tau_norm")
     c.init.workdir = config_lib.placeholder(str)
     return config_lib.lock(c)

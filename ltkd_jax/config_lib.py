@@ -25,13 +25,26 @@ from ltkd_jax.models import cpu_ops
 
 def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     """The BKD/LDAM-DRW CIFAR recipe (docs/recipes.md): ResNet-32, 200 epochs, batch 128,
-    running `method` with its own defaults in `config.loss`."""
+    running `method` with its own defaults in `config.loss`. Every field is documented
+    here or in the section builders below; `--print_config` shows the comments."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     # The training method (ltkd_jax/methods/) or post-hoc correction; its hyper-parameters
     # are config.loss.
     c.method = method
+    _add_data(c)
+    _add_model(c)
+    # The method's own hyper-parameters: exactly the fields its module declares
+    # (ltkd_jax/methods/<method>.py), each with its default; --print_config lists them.
+    c.loss = loss_section(method)
+    _add_teacher_and_init(c)
+    _add_optim(c)
+    _add_run(c)
+    return c
 
+
+def _add_data(c: ml_collections.ConfigDict) -> None:
+    """config.data: which data, which long-tailed subset, how it is fed and grouped."""
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar100"
     # Where prepared tfds data lives; empty means ~/tensorflow_datasets.
@@ -84,6 +97,9 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     # classes by training count, as LTKD reports its "tail").
     c.data.eval_groups = "shot"
 
+
+def _add_model(c: ml_collections.ConfigDict) -> None:
+    """config.model: the student network."""
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet32"
     c.model.head = "linear"
@@ -94,10 +110,9 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     # ImageNet-style ResNets: start the last BatchNorm gamma of every block at 0 (CBD's code).
     c.model.zero_init_residual = False
 
-    # The method's own hyper-parameters: exactly the fields its module declares
-    # (ltkd_jax/methods/<method>.py), each with its default; --print_config lists them.
-    c.loss = loss_section(method)
 
+def _add_teacher_and_init(c: ml_collections.ConfigDict) -> None:
+    """config.teacher (a distillation method's frozen teachers) and config.init."""
     # The frozen teacher(s) of a distillation method.
     c.teacher = ml_collections.ConfigDict()
     # A finished teacher run's workdir (comma-separated for an ensemble). Empty: the run
@@ -116,6 +131,9 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict()
     c.init.workdir = ""
 
+
+def _add_optim(c: ml_collections.ConfigDict) -> None:
+    """config.optim: SGD with momentum, coupled weight decay, the LR schedule."""
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1
     c.optim.momentum = 0.9
@@ -127,6 +145,9 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     c.optim.decay_epochs = (160, 180)
     c.optim.decay_factor = 0.01  # two x0.01 drops: 1e-3 at 160, 1e-5 at 180
 
+
+def _add_run(c: ml_collections.ConfigDict) -> None:
+    """How the run goes: batch sizes, epochs, logging, chunks, devices, checkpoints."""
     c.batch_size = 128  # global, over all devices and processes
     c.num_epochs = 200
     c.eval_batch_size = 100
@@ -144,7 +165,6 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     c.num_devices = 0  # 0 = every device JAX sees; n = the first n (a data-parallel mesh)
     c.progress_bar = True
     c.keep_checkpoints = 2  # the latest N are kept, plus the best by top-1
-    return c
 
 
 TEACHER_SEED_STRIDE = 1000
@@ -194,7 +214,16 @@ def _comments_in(fn, prefix: str = "") -> dict[str, str]:
 def field_comments(method: str | None = None) -> dict[str, str]:
     """'section.field' -> its comment: `base_config`'s, and the `loss.*` fields of `method`
     from its module's config function."""
-    comments = _comments_in(base_config)
+    comments = {}
+    for section in (
+        base_config,
+        _add_data,
+        _add_model,
+        _add_teacher_and_init,
+        _add_optim,
+        _add_run,
+    ):
+        comments.update(_comments_in(section))
     if method in methods.METHODS:
         comments.update(_comments_in(method_base.add_class_weighting, "loss."))
         comments.update(_comments_in(methods.get(method).config, "loss."))
@@ -438,210 +467,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     errors += _check_warmup(config, _trains_teachers(config))
     if errors:
         raise UserError("invalid config:\n  - " + "\n  - ".join(errors))
-
-
-# Recipes a CIFAR config can follow (the `recipe=` config argument).
-RECIPES = ("bkd", "mdistiller")
-
-
-def bkd_repo_weighting(dataset: str) -> str:
-    """The class-weighting rule the BKD repository forces for every loss (train_student.py):
-    DRW on CIFAR-10, effective-number re-weighting from epoch 0 on CIFAR-100."""
-    return "drw" if dataset == "cifar10" else "reweight"
-
-
-def cifar_config(
-    arg: str | None, method: str, *, bkd_repo_rule: bool = False, **loss
-) -> ml_collections.ConfigDict:
-    """A CIFAR-LT config for `method`, from the `file.py:k=v,...` argument.
-
-    Arguments: dataset (cifar10 | cifar100), imb (imbalance factor), student and teacher
-    (architectures, e.g. teacher=resnet32x4,student=resnet8x4 for the heterogeneous
-    pairs), teacher_workdir (a finished teacher run; empty = train it first into
-    WORKDIR/teacher), recipe (bkd = docs/recipes.md#bkd-cifar-recipe, the default, so every
-    method is compared on one recipe; mdistiller = docs/recipes.md#mdistiller-cifar-recipe).
-    `loss` sets config.loss fields.
-    `bkd_repo_rule`: under recipe=bkd, weight the loss by class as the BKD repository does
-    for every loss (`bkd_repo_weighting`); other recipes keep config.loss.class_weighting.
-    """
-    args = parse_arg(
-        arg,
-        dataset="cifar100",
-        imb=100.0,
-        student="resnet32",
-        teacher="resnet32",
-        teacher_workdir="",
-        recipe="bkd",
-    )
-    if args.recipe not in RECIPES:
-        raise ValueError(f"recipe={args.recipe!r} is not known; choose one of {list(RECIPES)}")
-    c = base_config(method)
-    c.data.name = args.dataset
-    c.data.imbalance_factor = args.imb
-    c.model.name = args.student
-    c.teacher.model = args.teacher
-    c.teacher.workdir = args.teacher_workdir
-    for key, value in loss.items():
-        c.loss[key] = value
-    if bkd_repo_rule and args.recipe == "bkd":
-        c.loss.class_weighting = bkd_repo_weighting(args.dataset)
-    if args.recipe == "mdistiller":
-        # mdistiller: 240 epochs, batch 64, lr 0.05, x0.1 at 150/180/210, wd 5e-4.
-        for section in (c, c.teacher):
-            section.num_epochs = 240
-        c.batch_size = 64
-        c.optim.lr, c.optim.weight_decay = 0.05, 5e-4
-        c.optim.warmup_epochs, c.optim.decay_epochs, c.optim.decay_factor = 0, (150, 180, 210), 0.1
-        c.data.eval_groups = "tail33"  # LTKD's tables report the bottom 33% as "tail"
-    return c
-
-
-def large_scale_config(
-    dataset: str, method: str, *, model: str, epochs: int, weight_decay: float = 5e-4
-) -> ml_collections.ConfigDict:
-    """ImageNet-style recipe (docs/recipes.md#large-scale-recipe).
-
-    224-pixel random-resized crops read from disk by 8 grain workers, bf16 compute with
-    float32 parameters and loss, batch 512, SGD 0.9, lr 0.2 cosine to 0 per step. The
-    datasets are long-tailed already, so no subset is taken (imbalance factor 1). The
-    teacher of a distillation method shares the student's architecture and schedule.
-    """
-    c = base_config(method)
-    c.data.name = dataset
-    c.data.imbalance_factor = 1.0
-    c.data.image_size = 224
-    c.data.in_memory = "no"
-    c.data.augment = "imagenet"
-    c.data.num_workers = 8
-    c.model.name = c.teacher.model = model
-    c.model.dtype = "bfloat16"  # compute; parameters and the loss stay float32
-    c.teacher.num_epochs = c.num_epochs = epochs
-    c.batch_size = 512
-    c.eval_batch_size = 1000
-    c.optim.lr = 0.2
-    c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 0
-    c.optim.weight_decay = weight_decay
-    c.log_every_steps = 100
-    return c
-
-
-def cbd_large_scale_config(
-    dataset: str, *, teachers: int, epochs: int, weight_decay: float
-) -> ml_collections.ConfigDict:
-    """CBD stage 2 as its official code runs it (docs/recipes.md#cbd).
-
-    `weight_decay` is the official config's value; the effective decay applied is half of it
-    (see below). The official code shuffles its example stream with a 1000-example buffer;
-    ours shuffles each epoch globally, a deliberate choice: the same class balance per pass
-    and no dependence on the order the examples are stored in.
-
-    ResNet-50 with the fixed-sigma cosine head for teachers and student, the class-balancing
-    example-stream resampler, (1 - 0.4) CE + 0.4 * 100 * (1 - cos); batch 128, lr
-    0.1 * 128 / 256 cosine per step without warm-up, heavy-ball momentum, crop area
-    [0.05, 1], pixels in [0, 1] without mean/std normalisation.
-    """
-    method = "cbd" if teachers == 1 else "cbd_ensemble"
-    # The official train.py adds weight_decay * 0.5 * tf.nn.l2_loss(trainable variables) =
-    # weight_decay / 4 * sum(theta^2) to the loss: a gradient of weight_decay / 2 * theta on
-    # every variable, BatchNorm included. The optimiser's coupled decay adds
-    # optim.weight_decay * theta, so it gets half the official config's number.
-    c = large_scale_config(
-        dataset, method, model="resnet50", epochs=epochs, weight_decay=weight_decay / 2
-    )
-    c.model.zero_init_residual = True  # the official blocks' bn_2: gamma_initializer='zeros'
-    c.loss.alpha, c.loss.beta = 0.4, 100.0
-    c.data.crop_min_area = 0.05
-    c.data.normalize = False
-    c.data.sampler = "cbd_stream"
-    c.model.head = c.teacher.head = "cosine"
-    c.teacher.count = teachers  # seeds seed + 1000, seed + 2000, ... (train.teacher_seed)
-    # CBD_ENS = vanilla_seed1/2 + data_aug_seed1/2 (colour jitter + grayscale).
-    c.teacher.color_jitter_teachers = teachers // 2
-    c.batch_size = 128
-    c.optim.lr = 0.05
-    c.optim.nesterov = False
-    return c
-
-
-def folder_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
-    """A user's image-folder dataset (`<split>/<class>/<image>`, a folder or a zip).
-
-    Arguments: root (the path; also `--config.data.root`), imb (1 = as it is, > 1 = an
-    exponential long-tailed subset), model, augment (imagenet | cifar for <= 64 px images),
-    size (0 = automatic), epochs. Recipe: 100 epochs, batch 128, SGD 0.9, lr 0.1 with 5
-    warm-up epochs (half the epochs when fewer than 10) and cosine decay, weight decay 5e-4;
-    the teacher of a distillation method shares it.
-    """
-    args = parse_arg(
-        arg, root="", imb=1.0, model="resnet10", augment="imagenet", size=0, epochs=100
-    )
-    c = base_config(method)
-    c.data.name = "folder"
-    c.data.root = args.root
-    c.data.imbalance_factor = args.imb
-    c.data.image_size = args.size
-    c.data.augment = args.augment
-    c.model.name = c.teacher.model = args.model
-    c.teacher.num_epochs = c.num_epochs = args.epochs
-    c.batch_size = 128
-    c.eval_batch_size = 200
-    c.optim.lr = 0.1
-    c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = min(5, args.epochs // 2)  # a short smoke run (epochs=1) still decays
-    c.optim.weight_decay = 5e-4
-    return c
-
-
-# What a method's own config (configs/<method>_cifar.py) sets beyond the shared recipe:
-# `with_method` carries these, plus the whole `loss` section, onto another recipe.
-METHOD_FIELDS = (
-    "method",
-    "model.head",
-    "teacher.head",
-    "teacher.count",
-    "teacher.color_jitter_teachers",
-    "data.sampler",
-)
-# Loss settings counted in epochs: scaled to the recipe's length by `with_method`.
-EPOCH_FIELDS = ("drw_epoch", "warmup_epochs")
-
-
-def method_config(method: str) -> ml_collections.ConfigDict:
-    """The config of configs/<method>_cifar.py (default argument): a method's loss settings."""
-    import importlib.util  # noqa: PLC0415
-    import pathlib  # noqa: PLC0415
-
-    configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
-    path = configs / f"{method}_cifar.py"
-    if not path.exists():
-        known = sorted(p.name.removesuffix("_cifar.py") for p in configs.glob("*_cifar.py"))
-        raise ValueError(
-            f"no config for method {method!r} ({path} is missing); choose one of {known}"
-        )
-    spec = importlib.util.spec_from_file_location(f"config_{method}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(None)
-
-
-def with_method(
-    recipe: ml_collections.ConfigDict, method: ml_collections.ConfigDict
-) -> ml_collections.ConfigDict:
-    """`recipe` (data, models, schedule) running the method of `method` (a method's config,
-    e.g. `method_config('dkd')`) with its loss settings. Loss settings counted in epochs
-    (DRW start, DKD warm-up) keep their fraction of training: 160 of 200 epochs becomes 80
-    of 100. Returns an unlocked copy; `recipe` is unchanged."""
-    c = ml_collections.ConfigDict(recipe.to_dict())
-    for field in METHOD_FIELDS:
-        section, _, name = field.rpartition(".")
-        (c[section] if section else c)[name] = (method[section] if section else method)[name]
-    c.loss = ml_collections.ConfigDict(method.loss.to_dict())
-    scale = recipe.num_epochs / method.num_epochs
-    for name in EPOCH_FIELDS:
-        if name in c.loss:
-            c.loss[name] = int(round(method.loss[name] * scale))
-    return c
 
 
 def upgrade_saved_config(saved: dict) -> dict:

@@ -17,6 +17,7 @@ import collections
 from collections.abc import Iterator
 
 import grain
+import jax
 import ml_collections
 
 from ltkd_jax import sharding
@@ -89,3 +90,29 @@ def uses_device(config: ml_collections.ConfigDict, split: Split) -> bool:
     """The device path when the config allows it and the split and augmentation support it."""
     d = config.data
     return bool(d.device_resident) and device.supports(split, d.augment, d.color_jitter)
+
+
+def make_feed(config: ml_collections.ConfigDict, train_split, mesh):
+    """(feed, uncapped steps per epoch): on the device when the split allows it."""
+    if config.batch_size > len(train_split):
+        raise ValueError(
+            f"config.batch_size={config.batch_size} exceeds the {len(train_split)} training "
+            "images; lower it"
+        )
+    steps_per_epoch = len(train_split) // config.batch_size
+    if uses_device(config, train_split):
+        return DeviceFeed(train_split, config, mesh), steps_per_epoch
+    iterator, _ = pipeline.make_train_iterator(
+        train_split,
+        global_batch_size=config.batch_size,
+        sampler=config.data.sampler,
+        seed=config.seed,
+        num_epochs=config.num_epochs,
+        augment=config.data.augment,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_workers=config.data.num_workers,
+        crop_min_area=config.data.crop_min_area,
+        color_jitter=config.data.color_jitter,
+    )
+    return HostFeed(iterator, mesh), steps_per_epoch

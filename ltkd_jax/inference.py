@@ -35,7 +35,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from ltkd_jax import checkpointing, data, finished_runs, modeling, sharding, task_data, train
+from ltkd_jax import checkpointing, data, finished_runs, modeling, sharding, task_data
 from ltkd_jax.data import augment, image_builders
 from ltkd_jax.models import cpu_ops
 
@@ -235,7 +235,7 @@ def logits_fn(run: LoadedRun):
     mean, std = run.preprocess.mean, run.preprocess.std
 
     def forward(variables, images):
-        logits, _ = run.model.apply(variables, train.preprocess(images, mean, std), train=False)
+        logits, _ = run.model.apply(variables, task_data.preprocess(images, mean, std), train=False)
         return logits.astype(jnp.float32)
 
     return jax.jit(

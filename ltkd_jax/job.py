@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from ltkd_jax import (
+    evaluation,
     finished_runs,
     modeling,
     posthoc,
@@ -98,7 +99,7 @@ def correct_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mean, std = task_data.input_stats(config, image_shape)
     options = cpu_ops.compiler_options(modeling.cpu_kernels(config))
     eval_fn = jax.jit(
-        functools.partial(train.eval_step, model=teacher.model, mean=mean, std=std),
+        functools.partial(evaluation.eval_step, model=teacher.model, mean=mean, std=std),
         out_shardings=sharding.replicated(mesh),
         compiler_options=options,
     )
@@ -116,13 +117,13 @@ def correct_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         else:
             offset = jnp.asarray(-tau * log_prior)
         evaluate = functools.partial(eval_fn, logit_offset=offset)
-        results = train.evaluate(
+        results = evaluation.evaluate(
             evaluate, variables, test_split, mesh, batch_size, task.class_groups
         )
         writer.write_scalars(0, results, split="test", epoch=epoch, tau=float(tau))
         chooser = results
         if val_split is not None:
-            chooser = train.evaluate(
+            chooser = evaluation.evaluate(
                 evaluate, variables, val_split, mesh, batch_size, task.class_groups
             )
             writer.write_scalars(0, chooser, split="val", epoch=epoch, tau=float(tau))

@@ -34,7 +34,6 @@ from ltkd_jax import (
     modeling,
     sharding,
     task_data,
-    train,
 )
 from ltkd_jax.models import cpu_ops
 
@@ -45,9 +44,9 @@ MAX_CONFUSION_CLASSES = 1000  # a C x C count matrix is summed per batch and sto
 def report_counts(
     variables: dict, batch: dict, *, model, mean: tuple, std: tuple, confusion: bool
 ) -> dict:
-    """`train.eval_step`'s per-class counts of one batch, plus per-class predicted counts and,
+    """`evaluation.eval_step`'s per-class counts of one batch, plus per-class predicted counts and,
     with `confusion`, the [true, predicted] count matrix (padding masked out)."""
-    logits, _ = model.apply(variables, train.preprocess(batch["image"], mean, std), train=False)
+    logits, _ = model.apply(variables, task_data.preprocess(batch["image"], mean, std), train=False)
     counts = metrics.eval_counts(logits, batch["label"], batch["mask"])
     num_classes = logits.shape[-1]
     weight = batch["mask"].astype(jnp.float32)[:, None]

@@ -25,7 +25,7 @@ from flax.training import train_state
 from ltkd_jax import (
     checkpointing,
     config_lib,
-    data,
+    evaluation,
     feeds,
     finished_runs,
     methods,
@@ -70,11 +70,6 @@ def create_train_state(
     return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
 
 
-def preprocess(images: jnp.ndarray, mean, std) -> jnp.ndarray:
-    """uint8 NHWC -> normalised float32, on device (a quarter of the bytes cross to it)."""
-    return data.normalize(images, mean, std)
-
-
 def apply_teachers(teachers: tuple[modeling.Teacher, ...], images: jnp.ndarray) -> tuple:
     """Frozen teachers in inference mode (BatchNorm running statistics), no gradient."""
     outputs = []
@@ -96,7 +91,7 @@ def train_step(
     std: tuple,
 ) -> tuple[TrainState, dict]:
     """One SGD step on the student; the teachers only feed the loss."""
-    images = preprocess(batch["image"], mean, std)
+    images = task_data.preprocess(batch["image"], mean, std)
     labels = batch["label"]
     teacher_outputs = apply_teachers(teachers, images)
     # A frozen backbone (cRT) keeps its BatchNorm statistics: inference mode.
@@ -126,42 +121,6 @@ def train_step(
         **{f"loss_{k}": v for k, v in parts.items()},
     }
     return new_state, step_metrics
-
-
-def eval_step(
-    variables: dict,
-    batch: dict,
-    logit_offset: jnp.ndarray | None = None,
-    *,
-    model,
-    mean: tuple,
-    std: tuple,
-) -> dict:
-    """Per-class counts of one test batch; `logit_offset` [C] is added first (post-hoc LA)."""
-    logits, _ = model.apply(variables, preprocess(batch["image"], mean, std), train=False)
-    if logit_offset is not None:
-        logits = logits.astype(jnp.float32) + logit_offset
-    return metrics.eval_counts(logits, batch["label"], batch["mask"])
-
-
-def _sum_eval_counts(eval_fn, variables, test_split, mesh, batch_size: int) -> dict:
-    """Per-class counts over every test image exactly once, on any number of processes
-    (padding is masked), batches fed from the host."""
-    counts = None
-    for local in data.eval_batches(
-        test_split,
-        batch_size=batch_size,  # global; each process yields its slice
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    ):
-        counts = metrics.add_counts(counts, eval_fn(variables, sharding.global_batch(mesh, local)))
-    return counts
-
-
-def evaluate(eval_fn, variables, test_split, mesh, batch_size: int, class_groups) -> dict:
-    """Every test image exactly once, on any number of processes (padding is masked)."""
-    counts = _sum_eval_counts(eval_fn, variables, test_split, mesh, batch_size)
-    return metrics.summarize(counts, class_groups)
 
 
 def train_chunk(
@@ -221,23 +180,6 @@ def scans_steps(config: ml_collections.ConfigDict) -> bool:
     return config.device_loop == "scan"
 
 
-def evaluate_resident(
-    variables: dict, layout: dict, logit_offset=None, *, model, mean: tuple, std: tuple
-) -> dict:
-    """Summed `eval_step` counts over a device-resident test split ([N, B, ...] layout)."""
-    step = functools.partial(eval_step, model=model, mean=mean, std=std)
-    first = jax.tree.map(lambda x: x[0], layout)
-    zeros = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(step, variables, first, logit_offset)
-    )
-
-    def body(total, batch):
-        counts = step(variables, batch, logit_offset)
-        return jax.tree.map(jnp.add, total, counts), None
-
-    return jax.lax.scan(body, zeros, layout)[0]
-
-
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -283,9 +225,11 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, teachers: tuple) -> 
     eval_batch_size = _round_up(config.eval_batch_size, mesh.devices.size)
     task = run_data.task
     if methods.needs_of(config).feature_means:
-        means = class_feature_means(teachers[0], train_split, mesh, eval_batch_size, mean, std)
+        means = evaluation.class_feature_means(
+            teachers[0], train_split, mesh, eval_batch_size, mean, std
+        )
         task = dataclasses.replace(task, teacher_feature_means=means)
-    feed, steps_per_epoch = _make_feed(config, train_split, mesh)
+    feed, steps_per_epoch = feeds.make_feed(config, train_split, mesh)
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     method = methods.make(config, task)
@@ -425,7 +369,11 @@ def train_and_evaluate(
     step_kwargs = dict(method=run.method, schedule=schedule, mean=run.mean, std=run.std)
     train_fn = _compile_train(config, run.mesh, run.feed, step_kwargs)
     evaluators = tuple(
-        None if split is None else _make_evaluator(run, model, split)
+        None
+        if split is None
+        else evaluation.make_evaluator(
+            config, run.mesh, model, split, run.eval_batch_size, run.mean, run.std
+        )
         for split in (run.data.test, run.data.val)
     )
     bar = progress.progress_bar(config, run.total_steps, start_step)
@@ -439,32 +387,6 @@ def train_and_evaluate(
         logging.info("run in %s is already complete (step %d)", workdir, start_step)
     manager.close()
     return state
-
-
-def _make_feed(config: ml_collections.ConfigDict, train_split, mesh):
-    """(feed, uncapped steps per epoch): on the device when the split allows it."""
-    if config.batch_size > len(train_split):
-        raise ValueError(
-            f"config.batch_size={config.batch_size} exceeds the {len(train_split)} training "
-            "images; lower it"
-        )
-    steps_per_epoch = len(train_split) // config.batch_size
-    if feeds.uses_device(config, train_split):
-        return feeds.DeviceFeed(train_split, config, mesh), steps_per_epoch
-    iterator, _ = data.make_train_iterator(
-        train_split,
-        global_batch_size=config.batch_size,
-        sampler=config.data.sampler,
-        seed=config.seed,
-        num_epochs=config.num_epochs,
-        augment=config.data.augment,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_workers=config.data.num_workers,
-        crop_min_area=config.data.crop_min_area,
-        color_jitter=config.data.color_jitter,
-    )
-    return feeds.HostFeed(iterator, mesh), steps_per_epoch
 
 
 def _compile_train(config: ml_collections.ConfigDict, mesh, feed, step_kwargs: dict):
@@ -506,57 +428,3 @@ def _compile_train(config: ml_collections.ConfigDict, mesh, feed, step_kwargs: d
         return state, progress.stack(outputs)
 
     return host_chunk
-
-
-def _make_evaluator(run: _Run, model, split):
-    """variables -> summed per-class counts over `split` (one call when resident)."""
-    config, mesh, batch_size, mean, std = (
-        run.config,
-        run.mesh,
-        run.eval_batch_size,
-        run.mean,
-        run.std,
-    )
-    repl = sharding.replicated(mesh)
-    options = cpu_ops.compiler_options(modeling.cpu_kernels(config))
-    if config.data.device_resident and isinstance(split, data.ArraySplit):
-        layout = device_data.eval_layout(split, batch_size, mesh)
-        p_eval = jax.jit(
-            functools.partial(evaluate_resident, model=model, mean=mean, std=std),
-            out_shardings=repl,
-            compiler_options=options,
-        )
-        return lambda variables: jax.device_get(p_eval(variables, layout))
-    p_eval_step = jax.jit(
-        functools.partial(eval_step, model=model, mean=mean, std=std),
-        out_shardings=repl,
-        compiler_options=options,
-    )
-    return lambda variables: _sum_eval_counts(p_eval_step, variables, split, mesh, batch_size)
-
-
-def class_feature_means(
-    teacher: modeling.Teacher, split, mesh, batch_size: int, mean: tuple, std: tuple
-) -> np.ndarray:
-    """Per-class mean teacher feature on un-augmented training images (KRDistill-R,
-    ltkd_jax/methods/krdistill.py)."""
-
-    @jax.jit
-    def sums(variables, batch):
-        images = preprocess(batch["image"], mean, std)
-        _, features = teacher.model.apply(variables, images, train=False)
-        onehot = jax.nn.one_hot(batch["label"], split.num_classes) * batch["mask"][:, None]
-        return onehot.T @ features.astype(jnp.float32), onehot.sum(0)
-
-    totals = None
-    for local in data.eval_batches(
-        split,
-        batch_size=batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    ):
-        totals = metrics.add_counts(
-            totals, sums(teacher.variables, sharding.global_batch(mesh, local))
-        )
-    feature_sums, counts = totals
-    return feature_sums / np.maximum(counts, 1)[:, None]

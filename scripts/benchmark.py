@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from ltkd_jax import config_lib, methods, modeling, optim, stage1, task_data, train
+from ltkd_jax import config_lib, evaluation, methods, modeling, optim, stage1, task_data, train
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.writers import read_jsonl
 
@@ -192,7 +192,7 @@ def jax_steps(setting: str, batch: dict, eval_batch: dict) -> dict[str, tuple[Ca
         out[name] = (run, compile_s)
 
     eval_fn = jax.jit(
-        functools.partial(train.eval_step, model=model, mean=mean, std=std),
+        functools.partial(evaluation.eval_step, model=model, mean=mean, std=std),
         out_shardings=repl,
         compiler_options=options,
     )

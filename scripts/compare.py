@@ -7,7 +7,7 @@ per-class plot.
 `--config` is the main job's: a config file with its argument, and `--config.<field>=v`
 overrides (e.g. `--config.num_epochs=2 --config.max_steps_per_epoch=20` for a short CPU
 schedule). Every method trains with that recipe (data, models, schedule) and its own loss
-settings (config_lib.with_method, from configs/<method>_cifar.py), in `ROOT/<method>`; a
+settings (recipes.with_method, from configs/<method>_cifar.py), in `ROOT/<method>`; a
 finished run is only read, an interrupted one resumes. The teacher is `--teacher_workdir`,
 else the config's teacher.workdir, else one CE teacher trained with the recipe into
 `ROOT/teacher`. CIFAR-100-LT, as in the README:
@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ltkd_jax import config_lib, finished_runs, job, stage1, train
+from ltkd_jax import config_lib, finished_runs, job, recipes, stage1, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The recipe: a config file (with its argument), as for ltkd_jax.main."
@@ -50,9 +50,9 @@ IMBALANCED_TEST_RATIO = 1.5
 def method_config(recipe, method: str, teacher_dir: str):
     """The recipe running `method` (its loss settings from configs/<method>_cifar.py)."""
     if method == recipe.method:
-        config = config_lib.with_method(recipe, recipe)
+        config = recipes.with_method(recipe, recipe)
     else:
-        config = config_lib.with_method(recipe, config_lib.method_config(method))
+        config = recipes.with_method(recipe, recipes.method_config(method))
     config.teacher.workdir = teacher_dir
     return config_lib.lock(config)
 

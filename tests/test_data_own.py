@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltkd_jax import config_lib, finished_runs, job, losses, metrics, task_data
+from ltkd_jax import config_lib, finished_runs, job, losses, metrics, recipes, task_data
 from ltkd_jax.data import longtail, sources
 from ltkd_jax.data import task as task_lib
 from ltkd_jax.writers import read_jsonl
@@ -43,7 +43,7 @@ def write_tree(root, splits=(("train", TRAIN), ("test", TEST)), seed=0) -> None:
 
 
 def folder_config(root, data_dir, **fields):
-    c = config_lib.folder_config(f"root={root},model=resnet8,size=32,epochs=1", "ce")
+    c = recipes.folder_config(f"root={root},model=resnet8,size=32,epochs=1", "ce")
     c.data.data_dir = data_dir
     for key, value in fields.items():
         section, _, name = key.rpartition(".")
@@ -267,7 +267,7 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
     assert "balanced test split" not in caption.replace("imbalanced test split", "")
 
     # A post-hoc tau is chosen on val too: the best tau is the val argmax, test is reported.
-    posthoc = config_lib.with_method(config, config)
+    posthoc = recipes.with_method(config, config)
     posthoc.method, posthoc.init.workdir = "posthoc_la", str(workdir)
     best = job.run(config_lib.lock(posthoc), str(tmp_path / "la"))
     records = read_jsonl(str(tmp_path / "la" / "metrics.jsonl"))

@@ -110,12 +110,14 @@ def test_teachers_are_bitwise_unchanged(student_runs, teacher_dir):
 
 
 def test_students_are_shaped_by_their_teachers(student_runs):
+    """The method's own parts live under their own subtrees: KRDistill's regressor at
+    params['side'], CBD's projection at params['neck']; other students have neither."""
     params = student_runs["krdistill"]["state"].params
-    assert params["regressor"]["kernel"].shape == (64, 64)  # ResNet-8 feature widths
-    assert "regressor" not in student_runs["kd"]["state"].params
+    assert params["side"]["kernel"].shape == (64, 64)  # ResNet-8 feature widths
+    assert not {"side", "neck"} & set(student_runs["kd"]["state"].params)
     # CBD: projection as wide as the teachers' features together (ltkd_jax/methods/cbd.py).
-    assert student_runs["cbd"]["state"].params["projection"]["kernel"].shape == (64, 64)
-    assert student_runs["cbd_ensemble"]["state"].params["projection"]["kernel"].shape == (64, 128)
+    assert student_runs["cbd"]["state"].params["neck"]["kernel"].shape == (64, 64)
+    assert student_runs["cbd_ensemble"]["state"].params["neck"]["kernel"].shape == (64, 128)
 
 
 def test_student_run_resumes_after_a_kill(

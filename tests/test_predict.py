@@ -10,7 +10,7 @@ import pytest
 from deploy_helpers import digits_test_folder, final_test_record, tiny_run
 from PIL import Image
 
-from ltkd_jax import finished_runs, inference, predict, sharding, task_data, train
+from ltkd_jax import finished_runs, inference, predict, sharding, task_data
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def trainer_predictions(workdir: str, images: np.ndarray) -> np.ndarray:
     )
     mean, std = task_data.input_stats(config, shape)
     logits, _ = frozen.model.apply(
-        frozen.variables, train.preprocess(images, mean, std), train=False
+        frozen.variables, task_data.preprocess(images, mean, std), train=False
     )
     return np.asarray(jax.device_get(logits)).argmax(-1)
 
