@@ -18,7 +18,7 @@ from ml_collections import config_dict
 
 from ltkd_jax import methods, models, optim, posthoc
 from ltkd_jax.data import augment, image_builders, longtail, sampling, sources, task
-from ltkd_jax.errors import UserError  # noqa: F401 - re-exported for configs
+from ltkd_jax.errors import UserError
 from ltkd_jax.methods import base as method_base
 from ltkd_jax.models import cpu_ops
 

@@ -24,7 +24,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ltkd_jax import config_lib, rundir
+from ltkd_jax import config_lib, errors, rundir
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file under configs/.", lock_config=True
@@ -185,7 +185,7 @@ def main(argv):
                 job.run(config, workdir)
             except rundir.Preempted as e:
                 logging.warning("%s", e)  # exit 0: the rerun resumes
-    except config_lib.UserError as e:
+    except errors.UserError as e:
         usage_error(str(e), e)
 
 
