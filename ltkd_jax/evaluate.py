@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from ltkd_jax import inference, report
-from ltkd_jax.data import image_builders
+from ltkd_jax.data import image_index
 
 LAYOUT = "<class>/<image>, e.g. cat/001.jpg"
 
@@ -34,7 +34,7 @@ def class_tree(files: Sequence[str]) -> list[tuple[str, str]]:
         rows = [r[1:] for r in rows]
     stray = [f for f, r in zip(files, rows, strict=True) if len(r) != 2]
     if not rows:
-        raise ValueError(f"no image files ({', '.join(image_builders.IMAGE_EXTENSIONS)}) found")
+        raise ValueError(f"no image files ({', '.join(image_index.IMAGE_EXTENSIONS)}) found")
     if stray:
         raise ValueError(
             f"{len(stray)} image files are not at {LAYOUT}: e.g. {stray[:3]}. Put every image "
@@ -71,7 +71,7 @@ def evaluate_folder(
     batch_size: int | None = None,
 ) -> dict:
     """Evaluates `workdir`'s checkpoint on `data_path` and writes the report into `out`."""
-    store = image_builders.ImageStore(data_path)
+    store = image_index.ImageStore(data_path)
     rows = class_tree(store.list_files())
     run = inference.load_run(workdir, checkpoint)
     check_classes({c for _, c in rows}, run.class_names, store.root)

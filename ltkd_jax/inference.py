@@ -36,7 +36,7 @@ from absl import logging
 from PIL import Image
 
 from ltkd_jax import checkpointing, data, finished_runs, modeling, sharding, task_data
-from ltkd_jax.data import augment, image_builders
+from ltkd_jax.data import augment, image_builders, image_index
 from ltkd_jax.models import cpu_ops
 
 LABELS_FILE = "labels.json"
@@ -255,7 +255,7 @@ def list_images(inputs: Sequence[str]) -> list[str]:
     out = []
     for item in inputs:
         if os.path.isdir(item):
-            store = image_builders.ImageStore(item)
+            store = image_index.ImageStore(item)
             out += [os.path.join(store.root, p) for p in store.list_files()]
         elif os.path.exists(item):
             out.append(item)

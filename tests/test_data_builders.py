@@ -15,13 +15,13 @@ from PIL import Image
 from ltkd_jax.data import (
     ArraySplit,
     builders,
+    cifar,
     load_digits,
     load_splits,
     longtail_counts,
     make_longtail,
     make_train_iterator,
     shot_groups,
-    sources,
 )
 
 C10 = builders.CIFAR10_CLASSES
@@ -89,7 +89,7 @@ def test_tiny_png_zip_round_trip(tiny_zip, tmp_path, monkeypatch):
     source = tfds.data_source("ltkd_cifar/cifar10", split="train", data_dir=str(data_dir))
     assert len(source) == 40 and source[0]["image"].shape == (32, 32, 3)
     # The second load comes from the .npy cache, without decoding (or the archive).
-    monkeypatch.setattr(sources, "decode_split", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(cifar, "decode_split", lambda *a, **k: pytest.fail("decoded again"))
     again, _ = load_splits("cifar10", data_dir=str(data_dir))
     assert_split(again, expected["train"])
 
@@ -165,7 +165,7 @@ def test_unknown_dataset():
 
 
 def test_offline_without_archive_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "url_reachable", lambda url, timeout=5.0: False)
+    monkeypatch.setattr(cifar, "url_reachable", lambda url, timeout=5.0: False)
     with pytest.raises(
         FileNotFoundError, match="unreachable.*--config.data.archive=.*cifar10-jpeg"
     ):
@@ -203,7 +203,7 @@ def test_official_download_path(tmp_path, monkeypatch):
         urls.append(url)
         return str(tmp_path / "extracted")
 
-    monkeypatch.setattr(sources, "url_reachable", lambda url, timeout=5.0: True)
+    monkeypatch.setattr(cifar, "url_reachable", lambda url, timeout=5.0: True)
     monkeypatch.setattr(
         tfds.download.DownloadManager, "download_and_extract", fake_download_and_extract
     )
@@ -218,7 +218,7 @@ def test_official_download_path(tmp_path, monkeypatch):
 def test_digits_quick_start_needs_no_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.setattr(sources, "prepare_cifar", lambda *a, **k: pytest.fail("touched TFDS"))
+    monkeypatch.setattr(cifar, "prepare_cifar", lambda *a, **k: pytest.fail("touched TFDS"))
     train, test = load_splits("digits")
     assert list(tmp_path.iterdir()) == []
     assert train.images.shape[1:] == (8, 8, 1) and train.images.dtype == np.uint8

@@ -11,7 +11,7 @@ from conftest import REPO_ROOT
 from PIL import Image
 
 from ltkd_jax import data, job
-from ltkd_jax.data import image_builders
+from ltkd_jax.data import image_index
 
 TRAIN_COUNTS = (24, 12, 6)  # long-tailed already
 TEST_COUNTS = (5, 4, 3)  # uneven on purpose
@@ -128,7 +128,7 @@ def test_corrupt_images_are_named_and_nothing_is_written(tree, tmp_path):
 )
 def test_layout_errors_say_what_to_fix(files, message):
     with pytest.raises(ValueError, match=message):
-        image_builders.folder_index(sorted(files))
+        image_index.folder_index(sorted(files))
 
 
 def test_missing_root_names_the_field():

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ltkd_jax import config_lib, finished_runs, job, losses, metrics, recipes, task_data
-from ltkd_jax.data import longtail, sources
+from ltkd_jax.data import arrays, longtail, sources
 from ltkd_jax.data import task as task_lib
 from ltkd_jax.writers import read_jsonl
 
@@ -110,7 +110,7 @@ def test_a_size_mismatch_names_the_size_fix(tree, data_dir):
 def _array_split(counts, names=None):
     labels = np.repeat(np.arange(len(counts)), counts).astype(np.int32)
     images = np.zeros((len(labels), 4, 4, 3), np.uint8)
-    return sources.ArraySplit(images, labels, len(counts), tuple(names or ()))
+    return arrays.ArraySplit(images, labels, len(counts), tuple(names or ()))
 
 
 def test_imbalance_factor_on_an_already_long_tailed_split_is_refused():

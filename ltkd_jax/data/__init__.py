@@ -2,6 +2,7 @@
 per-example splits, long-tailed subsets, re-weighted sampling and grain pipelines
 (docs/data.md, docs/sampling.md, docs/evaluation.md)."""
 
+from ltkd_jax.data.arrays import ArraySplit
 from ltkd_jax.data.augment import (
     AUGMENTS,
     CIFAR_MEAN,
@@ -16,6 +17,7 @@ from ltkd_jax.data.augment import (
     random_resized_crop_flip,
     resize_center_crop,
 )
+from ltkd_jax.data.cifar import load_digits
 from ltkd_jax.data.longtail import (
     GROUP_NAMES,
     PROFILES,
@@ -36,11 +38,9 @@ from ltkd_jax.data.sampling import (
 from ltkd_jax.data.sources import (
     DATASETS,
     IN_MEMORY,
-    ArraySplit,
     DataSplits,
     Split,
     load_dataset,
-    load_digits,
     load_splits,
     split_options,
 )

@@ -25,8 +25,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ltkd_jax.data import pipeline
+from ltkd_jax.data.arrays import ArraySplit
 from ltkd_jax.data.sampling import ReweightedIndexSequence
-from ltkd_jax.data.sources import ArraySplit, Split
+from ltkd_jax.data.sources import Split
 
 CROP_PAD = 4  # torchvision RandomCrop(32, padding=4), as the grain path
 

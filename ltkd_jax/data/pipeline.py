@@ -27,9 +27,10 @@ import grain
 import numpy as np
 
 from ltkd_jax.data import augment as augment_lib
+from ltkd_jax.data.arrays import ArraySplit
 from ltkd_jax.data.records import RecordSplit
 from ltkd_jax.data.sampling import ReweightedIndexSequence
-from ltkd_jax.data.sources import ArraySplit, Split
+from ltkd_jax.data.sources import Split
 
 # Threads for the in-process prefetch: gather + augmentation is numpy work that mostly releases
 # the GIL, and a few batches of buffer hide its latency behind the train step.

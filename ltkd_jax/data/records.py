@@ -6,7 +6,7 @@ decoding any image (`SkipDecoding` + `__getitems__`) and cached next to the data
 counts and shot groups (docs/evaluation.md#shot-groups) cost no decode. Images stay encoded
 until a grain worker decodes and transforms them (`ltkd_jax.data.pipeline`).
 
-`ArraySplit` (sources.py) and `RecordSplit` share: `labels`, `num_classes`, `class_names`,
+`ArraySplit` (arrays.py) and `RecordSplit` share: `labels`, `num_classes`, `class_names`,
 `image_shape`, `__len__`, `subset`, `class_counts`.
 """
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-import urllib.parse
 from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
 
 from ltkd_jax.data import augment as augment_lib
-from ltkd_jax.data import builders, cache, image_builders, records
+from ltkd_jax.data import builders, cifar, image_builders, image_index, manifests, records
+from ltkd_jax.data.arrays import ArraySplit
 
 DATASETS = ("cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018", "folder")
 IN_MEMORY = ("auto", "yes", "no")
@@ -75,42 +74,6 @@ BENCHMARKS = {
         tfds_eval_split="validation",
     ),
 }
-_CACHE_DIRNAME = "ltkd_decoded"  # Inside the TFDS version dir, so it lives and dies with it.
-_ARCHIVE_HINT = {"cifar10": "cifar10-jpeg.zip", "cifar100": "cifar100-png.zip"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ArraySplit:
-    """One split in RAM: uint8 images [N, H, W, C] and int32 labels [N]."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    num_classes: int
-    class_names: tuple[str, ...] = ()
-    fingerprint: str = ""  # Identity of the prepared source data ("" = the dataset name).
-
-    def __post_init__(self):
-        if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 [N, H, W, C], got {self.images.dtype}")
-        if self.labels.shape != (len(self.images),):
-            raise ValueError(f"labels {self.labels.shape} do not match {len(self.images)} images")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        """(H, W, C) of the images the model sees."""
-        return tuple(self.images.shape[1:])
-
-    def subset(self, indices: np.ndarray) -> ArraySplit:
-        """The examples at `indices`, in that order."""
-        indices = np.asarray(indices, dtype=np.int64)
-        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
-
-    def class_counts(self) -> np.ndarray:
-        """int64 [num_classes]: examples per class."""
-        return np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
 
 
 Split = ArraySplit | records.RecordSplit
@@ -170,7 +133,7 @@ def load_dataset(
     used as the test set.
     """
     if name == "digits":
-        return DataSplits(*load_digits())
+        return DataSplits(*cifar.load_digits())
     if name in ("folder", *BENCHMARKS):
         if in_memory not in IN_MEMORY:
             raise ValueError(f"in_memory={in_memory!r}; choose one of {IN_MEMORY}")
@@ -187,8 +150,8 @@ def load_dataset(
         raise ValueError(
             f"unknown dataset {name!r}; choose one of {DATASETS}, e.g. --config.data.name=cifar100."
         )
-    builder = prepare_cifar(name, data_dir=data_dir, archive=archive)
-    return DataSplits(read_split(builder, "train"), read_split(builder, "test"))
+    builder = cifar.prepare_cifar(name, data_dir=data_dir, archive=archive)
+    return DataSplits(cifar.read_split(builder, "train"), cifar.read_split(builder, "test"))
 
 
 def load_splits(name: str, **options: Any) -> tuple[Split, Split]:
@@ -210,8 +173,8 @@ def _folder_splits(
             "dataset 'folder' needs the image tree: pass --config.data.root=/path/to/tree "
             "(a folder or zip laid out as <split>/<class>/<image>)."
         )
-    store = image_builders.ImageStore(root)
-    index = image_builders.folder_index(store.list_files())
+    store = image_index.ImageStore(root)
+    index = image_index.folder_index(store.list_files())
     test_name = eval_split or next(
         (s for s in image_builders.EVAL_SPLIT_NAMES if s in index.splits), ""
     )
@@ -222,7 +185,7 @@ def _folder_splits(
             "--config.data.eval_split."
         )
     val_name = next((s for s in VAL_SPLIT_NAMES if s in index.splits and s != test_name), "")
-    name = image_builders.dataset_slug("folder", store.root)
+    name = manifests.dataset_slug("folder", store.root)
     builder_dir, digest = image_builders.prepare(
         store, index, name=name, data_dir=data_dir, on_corrupt=on_corrupt
     )
@@ -244,7 +207,7 @@ def _benchmark_splits(
     bench = BENCHMARKS[name]
     size = image_size or DEFAULT_IMAGE_SIZE
     if root:
-        store = image_builders.ImageStore(root)
+        store = image_index.ImageStore(root)
         lists_at = os.path.expanduser(list_dir) if list_dir else _default_list_dir(store.root)
         files = {s: os.path.join(lists_at, f) for s, f in bench.list_files.items()}
         missing = [f for f in files.values() if not os.path.isfile(f)]
@@ -254,8 +217,8 @@ def _benchmark_splits(
                 f"({', '.join(bench.list_files.values())}) in one folder and pass "
                 "--config.data.list_dir=/that/folder (docs/data.md#datasets)."
             )
-        index = image_builders.list_index(files, bench.num_classes)
-        slug = image_builders.dataset_slug(name, store.root, "|".join(sorted(files.values())))
+        index = image_index.list_index(files, bench.num_classes)
+        slug = manifests.dataset_slug(name, store.root, "|".join(sorted(files.values())))
         builder_dir, digest = image_builders.prepare(
             store, index, name=slug, data_dir=data_dir, on_corrupt=on_corrupt
         )
@@ -293,7 +256,7 @@ def _default_list_dir(root: str) -> str:
 def _record_splits(
     builder_dir: str,
     splits: tuple[str, ...],
-    index: image_builders.ImageIndex,
+    index: image_index.ImageIndex,
     image_size: int,
     auto_size: bool,
     fingerprint: str = "",
@@ -351,150 +314,3 @@ def _maybe_in_memory(split: records.RecordSplit, in_memory: str) -> Split:
 # --------------------------------------------------------------------------------------------
 # CIFAR: prepare, read, cache
 # --------------------------------------------------------------------------------------------
-
-
-def url_reachable(url: str, timeout: float = 5.0) -> bool:
-    """True if the URL's host accepts a TCP connection (fails fast; TFDS retries ~3 min)."""
-    host = urllib.parse.urlparse(url).hostname
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def prepare_cifar(
-    name: str, *, data_dir: str | None = None, archive: str | None = None
-) -> builders.LtkdCifar:
-    """Returns the prepared `ltkd_cifar/<name>` builder, preparing it first if needed.
-
-    TFDS writes into a temporary `incomplete.*` dir and renames it on success (and deletes it on
-    an exception), so a failed preparation never leaves a dataset that a later run would trust.
-    Not safe against concurrent preparation into one shared `data_dir`: prepare on one process
-    first (or use per-host directories).
-    """
-    if archive is not None:
-        archive = os.path.abspath(os.path.expanduser(os.fspath(archive)))
-        if not os.path.isfile(archive):
-            raise FileNotFoundError(
-                f"{name} archive not found: {archive!r}. Pass an existing zip, e.g. "
-                f"--config.data.archive=/path/to/shared/data/{_ARCHIVE_HINT[name]}."
-            )
-    if data_dir is not None:
-        data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-    builder = builders.LtkdCifar(
-        config=name, data_dir=data_dir, archive=archive, file_format="array_record"
-    )
-    if builder.is_prepared():
-        _warn_if_other_source(builder, archive)
-        return builder
-    url = builder.builder_config.url
-    if archive is None and not url_reachable(url):
-        raise FileNotFoundError(
-            f"{builders.BUILDER_NAME}/{name} is not prepared in {builder.data_dir_root!r} and the "
-            f"official download {url} is unreachable (no network?). Pass a local archive, e.g. "
-            f"--config.data.archive=/path/to/shared/data/{_ARCHIVE_HINT[name]}, or run once with "
-            "network access."
-        )
-    logging.info("Preparing %s into %s", builder.info.full_name, builder.data_dir)
-    try:
-        builder.download_and_prepare()
-    except OSError as e:
-        if archive is not None or isinstance(e, FileNotFoundError):
-            raise
-        raise FileNotFoundError(
-            f"downloading {url} failed ({e}). Pass a local archive, e.g. "
-            f"--config.data.archive=/path/to/shared/data/{_ARCHIVE_HINT[name]}."
-        ) from e
-    return builder
-
-
-def _warn_if_other_source(builder: builders.LtkdCifar, archive: str | None) -> None:
-    """Warns when an archive was given but the prepared data came from another source."""
-    metadata = builder.info.metadata or {}
-    source = metadata.get("source", "unknown")
-    if archive is not None and source != f"archive:{os.path.basename(archive)}":
-        logging.warning(
-            "Using %s prepared from %s, not from %s. Delete %s to re-prepare from the archive.",
-            builder.info.full_name,
-            source,
-            archive,
-            builder.data_dir,
-        )
-
-
-def read_split(builder: builders.LtkdCifar, split: str) -> ArraySplit:
-    """Decodes one prepared split into RAM, ordered by (label, id); cached as .npy."""
-    names = tuple(builder.info.features["label"].names)
-    num_examples = builder.info.splits[split].num_examples
-    cache_dir = os.path.join(builder.data_dir, _CACHE_DIRNAME)
-    paths = [os.path.join(cache_dir, f"{split}_{k}.npy") for k in ("labels", "images")]
-    if all(os.path.exists(p) for p in paths):
-        labels, images = (np.load(p) for p in paths)
-        if len(labels) == len(images) == num_examples:
-            return ArraySplit(images, labels, len(names), names)
-        logging.warning("Ignoring stale decoded cache %s", cache_dir)
-    images, labels = decode_split(builder, split)
-    os.makedirs(cache_dir, exist_ok=True)
-    for path, array in zip(paths, (labels, images), strict=True):
-        cache.save_atomic(path, array)
-    return ArraySplit(images, labels, len(names), names)
-
-
-def decode_split(
-    builder: builders.LtkdCifar, split: str, chunk: int = 10_000
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a split with `tfds.data_source` -> (uint8 images, int32 labels) by (label, id).
-
-    ArrayRecord order is a hash of the generator keys, so the original order is restored from
-    the stored within-class `id`.
-    """
-    import tensorflow_datasets as tfds  # Heavy import; only CIFAR needs it.
-
-    source = tfds.data_source(
-        f"{builders.BUILDER_NAME}/{builder.builder_config.name}",
-        split=split,
-        data_dir=builder.data_dir_root,
-        download=False,
-    )
-    images, labels, ids = [], [], []
-    for start in range(0, len(source), chunk):
-        # `__getitems__` reads a batch of records at once (much faster than indexing one by one).
-        rows = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
-        images.append(np.stack([r["image"] for r in rows]))
-        labels.append(np.fromiter((r["label"] for r in rows), np.int32, len(rows)))
-        ids.append(np.fromiter((r["id"] for r in rows), np.int64, len(rows)))
-    images, labels, ids = np.concatenate(images), np.concatenate(labels), np.concatenate(ids)
-    order = np.lexsort((ids, labels))
-    return np.ascontiguousarray(images[order]), labels[order]
-
-
-# --------------------------------------------------------------------------------------------
-# sklearn digits (offline quick-start)
-# --------------------------------------------------------------------------------------------
-
-
-def load_digits(test_fraction: float = 1 / 3, seed: int = 0) -> tuple[ArraySplit, ArraySplit]:
-    """sklearn's 8x8 digits as uint8 [N, 8, 8, 1], split per class (seeded), no files written.
-
-    Each class puts round(n_c * test_fraction) of its images in test; both splits are ordered
-    by (label, original index), like the CIFAR splits.
-    """
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    data = sk_load_digits()
-    # Pixel values are 0..16; scale to the 0..255 range the uint8 pipeline expects.
-    images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    labels = data.target.astype(np.int32)
-    rng = np.random.RandomState(seed)
-    train_idx, test_idx = [], []
-    for c in range(10):
-        idx = np.flatnonzero(labels == c)
-        n_test = int(round(len(idx) * test_fraction))
-        chosen = np.zeros(len(idx), bool)
-        chosen[rng.permutation(len(idx))[:n_test]] = True
-        test_idx.append(idx[chosen])
-        train_idx.append(idx[~chosen])
-    names = tuple(str(c) for c in range(10))
-    full = ArraySplit(images, labels, 10, names)
-    return full.subset(np.concatenate(train_idx)), full.subset(np.concatenate(test_idx))
