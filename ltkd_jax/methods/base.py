@@ -20,6 +20,7 @@ A method module (``ltkd_jax/methods/<name>.py``) holds its pure loss function(s)
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -105,6 +106,14 @@ class Spec:
     validate: Callable[[ml_collections.ConfigDict], list[str]] = _no_checks
     student_parts: Callable[[ml_collections.ConfigDict, tuple[int, ...]], StudentParts] = _no_parts
     doc: str = ""  # the method's documentation: its module's docstring
+
+
+def loss_kwargs(fn: Callable, config: ml_collections.ConfigDict) -> dict:
+    """The fields of `config.loss` that are keyword arguments of the loss function `fn`:
+    a method's config section and its loss share their names, so the hyper-parameters pass
+    through without being listed twice."""
+    params = inspect.signature(fn).parameters
+    return {name: config.loss[name] for name in config.loss if name in params}
 
 
 def one_teacher(config: ml_collections.ConfigDict) -> Needs:

@@ -74,7 +74,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
-    c = config.loss
+    hparams = base.loss_kwargs(bkd_loss, config)
 
     def loss(student, labels, teachers, ctx):
         return bkd_loss(
@@ -82,8 +82,7 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
             labels=labels,
             teacher_logits=teachers[0].logits,
             class_weights=ctx["class_weights"],
-            temperature=c.temperature,
-            alpha=c.alpha,
+            **hparams,
         )
 
     return loss

@@ -106,7 +106,7 @@ def student_parts(
 
 
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
-    c = config.loss
+    hparams = base.loss_kwargs(cbd_loss, config)
 
     def loss(student, labels, teachers, ctx):
         return cbd_loss(
@@ -114,8 +114,7 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
             labels=labels,
             features=student.features,
             teacher_features=tuple(t.features for t in teachers),
-            alpha=c.alpha,
-            beta=c.beta,
+            **hparams,
         )
 
     return loss

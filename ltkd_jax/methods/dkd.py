@@ -74,7 +74,8 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
-    c = config.loss
+    hparams = base.loss_kwargs(dkd_loss, config)
+    warmup = float(config.loss.warmup_epochs)
 
     def loss(student, labels, teachers, ctx):
         return dkd_loss(
@@ -83,11 +84,8 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
             teacher_logits=teachers[0].logits,
             # mdistiller counts epochs from 1: min((e + 1) / warmup, 1) for 0-based e.
             epoch=ctx["epoch"] + 1,
-            warmup=float(c.warmup_epochs),
-            temperature=c.temperature,
-            alpha=c.alpha,
-            beta=c.beta,
-            ce_weight=c.ce_weight,
+            warmup=warmup,
+            **hparams,
         )
 
     return loss

@@ -140,7 +140,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     counts = jnp.asarray(task.class_counts)
-    c = config.loss
+    hparams = base.loss_kwargs(dukd_loss, config)
 
     def loss(student, labels, teachers, ctx):
         return dukd_loss(
@@ -148,13 +148,7 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
             labels=labels,
             teacher_logits=teachers[0].logits,
             class_counts=counts,
-            temperature=c.temperature,
-            alpha=c.alpha,
-            tau=c.tau,
-            lam=c.lam,
-            smoothing_temperature=c.smoothing_temperature,
-            balance_teacher_labels=c.balance_teacher_labels,
-            prior_placement=c.prior_placement,
+            **hparams,
         )
 
     return loss

@@ -59,15 +59,14 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
-    c = config.loss
+    hparams = base.loss_kwargs(focal_loss, config)
 
     def loss(student, labels, teachers, ctx):
         return focal_loss(
             student.logits,
             labels=labels,
-            gamma=c.gamma,
             class_weights=base.weights_or_none(config, ctx),
-            ldam_repo_form=c.ldam_repo_form,
+            **hparams,
         )
 
     return loss

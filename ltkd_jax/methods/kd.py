@@ -63,17 +63,15 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
-    c = config.loss
+    hparams = base.loss_kwargs(kd_loss, config)
 
     def loss(student, labels, teachers, ctx):
         return kd_loss(
             student.logits,
             labels=labels,
             teacher_logits=teachers[0].logits,
-            temperature=c.temperature,
-            alpha=c.alpha,
-            ce_weight=c.ce_weight,
             class_weights=base.weights_or_none(config, ctx),
+            **hparams,
         )
 
     return loss

@@ -160,7 +160,7 @@ def student_parts(
 
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     counts = jnp.asarray(task.class_counts)
-    c = config.loss
+    hparams = base.loss_kwargs(krdistill_loss, config)
     means = None
     if _uses_features(config):
         if task.teacher_feature_means is None:
@@ -180,11 +180,7 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
             labels=labels,
             teacher_logits=teachers[0].logits,
             class_counts=counts,
-            temperature=c.temperature,
-            alpha=c.alpha,
-            beta=c.beta,
-            tau=c.tau,
-            swap=c.swap,
+            **hparams,
             **feature_args,
         )
 

@@ -78,16 +78,15 @@ def needs(config: ml_collections.ConfigDict) -> base.Needs:
 
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     counts = jnp.asarray(task.class_counts)
-    c = config.loss
+    hparams = base.loss_kwargs(ldam_loss, config)
 
     def loss(student, labels, teachers, ctx):
         return ldam_loss(
             student.logits,
             labels=labels,
             class_counts=counts,
-            max_margin=c.max_margin,
-            scale=c.scale,
             class_weights=base.weights_or_none(config, ctx),
+            **hparams,
         )
 
     return loss

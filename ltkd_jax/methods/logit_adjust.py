@@ -46,10 +46,10 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     counts = jnp.asarray(task.class_counts)
-    tau = config.loss.tau
+    hparams = base.loss_kwargs(logit_adjusted_loss, config)
 
     def loss(student, labels, teachers, ctx):
-        return logit_adjusted_loss(student.logits, labels=labels, class_counts=counts, tau=tau)
+        return logit_adjusted_loss(student.logits, labels=labels, class_counts=counts, **hparams)
 
     return loss
 

@@ -69,16 +69,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
-    c = config.loss
+    hparams = base.loss_kwargs(lskd_loss, config)
 
     def loss(student, labels, teachers, ctx):
         return lskd_loss(
-            student.logits,
-            labels=labels,
-            teacher_logits=teachers[0].logits,
-            temperature=c.temperature,
-            alpha=c.alpha,
-            ce_weight=c.ce_weight,
+            student.logits, labels=labels, teacher_logits=teachers[0].logits, **hparams
         )
 
     return loss

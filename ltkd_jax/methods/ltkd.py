@@ -275,7 +275,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     counts = jnp.asarray(task.class_counts)
     groups = jnp.asarray(ltkd_groups(config.loss.groups, task))
-    c = config.loss
+    hparams = base.loss_kwargs(ltkd_loss, config)
 
     def loss(student, labels, teachers, ctx):
         return ltkd_loss(
@@ -284,13 +284,7 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
             teacher_logits=teachers[0].logits,
             class_counts=counts,
             class_groups=groups,
-            temperature=c.temperature,
-            alpha=c.alpha,
-            beta=c.beta,
-            tau=c.tau,
-            ce_weight=c.ce_weight,
-            rebalance=c.rebalance,
-            within_weighting=c.within_weighting,
+            **hparams,
         )
 
     return loss
