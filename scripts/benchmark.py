@@ -51,7 +51,18 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from ltkd_jax import config_lib, evaluation, methods, modeling, optim, stage1, task_data, train
+from ltkd_jax import (
+    config_lib,
+    data,
+    evaluation,
+    methods,
+    modeling,
+    optim,
+    sharding,
+    stage1,
+    task_data,
+    train,
+)
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.writers import read_jsonl
 
@@ -151,12 +162,12 @@ def _step_config(setting: str, method: str = "ce"):
 def jax_steps(setting: str, batch: dict, eval_batch: dict) -> dict[str, tuple[Callable, float]]:
     """{step: (blocking callable, compile seconds)} of ltkd_jax with cpu_kernels=`setting`."""
     config, bkd = _step_config(setting), _step_config(setting, "bkd")
-    mesh = train.sharding.make_mesh(1)
-    repl = train.sharding.replicated(mesh)
+    mesh = sharding.make_mesh(1)
+    repl = sharding.replicated(mesh)
     n = _CLASSES.value
-    batch = train.sharding.global_batch(mesh, batch)
-    eval_batch = train.sharding.global_batch(mesh, eval_batch)
-    mean, std = train.data.CIFAR_MEAN, train.data.CIFAR_STD
+    batch = sharding.global_batch(mesh, batch)
+    eval_batch = sharding.global_batch(mesh, eval_batch)
+    mean, std = data.CIFAR_MEAN, data.CIFAR_STD
     model = modeling.build_model(config, n)
     schedule = optim.make_schedule(config.optim, 100, 200)
     tx = optim.make_optimizer(config.optim, schedule)
@@ -214,8 +225,8 @@ def torch_steps(ref, batch: dict, eval_batch: dict) -> dict[str, tuple[Callable,
         _class_counts(_CLASSES.value),
         batch,
         eval_batch,
-        train.data.CIFAR_MEAN,
-        train.data.CIFAR_STD,
+        data.CIFAR_MEAN,
+        data.CIFAR_STD,
     )
     out = {}
     for name, key in zip(STEPS, ("ce", "bkd", "eval"), strict=True):
@@ -437,8 +448,8 @@ def torch_loop(ref) -> tuple[float, float]:
     kwargs = {
         "num_classes": split.num_classes,
         "class_counts": task.class_counts,
-        "mean": train.data.CIFAR_MEAN,
-        "std": train.data.CIFAR_STD,
+        "mean": data.CIFAR_MEAN,
+        "std": data.CIFAR_STD,
         "steps": _LOOP_STEPS.value,
         "skip": _LOG_EVERY.value,
         "num_workers": _TORCH_WORKERS.value,

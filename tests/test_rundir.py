@@ -212,12 +212,18 @@ def test_missing_run_paths_are_reported_before_any_data():
             "--config.optim.lrr: the config has no field 'lrr'. Did you mean \"lr\" instead",
         ),
         (["--config.method=magic"], "'tau_norm', 'posthoc_la']"),
-        (["--config.method=crt", "--config.init.workdir=/no/such/run"], "/no/such/run does not"),
+        (
+            ["--config=tests/tiny.py:crt", "--config.init.workdir=/no/such/run"],
+            "/no/such/run does not",
+        ),
+        # Another method with other hyper-parameters: start from its own config.
+        (["--config.method=dkd"], "the method was changed after the config was built"),
     ],
 )
 @pytest.mark.slow
 def test_command_line_mistakes_are_one_clean_message(tmp_path, args, expected):
-    out = _cli("--config=tests/tiny.py", f"--workdir={tmp_path / 'run'}", *args)
+    config = [] if any(a.startswith("--config=") for a in args) else ["--config=tests/tiny.py"]
+    out = _cli(*config, f"--workdir={tmp_path / 'run'}", *args)
     _assert_usage_error(out, expected)
     assert not (tmp_path / "run").exists()  # refused before anything was written
 

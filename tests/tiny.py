@@ -35,6 +35,5 @@ MULTIHOST_OVERRIDES = {"data.augment": "cifar", "log_every_steps": 1}
 
 
 def get_config(arg=None):
-    """As a config file: the multi-host variant."""
-    del arg
-    return tiny_config(**MULTIHOST_OVERRIDES)
+    """As a config file: the multi-host variant; `tests/tiny.py:METHOD` runs METHOD."""
+    return tiny_config(method=arg or "ce", **MULTIHOST_OVERRIDES)
