@@ -11,10 +11,8 @@ from tiny import tiny_config
 
 from ltkd_jax import (
     checkpointing,
-    config_lib,
     finished_runs,
     job,
-    losses,
     methods,
     modeling,
     stage1,
@@ -199,54 +197,6 @@ def test_crt_retrains_only_the_classifier(teacher_dir, tmp_path):
     )
 
 
-def test_epoch_dependent_weights_switch_at_the_drw_epoch():
-    counts = np.array([500, 100, 20, 5])
-    task = methods.Task(class_counts=counts, class_groups=np.zeros(4, np.int32))
-    config = config_lib.base_config("bkd")
-    config.loss.class_weighting = "drw"
-    method = methods.make(config, task)
-    np.testing.assert_array_equal(method.epoch_context(159)["class_weights"], np.ones(4))
-    np.testing.assert_allclose(
-        method.epoch_context(160)["class_weights"], losses.effective_number_weights(counts)
-    )
-    config.loss.class_weighting = "reweight"  # CIFAR-100 rule: weighted from epoch 0
-    np.testing.assert_allclose(
-        methods.make(config, task).epoch_context(0)["class_weights"],
-        losses.effective_number_weights(counts),
-    )
-
-
-def test_dkd_distillation_term_warms_up_over_epochs():
-    counts = np.array([50, 20, 5])
-    task = methods.Task(class_counts=counts, class_groups=np.zeros(3, np.int32))
-    config = config_lib.base_config("dkd")
-    method = methods.make(config, task)
-    rng = np.random.default_rng(0)
-    student = methods.ModelOutput(rng.normal(size=(4, 3)).astype(np.float32), np.zeros((4, 2)))
-    teacher = methods.ModelOutput(rng.normal(size=(4, 3)).astype(np.float32), np.zeros((4, 2)))
-    labels = np.array([0, 1, 2, 0])
-    ce, _ = losses.cross_entropy(student.logits, labels=labels)
-    ce = float(ce)
-    kd = {  # the distillation part at 0-based epochs; mdistiller's factor min((e + 1) / 20, 1)
-        e: float(method.loss(student, labels, (teacher,), method.epoch_context(e))[0]) - ce
-        for e in (0, 9, 19, 39)
-    }
-    assert kd[19] > 0
-    np.testing.assert_allclose(kd[0], kd[19] / 20, rtol=1e-4)
-    np.testing.assert_allclose(kd[9], kd[19] / 2, rtol=1e-4)
-    np.testing.assert_allclose(kd[39], kd[19], rtol=1e-6)  # full weight from epoch 20 on
-
-
-def test_method_head_requirements_are_validated():
-    config = config_lib.base_config("ldam_drw")
-    with pytest.raises(ValueError, match="--config.model.head=normed"):
-        config_lib.validate_config(config)
-    config = config_lib.set_method(config, "crt")
-    config.model.head = "linear"
-    with pytest.raises(ValueError, match="config.init.workdir"):
-        config_lib.validate_config(config)
-
-
 def _compare_module():
     from conftest import load_script
 
@@ -285,14 +235,3 @@ def test_posthoc_corrections_evaluate_a_tau_grid(teacher_dir, tmp_path, method):
     if method == "posthoc_la":
         final = job.summarize_run(teacher_dir)["final"]
         np.testing.assert_allclose(records[0]["top1"], final["top1"], atol=1e-6)
-
-
-def test_tau_normalisation_of_the_classifier_matches_tv13():
-    from ltkd_jax import posthoc
-
-    kernel = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 0.5]]).T  # [D, C]: column c is class c
-    variables = {"params": {"classifier": {"kernel": kernel, "bias": np.ones(3)}}}
-    for tau, expected in [(0.0, [11, 1, 1]), (0.5, [4.919350, 1, 1.414214]), (1.0, [2.2, 1, 2])]:
-        out = posthoc.tau_normalized_variables(variables, tau)["params"]["classifier"]
-        np.testing.assert_allclose(np.array([1.0, 2.0]) @ out["kernel"], expected, rtol=1e-5)
-        np.testing.assert_array_equal(out["bias"], 0)
