@@ -150,7 +150,8 @@ def needs(config: ml_collections.ConfigDict) -> base.Needs:
 def student_parts(
     config: ml_collections.ConfigDict, teacher_widths: tuple[int, ...]
 ) -> base.StudentParts:
-    """The regressor g onto the teacher's feature width, with PyTorch's Linear init."""
+    """The regressor g onto the teacher's feature width (`heads.linear`: Kaiming-normal
+    kernel, PyTorch's bias init)."""
     if not _uses_features(config):
         return base.StudentParts()
     width = models.feature_dim(config.model.name)

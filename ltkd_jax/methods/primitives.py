@@ -159,9 +159,10 @@ def effective_number_weights(class_counts: ArrayLike, beta: ArrayLike = 0.9999) 
     """Effective-number class weights (Cui et al. 2019), as the BKD and LDAM-DRW code
     computes them: ``w_c = (1 - beta) / (1 - beta^{n_c})``, then ``w <- C * w / sum(w)``.
 
-    ``beta = 0`` gives all ones. Computed as ``expm1(b) / expm1(n_c b)`` with ``b = log(beta)``,
-    in float64 when ``beta`` is a Python number: in float32, ``1 - 0.9999`` alone has a
-    relative error of 1e-4. A class with no images weighs as one with a single image.
+    ``beta = 0`` gives all ones. Computed as ``expm1(b) / expm1(n_c b)`` with ``b = log(beta)``
+    (``log`` taken in float64 when ``beta`` is a Python number): ``1 - 0.9999`` formed in
+    float32 would carry a relative error of 1e-4, ``expm1`` avoids that cancellation. A class
+    with no images weighs as one with a single image.
     """
     counts = jnp.maximum(cast(class_counts, jnp.result_type(float)), 1)
     if isinstance(beta, (int, float)):

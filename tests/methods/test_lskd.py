@@ -1,13 +1,15 @@
-"""lskd: KD on z-scored logits (ltkd_jax/methods/lskd.py)."""
+"""ltkd_jax/methods/lskd.py: KD on z-scored logits."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-from jax.test_util import check_grads
 
-from ltkd_jax import config_lib, methods
+from ltkd_jax.methods import lskd
 from ltkd_jax.methods.lskd import lskd_loss, standardize
+
+from .properties import Case, DistillationProperties, SpecChecks
+from .vectors import V as V3
+from .vectors import Y as Y3
+from .vectors import Z as Z3
 
 RNG = np.random.default_rng(0)
 Z = RNG.normal(size=(4, 5)).astype(np.float32) * 3
@@ -40,10 +42,9 @@ def test_matches_the_official_arithmetic():
 
 
 def test_invariant_to_shifting_and_scaling_either_side():
-    base, _ = lskd_loss(Z, labels=Y, teacher_logits=V)
+    base, parts = lskd_loss(Z, labels=Y, teacher_logits=V)
     moved, _ = lskd_loss(Z, labels=Y, teacher_logits=3.0 * V - 7.0)
     np.testing.assert_allclose(moved, base, rtol=1e-5)
-    _, parts = lskd_loss(Z, labels=Y, teacher_logits=V)
     _, scaled = lskd_loss(2.0 * Z + 1.0, labels=Y, teacher_logits=V)
     np.testing.assert_allclose(scaled["kd"], parts["kd"], rtol=1e-5)
 
@@ -54,30 +55,24 @@ def test_standardized_rows_have_zero_mean_and_unit_std():
     np.testing.assert_allclose(s.std(-1, ddof=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.slow
-def test_gradients_float64():
-    with jax.enable_x64(True):
-        z, v = jnp.asarray(Z, jnp.float64), jnp.asarray(V, jnp.float64)
-        check_grads(
-            lambda z: lskd_loss(z, labels=Y, teacher_logits=v)[0], (z,), order=2, modes=["rev"]
+# Shared checks (tests/methods/properties.py): check_grads, jit/vmap, bf16, extreme logits,
+# no gradient to the teacher; the registry entry, its defaults, checks and `make`.
+class TestLosses(DistillationProperties):
+    cases = {"lskd": Case(lskd_loss, dict(logits=Z3, labels=Y3, teacher_logits=V3))}
+
+
+class TestSpec(SpecChecks):
+    name, module, loss_fn = "lskd", lskd, lskd_loss
+    shared_fields = frozenset({"temperature", "alpha", "ce_weight"})
+    bad_values = {"temperature": 0.0, "alpha": -1.0, "ce_weight": -0.1}
+    overrides = {"temperature": 3.0, "alpha": 2.0, "ce_weight": 0.5}
+
+    def expected(self, c, task, student, labels, teachers, epoch):
+        return lskd_loss(
+            student.logits,
+            labels=labels,
+            teacher_logits=teachers[0].logits,
+            temperature=c.temperature,
+            alpha=c.alpha,
+            ce_weight=c.ce_weight,
         )
-
-
-def test_registered_with_its_config_and_checks():
-    config = config_lib.base_config("lskd")
-    assert config.loss.to_dict() == {"alpha": 9.0, "ce_weight": 0.1, "temperature": 2.0}
-    assert methods.num_teachers(config) == 1
-    config.loss.temperature = -1.0
-    with pytest.raises(ValueError, match=r"config.loss.temperature=-1.0 must be > 0"):
-        config_lib.validate_config(config)
-
-
-def test_the_method_calls_the_loss_with_its_config():
-    config = config_lib.base_config("lskd")
-    config.loss.alpha = 2.0
-    task = methods.Task(class_counts=np.array([9, 5, 3, 2, 1]), class_groups=np.zeros(5, int))
-    method = methods.make(config, task)
-    out = methods.ModelOutput(Z, np.zeros((4, 2), np.float32))
-    teacher = methods.ModelOutput(V, np.zeros((4, 2), np.float32))
-    loss, _ = method.loss(out, Y, (teacher,), method.epoch_context(0))
-    np.testing.assert_allclose(loss, reference(Z, V, Y, alpha=2.0), rtol=1e-5)
