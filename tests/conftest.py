@@ -17,7 +17,7 @@ _CACHE = pathlib.Path(
     os.environ.get("LTKD_JAX_CACHE", pathlib.Path.home() / ".cache" / "ltkd_jax_xla")
 )
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 # grain's multiprocessing reads absl flags; pytest never calls app.run.
 flags.FLAGS.mark_as_parsed()
 

@@ -147,6 +147,7 @@ def test_invalid_arguments(split):
         train_iter(split, sampler="balanced")
 
 
+@pytest.mark.slow  # starts worker processes
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_multiprocess_workers_match_and_resume(split):
     """mp_prefetch workers produce the in-process batches and resume exactly."""

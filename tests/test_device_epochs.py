@@ -101,6 +101,7 @@ def test_device_loop_defaults_to_steps_on_the_cpu():
     assert train.scans_steps(tiny_config(device_loop="scan"))
 
 
+@pytest.mark.slow  # two training runs
 def test_killed_device_run_resumes_bit_exact(device_run, tmp_path, kill_after_first_save):
     _, reference = device_run
     config = tiny_config(num_devices=2, **SCAN)

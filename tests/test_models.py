@@ -90,6 +90,7 @@ def _leaves_with_paths(tree):
     ]
 
 
+@pytest.mark.slow
 class ParamCountTest(parameterized.TestCase):
     @parameterized.parameters(*EXPECTED_PARAMS)
     def test_exact_counts(self, name):
@@ -288,6 +289,7 @@ class HeadTest(parameterized.TestCase):
         col = params["params"]["kernel"][:, 2]
         np.testing.assert_allclose(head.apply(params, 7.0 * col[None])[0, 2], 1.0, rtol=1e-5)
 
+    @pytest.mark.slow
     def test_cosine_logits_scaled_by_fixed_sigma(self):
         head, params, x = self._head("cosine")
         self.assertEqual(jax.tree_util.tree_structure(params["params"]).num_leaves, 1)
@@ -309,6 +311,7 @@ class HeadTest(parameterized.TestCase):
         for leaf in jax.tree_util.tree_leaves(grads):
             self.assertTrue(np.all(np.isfinite(leaf)))
 
+    @pytest.mark.slow
     def test_model_level_heads(self):
         x = jax.random.normal(jax.random.key(5), (2, 8, 8, 3))
         for head, limit in (("normed", 1.0), ("cosine", 20.0)):
@@ -338,6 +341,7 @@ class ShortcutTest(absltest.TestCase):
         with self.assertRaisesRegex(ValueError, "shortcut='C'"):
             shapes("C")
 
+    @pytest.mark.slow
     def test_zero_init_residual(self):
         model = get_model("resnet8", 10, zero_init_residual=True)
         params = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)), train=False)["params"]
@@ -364,6 +368,7 @@ class TinyBackbone(nn.Module):
 class NetworkTest(absltest.TestCase):
     """Network = backbone -> [neck] -> head, features -> [side]; backbone params at the top."""
 
+    @pytest.mark.slow
     def test_wiring(self):
         net = Network(TinyBackbone(), 3, neck=nn.Dense(5), side=nn.Dense(6))
         x = jax.random.normal(jax.random.key(0), (2, 4, 4, 2))

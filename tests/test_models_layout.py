@@ -120,6 +120,7 @@ def test_variable_tree_is_unchanged(name, head):
     assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == digest, lines
 
 
+@pytest.mark.slow  # two full-model compiles; the tree pins above stay in the quick suite
 @pytest.mark.parametrize("name", list(LOGITS_ROW0))
 def test_init_and_forward_are_unchanged(name):
     """Same init keys (parameters live at the same scope paths) and the same forward pass.

@@ -17,6 +17,9 @@ import pytest
 
 from ltkd_jax import checkpointing, models
 
+# Restores a real checkpoint; tests/test_old_run_dirs.py covers the same path in the quick suite.
+pytestmark = pytest.mark.slow
+
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 OLD_RUN = FIXTURES / "old_layout_cbd_run"
 EXPECTED = FIXTURES / "old_layout_cbd_run_expected.npz"

@@ -239,6 +239,7 @@ def test_workdir_mistakes_are_one_clean_message(tmp_path):
     )
 
 
+@pytest.mark.slow  # a command-line subprocess
 def test_verbose_adds_the_traceback(tmp_path):
     out = _cli("--config=tests/tiny.py", f"--workdir={tmp_path}", "--config.seed=x", "--verbose")
     assert out.returncode == 2 and "Traceback" in out.stderr

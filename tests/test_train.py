@@ -115,6 +115,7 @@ def test_command_line_quickstart_and_resume(tmp_path):
     assert "already complete" in second.stderr
 
 
+@pytest.mark.slow  # a command-line subprocess; validate_config covers it in the quick suite
 def test_command_line_rejects_an_unknown_method(tmp_path):
     cmd = [
         sys.executable,

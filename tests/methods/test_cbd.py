@@ -77,6 +77,7 @@ def test_effective_weight_decay_is_half_the_official_config(name, official_wd):
     assert stage1.teacher_config(config, 0).optim.weight_decay == config.optim.weight_decay
 
 
+@pytest.mark.slow  # builds and initialises a whole model
 def test_resnet50_recipe_zero_inits_the_last_batchnorm_of_each_block():
     _, config = _load(CONFIG_DIR / "cbd_imagenet_lt.py")
     assert config.model.zero_init_residual

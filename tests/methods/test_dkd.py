@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ltkd_jax import config_lib, methods
 from ltkd_jax.methods import dkd
@@ -43,6 +44,7 @@ def test_tckd_is_binary_kl_and_epoch_may_be_traced():
     assert_close(step(jnp.asarray(40)), 11.673323)
 
 
+@pytest.mark.slow  # one jit per epoch value
 def test_distillation_term_warms_up_over_epochs():
     counts = np.array([50, 20, 5])
     task = methods.Task(class_counts=counts, class_groups=np.zeros(3, np.int32))
