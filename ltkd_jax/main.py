@@ -24,7 +24,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ltkd_jax import config_lib, errors, rundir
+from ltkd_jax import config_checks, config_lib, errors, rundir
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file under configs/.", lock_config=True
@@ -153,8 +153,8 @@ def main(argv):
         usage_error("--workdir is required: where the run's checkpoints and metrics go")
     filters = _set_up_logging()
     try:
-        config_lib.validate_config(config)
-        config_lib.check_run_paths(config)
+        config_checks.validate_config(config)
+        config_checks.check_run_paths(config)
         rundir.check_workdir(workdir)
         if _DISTRIBUTED.value:
             jax.distributed.initialize(

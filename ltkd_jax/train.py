@@ -24,7 +24,7 @@ from flax.training import train_state
 
 from ltkd_jax import (
     checkpointing,
-    config_lib,
+    config_checks,
     evaluation,
     feeds,
     finished_runs,
@@ -217,7 +217,7 @@ def _check_teachers(config: ml_collections.ConfigDict, teachers: tuple) -> None:
 def _setup(config: ml_collections.ConfigDict, workdir: str, teachers: tuple) -> _Run:
     """Checks the config, reads the data, makes the method and the feed."""
     mesh = sharding.make_mesh(config.num_devices)
-    config_lib.validate_config(config, num_devices=mesh.devices.size)
+    config_checks.validate_config(config, num_devices=mesh.devices.size)
     _check_teachers(config, teachers)
     run_data = task_data.load_task_data(config)
     train_split = run_data.train

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from ltkd_jax import config_lib, stage1
+from ltkd_jax import config_checks, config_lib, stage1
 from ltkd_jax.data import ArraySplit, augment, make_train_iterator
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -171,4 +171,4 @@ def test_validate_rejects_too_many_jitter_teachers():
     config = config_lib.base_config()
     config.teacher.color_jitter_teachers = 2
     with pytest.raises(ValueError, match="color_jitter_teachers"):
-        config_lib.validate_config(config)
+        config_checks.validate_config(config)

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_checks, config_lib
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
@@ -27,9 +27,9 @@ def test_config_loads_locks_and_validates(path):
         config.no_such_field = 1
     if config.method in ("crt", "tau_norm"):  # start from a finished run: a required path
         with pytest.raises(ValueError, match="config.init.workdir"):
-            config_lib.validate_config(config)
+            config_checks.validate_config(config)
         config.init.workdir = "/some/finished/run"
-    config_lib.validate_config(config)
+    config_checks.validate_config(config)
 
 
 def test_distillation_configs_take_pairs_and_recipes():
@@ -68,14 +68,14 @@ def test_invalid_values_name_the_field_and_the_fix(field, value, message):
     section, _, key = field.rpartition(".")
     (config[section] if section else config)[key] = value
     with pytest.raises(ValueError, match=message):
-        config_lib.validate_config(config)
+        config_checks.validate_config(config)
 
 
 def test_batch_size_must_divide_over_devices():
     config = config_lib.base_config()
     config.batch_size = 100
     with pytest.raises(ValueError, match="not divisible by the 8 devices"):
-        config_lib.validate_config(config, num_devices=8)
+        config_checks.validate_config(config, num_devices=8)
 
 
 def test_a_wrong_method_hyper_parameter_fails_before_any_data():
@@ -83,11 +83,11 @@ def test_a_wrong_method_hyper_parameter_fails_before_any_data():
     _, config = _load(CONFIG_DIR / "ltkd_cifar.py")
     config.loss.rebalance = "batchh"
     with pytest.raises(ValueError, match=r"config.loss.rebalance='batchh' is not known"):
-        config_lib.validate_config(config)
+        config_checks.validate_config(config)
     _, config = _load(CONFIG_DIR / "dkd_cifar.py")
     config.loss.temperature = 0.0
     with pytest.raises(ValueError, match=r"config.loss.temperature=0.0 must be > 0"):
-        config_lib.validate_config(config)
+        config_checks.validate_config(config)
 
 
 def test_a_method_takes_only_its_own_hyper_parameters():
@@ -96,7 +96,7 @@ def test_a_method_takes_only_its_own_hyper_parameters():
         config.loss.rebalance = "batch"
     config.method = "ltkd"  # switched after the config was built: its section is BKD's
     with pytest.raises(ValueError, match="the method was changed after the config was built"):
-        config_lib.validate_config(config)
+        config_checks.validate_config(config)
 
 
 def test_old_run_configs_upgrade_to_the_method_sections():

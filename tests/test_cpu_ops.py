@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ltkd_jax import config_lib, methods, modeling, models, optim, sharding, train
+from ltkd_jax import config_checks, config_lib, methods, modeling, models, optim, sharding, train
 from ltkd_jax.models import cpu_ops
 
 pytestmark = pytest.mark.slow  # end-to-end: `pytest -m "not slow"` skips it
@@ -173,7 +173,7 @@ def test_cpu_kernels_setting():
     config = config_lib.base_config()
     config.model.cpu_kernels = "yes"
     with pytest.raises(ValueError, match="model.cpu_kernels"):
-        config_lib.validate_config(config)
+        config_checks.validate_config(config)
 
 
 def _run_steps(setting: str, steps: int, *, permute: bool = False) -> dict:

@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltkd_jax import config_lib, finished_runs, job, losses, metrics, recipes, task_data
+from ltkd_jax import (
+    config_checks,
+    config_lib,
+    finished_runs,
+    job,
+    losses,
+    metrics,
+    recipes,
+    task_data,
+)
 from ltkd_jax.data import arrays, longtail, sources
 from ltkd_jax.data import task as task_lib
 from ltkd_jax.writers import read_jsonl
@@ -222,7 +231,7 @@ def test_every_distillation_method_has_a_folder_config(tmp_path):
             assert c.loss.drw_epoch == 8  # 160 of 200 epochs -> 8 of 10
         if method == "dkd":
             assert c.loss.warmup_epochs == 1  # 20 of 200 epochs -> 1 of 10
-        config_lib.validate_config(c)
+        config_checks.validate_config(c)
 
 
 # ---- The first folder run, end to end (size=32 on odd JPEGs, read per example) --------------

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO_ROOT
 from tiny import tiny_config
 
-from ltkd_jax import config_lib, errors, rundir, writers
+from ltkd_jax import config_checks, config_lib, errors, rundir, writers
 
 # ---------------------------------------------------------------------------------------
 # Lock
@@ -190,18 +190,18 @@ def _assert_usage_error(out, expected: str):
 )
 def test_config_mistakes_name_every_choice(overrides, expected):
     with pytest.raises(errors.UserError, match="invalid config") as error:
-        config_lib.validate_config(tiny_config(**overrides))
+        config_checks.validate_config(tiny_config(**overrides))
     assert expected in str(error.value)
 
 
 def test_missing_run_paths_are_reported_before_any_data():
     config = tiny_config(method="kd", **{"teacher.workdir": "/no/such/teacher,/tmp"})
     with pytest.raises(errors.UserError) as error:
-        config_lib.check_run_paths(config)
+        config_checks.check_run_paths(config)
     assert "/no/such/teacher does not exist" in str(error.value)
     assert "/tmp is not a finished ltkd_jax run (no config.json)" in str(error.value)
     with pytest.raises(errors.UserError, match="config.data.root is empty"):
-        config_lib.check_run_paths(tiny_config(**{"data.name": "folder"}))
+        config_checks.check_run_paths(tiny_config(**{"data.name": "folder"}))
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import pytest
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_checks, config_lib
 from ltkd_jax.methods import ldam_drw
 from ltkd_jax.methods.ce import cross_entropy
 from ltkd_jax.methods.ldam_drw import ldam_loss, ldam_margins
@@ -31,7 +31,7 @@ def test_without_margin_and_scale_it_is_cross_entropy():
 def test_needs_the_normed_head():
     config = config_lib.base_config("ldam_drw")
     with pytest.raises(ValueError, match="--config.model.head=normed"):
-        config_lib.validate_config(config)
+        config_checks.validate_config(config)
 
 
 def test_the_ce_is_unweighted_before_the_drw_epoch():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_configs import CONFIG_DIR, _load
 
-from ltkd_jax import config_lib
+from ltkd_jax import config_checks, config_lib
 from ltkd_jax.data import longtail
 from ltkd_jax.methods import ltkd
 from ltkd_jax.methods.kd import kd_loss
@@ -217,7 +217,7 @@ def test_unknown_choices_fail_in_validate_config():
         bad = config.copy_and_resolve_references()
         bad.loss[field] = value
         with pytest.raises(ValueError, match=f"config.loss.{field}"):
-            config_lib.validate_config(bad)
+            config_checks.validate_config(bad)
 
 
 ODD_GROUPS = np.array([0, 0, 1, 1, 1, 3])  # group 2 empty, group 3 of size 1
