@@ -1,13 +1,13 @@
-"""Every loss function of `ltkd_jax.methods`, in one namespace.
+"""The loss functions of the library's seed methods and baselines, in one namespace.
 
 Each loss lives in its method's module (``ltkd_jax/methods/<method>.py``, whose docstring
 documents it); this module only gathers them, for users and notebooks that want the pure
-functions without the trainer. The calling convention is in `ltkd_jax.methods.primitives`.
+functions without the trainer. A method added later is imported from its own module
+(``from ltkd_jax.methods.lskd import lskd_loss``). The calling convention is in
+`ltkd_jax.methods.primitives`; the registry of methods is `ltkd_jax.methods.METHODS`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Mapping
 
 from ltkd_jax.methods.bkd import bkd_loss
 from ltkd_jax.methods.cbd import cbd_loss
@@ -31,7 +31,6 @@ from ltkd_jax.methods.ltkd import (
     thirds_groups,
 )
 from ltkd_jax.methods.primitives import (
-    LossOutput,
     class_prior,
     drw_class_weights,
     effective_number_weights,
@@ -40,33 +39,7 @@ from ltkd_jax.methods.primitives import (
     tau_normalize,
 )
 
-LOSSES: Mapping[str, Callable[..., LossOutput]] = {
-    "ce": cross_entropy,
-    "weighted_ce": weighted_cross_entropy,
-    "focal": focal_loss,
-    "ldam": ldam_loss,
-    "logit_adjusted": logit_adjusted_loss,
-    "kd": kd_loss,
-    "dkd": dkd_loss,
-    "bkd": bkd_loss,
-    "tgls": tgls_loss,
-    "dukd": dukd_loss,
-    "krdistill": krdistill_loss,
-    "cbd": cbd_loss,
-    "ltkd": ltkd_loss,
-}
-
-
-def get_loss(name: str) -> Callable[..., LossOutput]:
-    """The loss function registered under ``name`` (see ``LOSSES``)."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise KeyError(f"unknown loss {name!r}; known: {sorted(LOSSES)}") from None
-
-
 __all__ = [
-    "LOSSES",
     "batch_rebalanced_group_log_masses",
     "bkd_loss",
     "cbd_loss",
@@ -77,7 +50,6 @@ __all__ = [
     "dukd_loss",
     "effective_number_weights",
     "focal_loss",
-    "get_loss",
     "group_kl_decomposition",
     "inverse_frequency_weights",
     "kd_loss",
