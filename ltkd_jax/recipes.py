@@ -67,6 +67,42 @@ def cifar_config(
     return c
 
 
+# Per-benchmark defaults of configs/{ce,bkd,cbd}_large_scale.py (docs/recipes.md): the
+# classifier-balancing backbones (stage 1), and CBD's official schedule and weight decay.
+BENCHMARK_DEFAULTS = {
+    "imagenet_lt": dict(model="resnext50_32x4d", epochs=90, cbd_epochs=90, cbd_weight_decay=5e-4),
+    "inat2018": dict(model="resnet50", epochs=90, cbd_epochs=200, cbd_weight_decay=2e-4),
+}
+
+
+def benchmark_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
+    """A large-scale benchmark config from the `file.py:k=v,...` argument.
+
+    Arguments: dataset (imagenet_lt | inat2018), model and epochs (0 = the benchmark's
+    default, `BENCHMARK_DEFAULTS`); for CBD also teachers (1 = cbd, more = cbd_ensemble).
+    """
+    args = parse_arg(arg, dataset="imagenet_lt", model="", epochs=0, teachers=1)
+    if args.dataset not in BENCHMARK_DEFAULTS:
+        raise ValueError(
+            f"dataset={args.dataset!r} has no large-scale recipe; choose one of "
+            f"{sorted(BENCHMARK_DEFAULTS)}"
+        )
+    defaults = BENCHMARK_DEFAULTS[args.dataset]
+    if method == "cbd":
+        return cbd_large_scale_config(
+            args.dataset,
+            teachers=args.teachers,
+            epochs=args.epochs or defaults["cbd_epochs"],
+            weight_decay=defaults["cbd_weight_decay"],
+        )
+    return large_scale_config(
+        args.dataset,
+        method,
+        model=args.model or defaults["model"],
+        epochs=args.epochs or defaults["epochs"],
+    )
+
+
 def large_scale_config(
     dataset: str, method: str, *, model: str, epochs: int, weight_decay: float = 5e-4
 ) -> ml_collections.ConfigDict:

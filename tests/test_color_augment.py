@@ -155,7 +155,7 @@ def test_teacher_config_jitters_only_the_last_teachers():
     config.teacher.color_jitter_teachers = 0
     assert not any(stage1.teacher_config(config, k).data.color_jitter for k in range(3))
 
-    ens = _load("cbd_ens_imagenet_lt")
+    ens = _load("cbd_large_scale", "teachers=4")
     assert (ens.teacher.count, ens.teacher.color_jitter_teachers) == (4, 2)
     teachers = [stage1.teacher_config(ens, k) for k in range(4)]
     assert [t.data.color_jitter for t in teachers] == [False, False, True, True]
@@ -164,7 +164,7 @@ def test_teacher_config_jitters_only_the_last_teachers():
     assert _load("cbd_cifar", "teachers=4").teacher.color_jitter_teachers == 2
     assert _load("cbd_cifar", "teachers=2").teacher.color_jitter_teachers == 1
     assert _load("cbd_cifar").teacher.color_jitter_teachers == 0
-    assert _load("cbd_imagenet_lt").teacher.color_jitter_teachers == 0
+    assert _load("cbd_large_scale").teacher.color_jitter_teachers == 0
 
 
 def test_validate_rejects_too_many_jitter_teachers():

@@ -108,3 +108,20 @@ def test_old_run_configs_upgrade_to_the_method_sections():
     upgraded = config_lib.upgrade_saved_config(saved)
     assert "projection_dim" not in upgraded["model"]
     assert upgraded["loss"] == {**config_lib.loss_section("kd").to_dict(), "alpha": 0.5}
+
+
+def test_large_scale_configs_take_the_benchmark_as_an_argument():
+    _, ce = _load(CONFIG_DIR / "ce_large_scale.py")
+    assert (ce.data.name, ce.model.name, ce.num_epochs) == ("imagenet_lt", "resnext50_32x4d", 90)
+    _, ce = _load(CONFIG_DIR / "ce_large_scale.py", "dataset=inat2018,epochs=200")
+    assert (ce.data.name, ce.model.name, ce.num_epochs) == ("inat2018", "resnet50", 200)
+    _, cbd = _load(CONFIG_DIR / "cbd_large_scale.py", "dataset=inat2018")
+    assert (cbd.method, cbd.num_epochs, cbd.teacher.count) == ("cbd", 200, 1)
+    _, ens = _load(CONFIG_DIR / "cbd_large_scale.py", "teachers=4")
+    assert (ens.method, ens.teacher.count, ens.teacher.color_jitter_teachers) == (
+        "cbd_ensemble",
+        4,
+        2,
+    )
+    with pytest.raises(ValueError, match="no large-scale recipe"):
+        _load(CONFIG_DIR / "bkd_large_scale.py", "dataset=cifar100")

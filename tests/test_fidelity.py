@@ -9,7 +9,7 @@ from test_configs import CONFIG_DIR, _load
 from ltkd_jax import config_lib, methods, stage1
 
 
-@pytest.mark.parametrize("name, arg", [("bkd_cifar", None), ("cbd_ens_imagenet_lt", None)])
+@pytest.mark.parametrize("name, arg", [("bkd_cifar", None), ("cbd_large_scale", "teachers=4")])
 def test_teacher_seeds_differ_from_the_student_and_each_other(name, arg):
     _, config = _load(CONFIG_DIR / f"{name}.py", arg)
     seeds = [stage1.teacher_config(config, k).seed for k in range(methods.num_teachers(config))]

@@ -1,6 +1,6 @@
 """Prepare a config's dataset (ArrayRecord) and print its class counts, without training.
 
-    python -m ltkd_jax.data.prepare --config configs/ce_imagenet_lt.py \
+    python -m ltkd_jax.data.prepare --config configs/ce_large_scale.py \
         --config.data.root=/mnt/disks/imagenet --config.data.list_dir=/mnt/disks/imagenet_lt \
         --config.data.data_dir=/mnt/disks/tfds
 

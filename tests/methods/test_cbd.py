@@ -62,13 +62,13 @@ def test_the_projection_is_glorot_uniform_with_zero_bias_and_relu():
 
 
 @pytest.mark.parametrize(
-    "name, official_wd",
-    [("cbd_imagenet_lt", 5e-4), ("cbd_inat18", 2e-4), ("cbd_ens_imagenet_lt", 5e-4)],
+    "arg, official_wd",
+    [("dataset=imagenet_lt", 5e-4), ("dataset=inat2018", 2e-4), ("teachers=4", 5e-4)],
 )
-def test_effective_weight_decay_is_half_the_official_config(name, official_wd):
+def test_effective_weight_decay_is_half_the_official_config(arg, official_wd):
     # Official: loss += wd * 0.5 * tf.nn.l2_loss(theta) = wd / 4 * sum(theta^2), so the
     # gradient added to every variable is wd / 2 * theta.
-    _, config = _load(CONFIG_DIR / f"{name}.py")
+    _, config = _load(CONFIG_DIR / "cbd_large_scale.py", arg)
     tx = optim.make_optimizer(config.optim, optax.constant_schedule(1.0))
     theta = {"w": jnp.array([1.0, -2.0, 0.5])}
     updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(theta), theta)
@@ -79,7 +79,7 @@ def test_effective_weight_decay_is_half_the_official_config(name, official_wd):
 
 @pytest.mark.slow  # builds and initialises a whole model
 def test_resnet50_recipe_zero_inits_the_last_batchnorm_of_each_block():
-    _, config = _load(CONFIG_DIR / "cbd_imagenet_lt.py")
+    _, config = _load(CONFIG_DIR / "cbd_large_scale.py")
     assert config.model.zero_init_residual
     model = models.get_model("resnet10", 5, zero_init_residual=True)
     params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
