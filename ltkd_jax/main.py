@@ -112,6 +112,11 @@ def _flag_error_message(error: BaseException, argv: list[str]) -> str:
             names = [a.split("=")[0] for a in argv if a.startswith("--config.")]
             flag = next((n for n in names if n.endswith("." + key)), f"--config...{key}")
             hint = f" {hint.strip()}" if hint.strip() else ""
+            if flag.startswith("--config.loss."):  # another method's hyper-parameter
+                hint += (
+                    " config.loss holds only the config's own method's hyper-parameters; for"
+                    " another method start from its config file (configs/<method>_cifar.py)."
+                )
             return f"{flag}: the config has no field {key!r}.{hint} (--print_config lists them)"
         seen = seen.__cause__ or seen.__context__
     return str(error).strip().splitlines()[0] if str(error).strip() else repr(error)

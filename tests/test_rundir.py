@@ -218,6 +218,7 @@ def test_missing_run_paths_are_reported_before_any_data():
         ),
         # Another method with other hyper-parameters: start from its own config.
         (["--config.method=dkd"], "the method was changed after the config was built"),
+        (["--config.loss.rebalance=batch"], "holds only the config's own method's"),
     ],
 )
 @pytest.mark.slow
