@@ -112,7 +112,7 @@ def load_teacher(config, workdir: str, num_classes: int, image_shape: tuple, mes
 
 
 def init_from_run(state, config, num_classes: int, image_shape: tuple):
-    """`state` (a `train.TrainState`) with a finished run's weights; the classifier is
+    """`state` (a `modeling.TrainState`) with a finished run's weights; the classifier is
     re-initialised for a method that re-trains it (cRT)."""
     workdir = config.init.workdir
     run_config, run_task = read_run_info(workdir)

@@ -1,5 +1,6 @@
-"""The networks a config describes: the student (backbone, head and the method's own parts),
-frozen teachers, and the helpers every stage shares to build and restore them."""
+"""The networks a config describes: the student (backbone, head and the method's own parts)
+and its training state, frozen teachers, and the helpers every stage shares to build and
+restore them."""
 
 from __future__ import annotations
 
@@ -9,10 +10,39 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from flax import struct
+from flax.training import train_state
 
 from ltkd_jax import methods, models, sharding
 from ltkd_jax.models import cpu_ops
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus BatchNorm running statistics."""
+
+    batch_stats: Any = None
+
+
+def variables_of(state: TrainState) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def create_train_state(
+    model, tx: optax.GradientTransformation, image_shape: tuple, seed: int, mesh
+) -> TrainState:
+    """Initialises the state directly replicated on the mesh (no host copy)."""
+
+    def init(rng):
+        variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+        return TrainState.create(
+            apply_fn=model.apply,
+            params=variables["params"],
+            batch_stats=variables.get("batch_stats", {}),
+            tx=tx,
+        )
+
+    return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
 
 
 @struct.dataclass

@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax.training import train_state
 
 from ltkd_jax import (
     checkpointing,
@@ -43,33 +42,6 @@ from ltkd_jax.models import cpu_ops
 from ltkd_jax.writers import MetricWriter
 
 
-class TrainState(train_state.TrainState):
-    """Flax TrainState plus BatchNorm running statistics."""
-
-    batch_stats: Any = None
-
-
-def variables_of(state: TrainState) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def create_train_state(
-    model, tx: optax.GradientTransformation, image_shape: tuple, seed: int, mesh
-) -> TrainState:
-    """Initialises the state directly replicated on the mesh (no host copy)."""
-
-    def init(rng):
-        variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-        return TrainState.create(
-            apply_fn=model.apply,
-            params=variables["params"],
-            batch_stats=variables.get("batch_stats", {}),
-            tx=tx,
-        )
-
-    return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
-
-
 def apply_teachers(teachers: tuple[modeling.Teacher, ...], images: jnp.ndarray) -> tuple:
     """Frozen teachers in inference mode (BatchNorm running statistics), no gradient."""
     outputs = []
@@ -80,7 +52,7 @@ def apply_teachers(teachers: tuple[modeling.Teacher, ...], images: jnp.ndarray) 
 
 
 def train_step(
-    state: TrainState,
+    state: modeling.TrainState,
     teachers: tuple[modeling.Teacher, ...],
     batch: dict,
     ctx: dict,
@@ -89,7 +61,7 @@ def train_step(
     schedule: Callable,
     mean: tuple,
     std: tuple,
-) -> tuple[TrainState, dict]:
+) -> tuple[modeling.TrainState, dict]:
     """One SGD step on the student; the teachers only feed the loss."""
     images = task_data.preprocess(batch["image"], mean, std)
     labels = batch["label"]
@@ -124,7 +96,7 @@ def train_step(
 
 
 def train_chunk(
-    state: TrainState,
+    state: modeling.TrainState,
     teachers: tuple[modeling.Teacher, ...],
     data: dict,
     plan: dict,
@@ -132,7 +104,7 @@ def train_chunk(
     *,
     batch_sharding,
     **step_kwargs,
-) -> tuple[TrainState, dict]:
+) -> tuple[modeling.TrainState, dict]:
     """`train_step` over the K global batches of a plan, in one `lax.scan` on the device.
 
     `data` is the device-resident split, `plan` the [K, B] indices and crops
@@ -149,7 +121,7 @@ def train_chunk(
 
 
 def train_planned_step(
-    state: TrainState,
+    state: modeling.TrainState,
     teachers: tuple[modeling.Teacher, ...],
     data: dict,
     plan: dict,
@@ -158,7 +130,7 @@ def train_planned_step(
     *,
     batch_sharding,
     **step_kwargs,
-) -> tuple[TrainState, dict]:
+) -> tuple[modeling.TrainState, dict]:
     """`train_step` on global batch `index` of a plan, built on the device: the loop-free
     form of `train_chunk`, for backends where a scanned step is slow (XLA:CPU)."""
     step_plan = jax.tree.map(lambda x: x[index], plan)
@@ -242,34 +214,23 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, teachers: tuple) -> 
 def _log_start(run: _Run) -> None:
     c, split = run.config, run.data.train
     logging.info(
-        "%s: %s-LT IF %g, %d train images, %d classes, %d/%d/%d many/medium/few, %d devices",
-        run.workdir,
-        c.data.name,
-        c.data.imbalance_factor,
-        len(split),
-        split.num_classes,
+        "%s: %s-LT IF %g, %d train images, %d classes, %d/%d/%d many/medium/few, %d devices; "
+        "%s, %d steps per epoch x %d epochs, batches built %s (a time estimate follows the "
+        "first chunk after compilation)",
+        *(run.workdir, c.data.name, c.data.imbalance_factor, len(split), split.num_classes),
         *np.bincount(run.task.class_groups, minlength=3),
-        run.mesh.devices.size,
-    )
-    logging.info(
-        "%s at %s, %d steps per epoch x %d epochs = %d steps, batches built %s (a time "
-        "estimate follows the first chunk of steps after compilation)",
-        c.model.name,
-        "x".join(map(str, split.image_shape)),
-        run.steps_per_epoch,
-        c.num_epochs,
-        run.total_steps,
+        *(run.mesh.devices.size, c.model.name, run.steps_per_epoch, c.num_epochs),
         "on the device" if run.feed.on_device else "by grain on the host",
     )
 
 
-def _initial_state(run: _Run, model, schedule, manager) -> TrainState:
+def _initial_state(run: _Run, model, schedule, manager) -> modeling.TrainState:
     """A fresh state, the run's latest checkpoint, or (cRT) a finished run's weights."""
     config, split = run.config, run.data.train
     tx = optim.make_optimizer(config.optim, schedule)
     if run.method.needs.frozen_backbone:
         tx = optim.only_classifier(tx)
-    state = create_train_state(model, tx, split.image_shape, config.seed, run.mesh)
+    state = modeling.create_train_state(model, tx, split.image_shape, config.seed, run.mesh)
     restored = checkpointing.restore_latest(manager, state, run.feed.checkpoint_item(0))
     if restored is not None:
         logging.info("resumed from step %d in %s", int(restored.step), run.workdir)
@@ -300,7 +261,9 @@ def _evaluate_and_save(run: _Run, state, t1: int, evaluators, writer, manager) -
     results = None
     for split, evaluate in zip(("test", "val"), evaluators, strict=True):
         if evaluate is not None:  # val, when there is one, chooses the best checkpoint
-            results = metrics.summarize(evaluate(variables_of(state)), run.task.class_groups)
+            results = metrics.summarize(
+                evaluate(modeling.variables_of(state)), run.task.class_groups
+            )
             writer.write_scalars(t1, results, epoch=epoch, split=split)
     # Asynchronous: the next chunk runs while orbax writes this one.
     checkpointing.save(manager, t1, state, run.feed.checkpoint_item(t1), {"top1": results["top1"]})
@@ -352,7 +315,7 @@ def train_and_evaluate(
     workdir: str,
     *,
     teachers: tuple[modeling.Teacher, ...] = (),
-) -> TrainState:
+) -> modeling.TrainState:
     """Trains (or resumes) the run in `workdir` with frozen `teachers`; returns the final state."""
     run = _setup(config, workdir, teachers)
     rundir.check_resume_config(workdir, config)  # before anything is written

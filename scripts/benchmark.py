@@ -172,7 +172,9 @@ def jax_steps(setting: str, batch: dict, eval_batch: dict) -> dict[str, tuple[Ca
     schedule = optim.make_schedule(config.optim, 100, 200)
     tx = optim.make_optimizer(config.optim, schedule)
     options = cpu_ops.compiler_options(setting)
-    teacher_vars = train.variables_of(train.create_train_state(model, tx, (32, 32, 3), 1, mesh))
+    teacher_vars = modeling.variables_of(
+        modeling.create_train_state(model, tx, (32, 32, 3), 1, mesh)
+    )
     teacher = modeling.Teacher(variables=teacher_vars, model=model)
     if cpu_ops.cpu_kernels_enabled(setting):  # as stage1.prepare_teachers does
         teacher = modeling.fold_teacher(teacher)
@@ -189,7 +191,7 @@ def jax_steps(setting: str, batch: dict, eval_batch: dict) -> dict[str, tuple[Ca
             out_shardings=(repl, repl),
             compiler_options=options,
         )
-        state = train.create_train_state(model, tx, (32, 32, 3), 0, mesh)
+        state = modeling.create_train_state(model, tx, (32, 32, 3), 0, mesh)
         ctx = jax.device_put(method.epoch_context(0), repl)
         start = time.perf_counter()
         compiled = step.lower(state, teachers, batch, ctx).compile()

@@ -187,7 +187,7 @@ def _run_steps(setting: str, steps: int, *, permute: bool = False) -> dict:
     model = modeling.build_model(config, 10)
     schedule = optim.make_schedule(config.optim, 10, 1)
     tx = optim.make_optimizer(config.optim, schedule)
-    state = train.create_train_state(model, tx, (32, 32, 3), 0, sharding.make_mesh(1))
+    state = modeling.create_train_state(model, tx, (32, 32, 3), 0, sharding.make_mesh(1))
     task = methods.Task(class_counts=np.full(10, 5), class_groups=np.zeros(10, np.int32))
     method = methods.make(config, task)
     step = jax.jit(
@@ -202,7 +202,7 @@ def _run_steps(setting: str, steps: int, *, permute: bool = False) -> dict:
             "label": rng.integers(0, 10, 32).astype(np.int32)[order],
         }
         state, _ = step(state, (), batch, method.epoch_context(0))
-    return train.variables_of(state)
+    return modeling.variables_of(state)
 
 
 def _max_leaf_error(a, b) -> float:
