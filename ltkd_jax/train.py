@@ -215,11 +215,12 @@ def _log_start(run: _Run) -> None:
     c, split = run.config, run.data.train
     logging.info(
         "%s: %s-LT IF %g, %d train images, %d classes, %d/%d/%d many/medium/few, %d devices; "
-        "%s, %d steps per epoch x %d epochs, batches built %s (a time estimate follows the "
-        "first chunk after compilation)",
+        "%s at %s, %d steps per epoch x %d epochs, batches built %s (a time estimate follows "
+        "the first chunk after compilation)",
         *(run.workdir, c.data.name, c.data.imbalance_factor, len(split), split.num_classes),
         *np.bincount(run.task.class_groups, minlength=3),
-        *(run.mesh.devices.size, c.model.name, run.steps_per_epoch, c.num_epochs),
+        *(run.mesh.devices.size, c.model.name, "x".join(map(str, split.image_shape))),
+        *(run.steps_per_epoch, c.num_epochs),
         "on the device" if run.feed.on_device else "by grain on the host",
     )
 
