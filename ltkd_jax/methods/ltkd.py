@@ -196,7 +196,8 @@ def ltkd_loss(
     ``within`` (each ``T^2``-scaled, before ``alpha``/``beta``).
 
     ``class_groups`` [C] int in ``0..num_groups-1`` (0 = head) defaults to the shot groups of
-    ``class_counts`` (many / medium / few); ``num_groups`` must be static. This function
+    ``class_counts`` (many / medium / few, `data.longtail.shot_groups`, so the counts must then
+    be concrete, not traced); ``num_groups`` must be static. This function
     keeps ``rebalance="r1"`` as its default so the recorded test vectors stay valid; the
     method's config default is ``batch``, the paper's rule.
     """
