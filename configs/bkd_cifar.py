@@ -20,10 +20,10 @@ warm-up 5, 1e-3 at 160,
 1e-5 at 180.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
     c = recipes.cifar_config(arg, "bkd", temperature=2.0, alpha=1.0)
     c.loss.class_weighting = recipes.bkd_repo_weighting(c.data.name)
-    return config_lib.lock(c)
+    return defaults.lock(c)

@@ -16,10 +16,10 @@ Multi-host (TPU VM pod slice):
       --workdir gs://$BUCKET/runs/bkd_mydata --distributed --config.data.root=/mnt/disks/mydata"
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
     c = recipes.folder_config(arg, "bkd")
     c.loss.class_weighting = "reweight"  # effective-number weights from epoch 0
-    return config_lib.lock(c)
+    return defaults.lock(c)

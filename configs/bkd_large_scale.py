@@ -20,10 +20,10 @@ and student share the recipe of configs/ce_large_scale.py; only the loss differs
 effective-number class weights from epoch 0.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
     c = recipes.benchmark_config(arg, "bkd")
     c.loss.class_weighting = "reweight"
-    return config_lib.lock(c)
+    return defaults.lock(c)

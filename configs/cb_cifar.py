@@ -8,10 +8,10 @@ C,
 PyTorch weighted-mean reduction, from epoch 0 (the LDAM/BKD code's `Reweight` rule).
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
     c = recipes.cifar_config(arg, "cb")
     c.loss.class_weighting = "reweight"
-    return config_lib.lock(c)
+    return defaults.lock(c)

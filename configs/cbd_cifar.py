@@ -16,12 +16,12 @@ SimCLR v2 colour jitter + random grayscale (the official code's data-aug teacher
 BKD recipe (5.3) replaces CBD's ImageNet schedule.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
     items = [i for i in (arg or "").split(",") if i]
-    args = config_lib.parse_arg(",".join(i for i in items if i.startswith("teachers=")), teachers=1)
+    args = defaults.parse_arg(",".join(i for i in items if i.startswith("teachers=")), teachers=1)
     rest = ",".join(i for i in items if not i.startswith("teachers="))
     method = "cbd" if args.teachers == 1 else "cbd_ensemble"
     c = recipes.cifar_config(rest or None, method, alpha=0.4, beta=100.0)
@@ -30,4 +30,4 @@ def get_config(arg=None):
     c.teacher.count = args.teachers
     if args.teachers > 1:  # the last half train with colour jitter + grayscale
         c.teacher.color_jitter_teachers = args.teachers // 2
-    return config_lib.lock(c)
+    return defaults.lock(c)

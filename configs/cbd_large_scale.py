@@ -28,8 +28,8 @@ applied as its code applies it, an effective half of it on all parameters
 (recipes.cbd_large_scale_config says why); random-resized crop area [0.05, 1].
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    return config_lib.lock(recipes.benchmark_config(arg, "cbd"))
+    return defaults.lock(recipes.benchmark_config(arg, "cbd"))

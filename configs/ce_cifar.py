@@ -14,13 +14,13 @@ warm-up, LR 0.1 -> 1e-3 at epoch 160 -> 1e-5 at 180; instance sampling, pad-4 cr
 flip. The last epoch's checkpoint is the teacher (as the BKD code loads its teacher).
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax.config import defaults
 
 
 def get_config(arg=None):
-    args = config_lib.parse_arg(arg, dataset="cifar100", imb=100.0)
-    c = config_lib.base_config("ce")
+    args = defaults.parse_arg(arg, dataset="cifar100", imb=100.0)
+    c = defaults.base_config("ce")
     c.data.name = args.dataset
     c.data.imbalance_factor = args.imb
     c.model.name = "resnet32"
-    return config_lib.lock(c)
+    return defaults.lock(c)

@@ -34,8 +34,8 @@ Recipe: ResNet-10, 100 epochs, batch 128, SGD momentum 0.9, lr 0.1 with 5 warm-u
 cosine decay, weight decay 5e-4, instance sampling, random-resized crop + flip.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    return config_lib.lock(recipes.folder_config(arg, "ce"))
+    return defaults.lock(recipes.folder_config(arg, "ce"))

@@ -27,8 +27,8 @@ momentum 0.9, lr 0.2 cosine to 0, weight decay 5e-4, instance sampling, random-r
 224 + flip, evaluation resize 256 + centre crop 224.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    return config_lib.lock(recipes.benchmark_config(arg, "ce"))
+    return defaults.lock(recipes.benchmark_config(arg, "ce"))

@@ -9,7 +9,7 @@ classifier re-initialised and trained with CE for 10 epochs on class-balanced ba
 cosine learning rate.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
@@ -17,5 +17,5 @@ def get_config(arg=None):
     c.data.sampler = "class_balanced"
     c.num_epochs = 10
     c.optim.schedule, c.optim.warmup_epochs = "cosine", 0
-    c.init.workdir = config_lib.placeholder(str)
-    return config_lib.lock(c)
+    c.init.workdir = defaults.placeholder(str)
+    return defaults.lock(c)

@@ -8,10 +8,10 @@ ltkd_jax/methods/dkd.py: CE + min(epoch / 20, 1) * (alpha * TCKD + beta * NCKD),
 beta = 8, T = 4 (mdistiller CIFAR defaults), on the BKD recipe.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
     c = recipes.cifar_config(arg, "dkd", temperature=4.0, alpha=1.0, beta=8.0)
     c.loss.warmup_epochs = 20
-    return config_lib.lock(c)
+    return defaults.lock(c)

@@ -10,9 +10,9 @@ choices are config fields: loss.prior_placement (inside | outside | teacher), lo
 loss.tau. Predictions use the raw logits.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
     c = recipes.cifar_config(arg, "dukd", temperature=2.0, alpha=1.0, lam=0.5)
-    return config_lib.lock(c)
+    return defaults.lock(c)

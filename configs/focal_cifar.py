@@ -7,8 +7,8 @@ ltkd_jax/methods/focal.py: mean (1 - p_y)^gamma * CE, gamma = 1 (the LDAM/BKD co
 via --config.loss.class_weighting=reweight give CB-focal.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    return config_lib.lock(recipes.cifar_config(arg, "focal", gamma=1.0))
+    return defaults.lock(recipes.cifar_config(arg, "focal", gamma=1.0))

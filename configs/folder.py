@@ -10,7 +10,7 @@ data, models and schedule from the folder recipe. The other arguments are ce_fol
 method first trains its CE teacher into WORKDIR/teacher. docs/own_data.md walks through it.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
@@ -19,5 +19,5 @@ def get_config(arg=None):
     rest = ",".join(i for i in items if not i.startswith("method=")) or None
     recipe = recipes.folder_config(rest, "ce")
     if method == "ce":
-        return config_lib.lock(recipe)
-    return config_lib.lock(recipes.with_method(recipe, recipes.method_config(method)))
+        return defaults.lock(recipe)
+    return defaults.lock(recipes.with_method(recipe, recipes.method_config(method)))

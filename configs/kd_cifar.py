@@ -13,9 +13,9 @@ Plain Hinton KD (unweighted CE) is --config.loss.class_weighting=none; under
 recipe=mdistiller the CE is unweighted.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
     c = recipes.cifar_config(arg, "kd", bkd_repo_rule=True, temperature=2.0, alpha=1.0)
-    return config_lib.lock(c)
+    return defaults.lock(c)

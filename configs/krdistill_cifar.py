@@ -16,9 +16,9 @@ the teacher's, centred at the balanced class mean). beta = 0 until the paper is 
 --config.loss.beta=1 switches the feature term on.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
     c = recipes.cifar_config(arg, "krdistill", temperature=4.0, alpha=1.0, beta=0.0)
-    return config_lib.lock(c)
+    return defaults.lock(c)

@@ -7,7 +7,7 @@ ltkd_jax/methods/ldam_drw.py: cosine (NormedLinear) head, logits 30 * (cos - Del
 margins 0.5 * n_c^-1/4 / max; effective-number re-weighting from epoch 160 (DRW).
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
@@ -15,4 +15,4 @@ def get_config(arg=None):
     c.model.head = "normed"
     c.loss.class_weighting = "drw"
     c.loss.drw_epoch = 160
-    return config_lib.lock(c)
+    return defaults.lock(c)

@@ -8,8 +8,8 @@ On the
 BKD recipe (5.3) rather than the logit-adjustment repo's 1,241-epoch schedule.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    return config_lib.lock(recipes.cifar_config(arg, "logit_adjust", tau=1.0))
+    return defaults.lock(recipes.cifar_config(arg, "logit_adjust", tau=1.0))

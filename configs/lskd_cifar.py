@@ -12,8 +12,8 @@
 CE weight 0.1 + 9 * T^2 KL between the z-scored teacher and student logits, T = 2.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    return config_lib.lock(recipes.cifar_config(arg, "lskd"))
+    return defaults.lock(recipes.cifar_config(arg, "lskd"))

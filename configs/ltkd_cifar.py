@@ -19,9 +19,9 @@ T = 4, alpha = beta = 1, the exact scaling formula (losses.batch_rebalanced_grou
 Alternatives: loss.rebalance (batch | r1 | r2 | none), loss.groups (tail33 | shot | thirds).
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
     c = recipes.cifar_config(arg, "ltkd", temperature=4.0, alpha=1.0, beta=1.0)
-    return config_lib.lock(c)
+    return defaults.lock(c)

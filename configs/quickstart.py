@@ -11,12 +11,12 @@ WORKDIR/teacher, stage 2 distils a ResNet-8 student from it with BKD (ltkd_jax/m
 both runs' overall and many / medium / few top-1 are printed side by side.
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax.config import defaults
 
 
 def get_config(arg=None):
     del arg
-    c = config_lib.base_config("bkd")
+    c = defaults.base_config("bkd")
     c.data.name = "digits"
     c.data.imbalance_factor = 10.0
     c.data.augment = "none"
@@ -35,4 +35,4 @@ def get_config(arg=None):
     c.optim.warmup_epochs = 2
     c.optim.decay_epochs = (20, 25)
     c.optim.decay_factor = 0.1
-    return config_lib.lock(c)
+    return defaults.lock(c)

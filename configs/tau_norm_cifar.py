@@ -11,10 +11,10 @@ tau in 0, 0.1, ...,
 instead. CIFAR-LT has no validation split, so tau is chosen on the test split.
 """
 
-from ltkd_jax import config_lib, recipes
+from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
     c = recipes.cifar_config(arg, "tau_norm")
-    c.init.workdir = config_lib.placeholder(str)
-    return config_lib.lock(c)
+    c.init.workdir = defaults.placeholder(str)
+    return defaults.lock(c)

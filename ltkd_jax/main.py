@@ -24,7 +24,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ltkd_jax import config_checks, config_lib, errors, rundir
+from ltkd_jax import errors
+from ltkd_jax.config import checks, defaults
+from ltkd_jax.runs import rundir
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file under configs/.", lock_config=True
@@ -152,14 +154,14 @@ def main(argv):
     if config is None:
         usage_error("--config is required, e.g. --config configs/quickstart.py")
     if _PRINT_CONFIG.value:
-        print(config_lib.describe_config(config))
+        print(defaults.describe_config(config))
         return
     if not workdir:
         usage_error("--workdir is required: where the run's checkpoints and metrics go")
     filters = _set_up_logging()
     try:
-        config_checks.validate_config(config)
-        config_checks.check_run_paths(config)
+        checks.validate_config(config)
+        checks.check_run_paths(config)
         rundir.check_workdir(workdir)
         if _DISTRIBUTED.value:
             jax.distributed.initialize(
@@ -173,7 +175,7 @@ def main(argv):
             rundir.hold(workdir, locking=primary),
             rundir.log_to_file(workdir, tuple(filters), enabled=primary),
         ):
-            from ltkd_jax import job  # after distributed init: importing may touch the backend
+            from ltkd_jax.runs import job
 
             job.check_resume_configs(config, workdir)
             if primary:

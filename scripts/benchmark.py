@@ -24,7 +24,7 @@ PyTorch, next to PyTorch's whole CE and eval steps: a whole ltkd_jax step cannot
 its convolutions, so `convs / PyTorch step` bounds the step ratio XLA's kernels allow.
 
 `--loop` instead times whole training loops on CIFAR-100-LT (IF 100):
-`train.train_and_evaluate` of a CE teacher and a BKD student, each two epochs of
+`trainer.train_and_evaluate` of a CE teacher and a BKD student, each two epochs of
 `--loop_steps` steps, the second epoch timed (images/s as logged), once with the
 device-resident epochs and once fed by grain from the host; next to the pure jitted steps
 (one `loop/pure ratio` line per loop) and the PyTorch loop with a DataLoader and the BKD
@@ -51,20 +51,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from ltkd_jax import (
-    config_lib,
-    data,
-    evaluation,
-    methods,
-    modeling,
-    optim,
-    sharding,
-    stage1,
-    task_data,
-    train,
-)
+from ltkd_jax import data, methods
+from ltkd_jax.config import defaults
 from ltkd_jax.models import cpu_ops
-from ltkd_jax.writers import read_jsonl
+from ltkd_jax.training import evaluation, networks, optim, sharding, steps, trainer
+from ltkd_jax.training import teachers as teacher_stage
+from ltkd_jax.training.writers import read_jsonl
 
 _MODEL = flags.DEFINE_string("model", "resnet32", "Model name (student and teacher).")
 _CLASSES = flags.DEFINE_integer("num_classes", 100, "Number of classes.")
@@ -152,7 +144,7 @@ def _batches(n: int) -> tuple[dict, dict]:
 
 
 def _step_config(setting: str, method: str = "ce"):
-    c = config_lib.base_config(method)
+    c = defaults.base_config(method)
     c.model.name, c.model.dtype, c.model.cpu_kernels = _MODEL.value, _DTYPE.value, setting
     if method == "bkd":
         c.loss.class_weighting = "reweight"
@@ -168,16 +160,16 @@ def jax_steps(setting: str, batch: dict, eval_batch: dict) -> dict[str, tuple[Ca
     batch = sharding.global_batch(mesh, batch)
     eval_batch = sharding.global_batch(mesh, eval_batch)
     mean, std = data.CIFAR_MEAN, data.CIFAR_STD
-    model = modeling.build_model(config, n)
+    model = networks.build_model(config, n)
     schedule = optim.make_schedule(config.optim, 100, 200)
     tx = optim.make_optimizer(config.optim, schedule)
     options = cpu_ops.compiler_options(setting)
-    teacher_vars = modeling.variables_of(
-        modeling.create_train_state(model, tx, (32, 32, 3), 1, mesh)
+    teacher_vars = networks.variables_of(
+        networks.create_train_state(model, tx, (32, 32, 3), 1, mesh)
     )
-    teacher = modeling.Teacher(variables=teacher_vars, model=model)
-    if cpu_ops.cpu_kernels_enabled(setting):  # as stage1.prepare_teachers does
-        teacher = modeling.fold_teacher(teacher)
+    teacher = networks.Teacher(variables=teacher_vars, model=model)
+    if cpu_ops.cpu_kernels_enabled(setting):  # as teacher_stage.prepare_teachers does
+        teacher = networks.fold_teacher(teacher)
     task = methods.Task(class_counts=_class_counts(n), class_groups=np.zeros(n, np.int32))
 
     out = {}
@@ -185,13 +177,13 @@ def jax_steps(setting: str, batch: dict, eval_batch: dict) -> dict[str, tuple[Ca
         method = methods.make(method_config, task)
         step = jax.jit(
             functools.partial(
-                train.train_step, method=method, schedule=schedule, mean=mean, std=std
+                steps.train_step, method=method, schedule=schedule, mean=mean, std=std
             ),
             donate_argnums=(0,),
             out_shardings=(repl, repl),
             compiler_options=options,
         )
-        state = modeling.create_train_state(model, tx, (32, 32, 3), 0, mesh)
+        state = networks.create_train_state(model, tx, (32, 32, 3), 0, mesh)
         ctx = jax.device_put(method.epoch_context(0), repl)
         start = time.perf_counter()
         compiled = step.lower(state, teachers, batch, ctx).compile()
@@ -412,7 +404,7 @@ def bench_convs() -> None:
 
 def _loop_config(method: str, resident: bool, workdir_teacher: str = ""):
     """Two epochs of --loop_steps steps: the first compiles, the second is timed."""
-    c = config_lib.base_config(method)
+    c = defaults.base_config(method)
     c.data.archive = _ARCHIVE.value
     c.data.device_resident = resident
     c.model.cpu_kernels = _CPU_KERNELS.value[0]
@@ -425,7 +417,7 @@ def _loop_config(method: str, resident: bool, workdir_teacher: str = ""):
     c.teacher.workdir = workdir_teacher
     if method == "bkd":
         c.loss.class_weighting = "reweight"
-    return config_lib.lock(c)
+    return defaults.lock(c)
 
 
 def _logged_rate(workdir: str) -> float:
@@ -437,16 +429,17 @@ def _logged_rate(workdir: str) -> float:
 def jax_loop(resident: bool, root: str) -> tuple[float, float]:
     """(teacher, student) in-loop images/s of train_and_evaluate."""
     teacher_dir = tempfile.mkdtemp(dir=root)
-    train.train_and_evaluate(_loop_config("ce", resident), teacher_dir)
+    trainer.train_and_evaluate(_loop_config("ce", resident), teacher_dir)
     student_config = _loop_config("bkd", resident, teacher_dir)
     student_dir = tempfile.mkdtemp(dir=root)
-    teachers = stage1.prepare_teachers(student_config, student_dir)
-    train.train_and_evaluate(student_config, student_dir, teachers=teachers)
+    teachers = teacher_stage.prepare_teachers(student_config, student_dir)
+    trainer.train_and_evaluate(student_config, student_dir, teachers=teachers)
     return _logged_rate(teacher_dir), _logged_rate(student_dir)
 
 
 def torch_loop(ref) -> tuple[float, float]:
-    split, _, task = task_data.load_task(_loop_config("ce", False))
+    task = data.load_task(_loop_config("ce", False).data)
+    split = task.train
     kwargs = {
         "num_classes": split.num_classes,
         "class_counts": task.class_counts,

@@ -69,7 +69,7 @@ def main(argv):
         generate_tree(root, _NUM_IMAGES.value)
         print(f"generated {_NUM_IMAGES.value} JPEGs in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
-    train, test = data.load_splits(
+    train, test, *_ = data.load_dataset(
         _DATASET.value,
         data_dir=_DATA_DIR.value or os.path.join(tmp, "tfds"),
         archive=root,

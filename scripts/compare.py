@@ -29,7 +29,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ltkd_jax import config_lib, finished_runs, job, recipes, stage1, train
+from ltkd_jax.config import defaults, recipes
+from ltkd_jax.runs import finished, job
+from ltkd_jax.training import teachers as teacher_stage
+from ltkd_jax.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The recipe: a config file (with its argument), as for ltkd_jax.main."
@@ -54,7 +57,7 @@ def method_config(recipe, method: str, teacher_dir: str):
     else:
         config = recipes.with_method(recipe, recipes.method_config(method))
     config.teacher.workdir = teacher_dir
-    return config_lib.lock(config)
+    return defaults.lock(config)
 
 
 def markdown_table(rows: list[tuple[str, dict]], caption: str) -> str:
@@ -153,14 +156,14 @@ def main(argv):
     recipe = _CONFIG.value
     teacher_dir = _TEACHER.value or recipe.teacher.workdir or os.path.join(_ROOT.value, "teacher")
     if not _COLLECT.value and not (_TEACHER.value or recipe.teacher.workdir):
-        train.train_and_evaluate(stage1.teacher_config(recipe, 0), teacher_dir)
+        trainer.train_and_evaluate(teacher_stage.teacher_config(recipe, 0), teacher_dir)
     rows = [("teacher", job.summarize_run(teacher_dir))]
     for method in _METHODS.value:
         workdir = os.path.join(_ROOT.value, method)
         if not _COLLECT.value:
             job.run(method_config(recipe, method, teacher_dir), workdir)
         rows.append((method, job.summarize_run(workdir)))
-    teacher_config, task = finished_runs.read_run_info(teacher_dir)
+    teacher_config, task = finished.read_run_info(teacher_dir)
     caption = caption_for(teacher_config, task, teacher_dir, rows[-1][1])
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     table = markdown_table(rows, caption)

@@ -16,7 +16,8 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
-from ltkd_jax import data, export, inference, models
+from ltkd_jax import data, models
+from ltkd_jax.deploy import export, inference
 
 
 def measure(name: str, num_classes: int, seconds: float) -> dict:

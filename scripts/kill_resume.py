@@ -65,7 +65,7 @@ def final_states(workdir: str) -> dict[str, dict]:
 
 
 def evaluations(workdir: str) -> dict[str, list]:
-    from ltkd_jax.writers import read_metrics
+    from ltkd_jax.training.writers import read_metrics
 
     out = {}
     for name in sorted(os.listdir(workdir)) + ["."]:

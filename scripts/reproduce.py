@@ -4,7 +4,7 @@
     python scripts/reproduce.py --table=cifar100_lt_if100_r32 --seeds=0,1,2
     python scripts/reproduce.py --table=cifar100_lt_if100_r32 --short   # CPU smoke schedule
 
-Tables and rows: `ltkd_jax/tables.py` and docs/reproduce.md. Every run is a
+Tables and rows: `scripts/reproduce_tables.py` and docs/reproduce.md. Every run is a
 `python -m ltkd_jax.main` command (recorded with the results) executed in this process, in
 `ROOT/TABLE/seed<S>/<row>`: one CE teacher per seed first, then the other rows. A finished
 run is skipped, a cut one resumes from its last checkpoint, so rerunning the same command
@@ -30,10 +30,13 @@ import numpy as np
 from absl import app, flags, logging
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python scripts/reproduce.py` from a checkout
-    sys.path.insert(0, str(REPO))
+for path in (REPO, REPO / "scripts"):  # `python scripts/reproduce.py` from a checkout; tests
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
-from ltkd_jax import config_lib, tables  # noqa: E402
+import reproduce_tables as tables  # noqa: E402
+
+from ltkd_jax.config import defaults  # noqa: E402
 
 ARCHIVES = {
     "cifar100": "../shared/data/cifar100-png.zip",
@@ -158,7 +161,7 @@ def plan_table(
             arg = table.config_arg if row.arg is None else row.arg
             config = f"configs/{row.config}.py" + (f":{arg}" if arg else "")
             # The shared teacher gets the seed stage 1 of the students' own config would.
-            run_seed = config_lib.teacher_seed(seed, 0) if row is table.teacher else seed
+            run_seed = defaults.teacher_seed(seed, 0) if row is table.teacher else seed
             fields = [f"seed={run_seed}", *table.common]
             if archive:
                 fields.append(f"data.archive={archive}")
@@ -233,7 +236,7 @@ def check_same_config(run: Run) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        stored = _flatten(config_lib.upgrade_saved_config(json.load(f)))
+        stored = _flatten(defaults.upgrade_saved_config(json.load(f)))
     wanted = _flatten(json.loads(json.dumps(run.config.to_dict())))
     differ = sorted(k for k in stored.keys() & wanted.keys() if stored[k] != wanted[k])
     if differ:
@@ -349,7 +352,7 @@ def append_jsonl(path: str, record: dict) -> None:
 
 def execute(run: Run, env: dict) -> None:
     """Trains (or resumes) the run in this process, logging the attempt's wall time."""
-    from ltkd_jax import job
+    from ltkd_jax.runs import job
 
     attempts = os.path.join(run.workdir, ATTEMPTS)
     start = time.time()

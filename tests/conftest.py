@@ -4,6 +4,7 @@ import functools
 import importlib.util
 import os
 import pathlib
+import sys
 import types
 
 import jax
@@ -23,6 +24,8 @@ flags.FLAGS.mark_as_parsed()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The scripts' own modules (scripts/reproduce_tables.py) import as `python scripts/x.py` sees them.
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 
 @functools.cache
@@ -39,7 +42,7 @@ def load_script(name: str):
 def kill_after_first_save(monkeypatch):
     """`checkpointing.save` finishes its first save, then raises KeyboardInterrupt: a kill
     right after a checkpoint. `.undo()` puts the real save back, to resume."""
-    from ltkd_jax import checkpointing
+    from ltkd_jax.training import checkpointing
 
     real_save = checkpointing.save
 

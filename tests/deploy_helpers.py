@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image
 from tiny import tiny_config
 
-from ltkd_jax import job, task_data
+from ltkd_jax import data
+from ltkd_jax.runs import job
 
 _RUNS: dict[str, str] = {}
 
@@ -26,7 +27,7 @@ def tiny_run(tmp_path_factory) -> str:
 def digits_test_folder(root: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Writes the run's digits test split as root/<class>/<index>.png (8-bit grayscale);
     returns (paths in split order, uint8 images [N, 8, 8, 1], labels)."""
-    _, test, _ = task_data.load_task(tiny_config())
+    test = data.load_task(tiny_config().data).test
     paths = []
     for i, (image, label) in enumerate(zip(test.images, test.labels, strict=True)):
         folder = os.path.join(root, test.class_names[label])

@@ -44,8 +44,8 @@ def main() -> None:
     assert sep == "--", "usage: fault_runner.py POINT N -- ARGS"
     from absl import app
 
-    from ltkd_jax import checkpointing, feeds, metrics
     from ltkd_jax import main as cli
+    from ltkd_jax.training import checkpointing, feeds, metrics
 
     hit = _at_nth(int(n))
 

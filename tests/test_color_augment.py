@@ -7,8 +7,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from ltkd_jax import config_checks, config_lib, stage1
+from ltkd_jax.config import checks, defaults
 from ltkd_jax.data import ArraySplit, augment, make_train_iterator
+from ltkd_jax.training import teachers as teacher_stage
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -147,17 +148,17 @@ def _load(name, arg=None):
 
 
 def test_teacher_config_jitters_only_the_last_teachers():
-    config = config_lib.base_config()
+    config = defaults.base_config()
     assert config.data.color_jitter is False and config.teacher.color_jitter_teachers == 0
     config.teacher.count, config.teacher.color_jitter_teachers = 3, 1
-    flags = [stage1.teacher_config(config, k).data.color_jitter for k in range(3)]
+    flags = [teacher_stage.teacher_config(config, k).data.color_jitter for k in range(3)]
     assert flags == [False, False, True]
     config.teacher.color_jitter_teachers = 0
-    assert not any(stage1.teacher_config(config, k).data.color_jitter for k in range(3))
+    assert not any(teacher_stage.teacher_config(config, k).data.color_jitter for k in range(3))
 
     ens = _load("cbd_large_scale", "teachers=4")
     assert (ens.teacher.count, ens.teacher.color_jitter_teachers) == (4, 2)
-    teachers = [stage1.teacher_config(ens, k) for k in range(4)]
+    teachers = [teacher_stage.teacher_config(ens, k) for k in range(4)]
     assert [t.data.color_jitter for t in teachers] == [False, False, True, True]
     assert [t.seed for t in teachers] == [1000, 2000, 3000, 4000]  # never the student's 0
     assert ens.data.color_jitter is False  # the student trains without it
@@ -168,7 +169,7 @@ def test_teacher_config_jitters_only_the_last_teachers():
 
 
 def test_validate_rejects_too_many_jitter_teachers():
-    config = config_lib.base_config()
+    config = defaults.base_config()
     config.teacher.color_jitter_teachers = 2
     with pytest.raises(ValueError, match="color_jitter_teachers"):
-        config_checks.validate_config(config)
+        checks.validate_config(config)

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from ltkd_jax import config_checks, config_lib
+from ltkd_jax.config import checks, defaults
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
@@ -27,9 +27,9 @@ def test_config_loads_locks_and_validates(path):
         config.no_such_field = 1
     if config.method in ("crt", "tau_norm"):  # start from a finished run: a required path
         with pytest.raises(ValueError, match="config.init.workdir"):
-            config_checks.validate_config(config)
+            checks.validate_config(config)
         config.init.workdir = "/some/finished/run"
-    config_checks.validate_config(config)
+    checks.validate_config(config)
 
 
 def test_distillation_configs_take_pairs_and_recipes():
@@ -64,18 +64,18 @@ def test_config_argument_selects_dataset_and_imbalance():
     ],
 )
 def test_invalid_values_name_the_field_and_the_fix(field, value, message):
-    config = config_lib.base_config()
+    config = defaults.base_config()
     section, _, key = field.rpartition(".")
     (config[section] if section else config)[key] = value
     with pytest.raises(ValueError, match=message):
-        config_checks.validate_config(config)
+        checks.validate_config(config)
 
 
 def test_batch_size_must_divide_over_devices():
-    config = config_lib.base_config()
+    config = defaults.base_config()
     config.batch_size = 100
     with pytest.raises(ValueError, match="not divisible by the 8 devices"):
-        config_checks.validate_config(config, num_devices=8)
+        checks.validate_config(config, num_devices=8)
 
 
 def test_a_wrong_method_hyper_parameter_fails_before_any_data():
@@ -83,11 +83,11 @@ def test_a_wrong_method_hyper_parameter_fails_before_any_data():
     _, config = _load(CONFIG_DIR / "ltkd_cifar.py")
     config.loss.rebalance = "batchh"
     with pytest.raises(ValueError, match=r"config.loss.rebalance='batchh' is not known"):
-        config_checks.validate_config(config)
+        checks.validate_config(config)
     _, config = _load(CONFIG_DIR / "dkd_cifar.py")
     config.loss.temperature = 0.0
     with pytest.raises(ValueError, match=r"config.loss.temperature=0.0 must be > 0"):
-        config_checks.validate_config(config)
+        checks.validate_config(config)
 
 
 def test_a_method_takes_only_its_own_hyper_parameters():
@@ -96,7 +96,7 @@ def test_a_method_takes_only_its_own_hyper_parameters():
         config.loss.rebalance = "batch"
     config.method = "ltkd"  # switched after the config was built: its section is BKD's
     with pytest.raises(ValueError, match="the method was changed after the config was built"):
-        config_checks.validate_config(config)
+        checks.validate_config(config)
 
 
 def test_old_run_configs_upgrade_to_the_method_sections():
@@ -105,9 +105,9 @@ def test_old_run_configs_upgrade_to_the_method_sections():
         "model": {"name": "resnet8", "projection_dim": 0},
         "loss": {"temperature": None, "alpha": 0.5, "rebalance": "batch", "ce_weight": None},
     }
-    upgraded = config_lib.upgrade_saved_config(saved)
+    upgraded = defaults.upgrade_saved_config(saved)
     assert "projection_dim" not in upgraded["model"]
-    assert upgraded["loss"] == {**config_lib.loss_section("kd").to_dict(), "alpha": 0.5}
+    assert upgraded["loss"] == {**defaults.loss_section("kd").to_dict(), "alpha": 0.5}
 
 
 def test_large_scale_configs_take_the_benchmark_as_an_argument():

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ltkd_jax import config_checks, config_lib, methods, modeling, models, optim, sharding, train
+from ltkd_jax import methods, models
+from ltkd_jax.config import checks, defaults
 from ltkd_jax.models import cpu_ops
+from ltkd_jax.training import networks, optim, sharding, steps
 
 pytestmark = pytest.mark.slow  # end-to-end: `pytest -m "not slow"` skips it
 
@@ -147,7 +149,7 @@ def test_folded_teacher_matches_unfolded(name):
     model = models.get_model(name, 10)
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
     variables = _perturbed_stats(model.init(jax.random.key(0), x, train=False))
-    teacher = modeling.fold_teacher(modeling.Teacher(variables=variables, model=model))
+    teacher = networks.fold_teacher(networks.Teacher(variables=variables, model=model))
     folded_model, folded = teacher.model, teacher.variables
     assert folded_model.backbone.ops == "folded" and "batch_stats" not in folded
     got = folded_model.apply(folded, x, train=False)
@@ -170,39 +172,39 @@ def test_cpu_kernels_setting():
     assert cpu_ops.compiler_options("on") == cpu_ops.COMPILER_OPTIONS
     with pytest.raises(ValueError, match="cpu_kernels"):
         cpu_ops.cpu_kernels_enabled("yes")
-    config = config_lib.base_config()
+    config = defaults.base_config()
     config.model.cpu_kernels = "yes"
     with pytest.raises(ValueError, match="model.cpu_kernels"):
-        config_checks.validate_config(config)
+        checks.validate_config(config)
 
 
-def _run_steps(setting: str, steps: int, *, permute: bool = False) -> dict:
-    """Variables after `steps` CE train steps of ResNet-8 (batch 32), cpu_kernels=`setting`.
+def _run_steps(setting: str, num_steps: int, *, permute: bool = False) -> dict:
+    """Variables after `num_steps` CE train steps of ResNet-8 (batch 32), cpu_kernels=`setting`.
 
     `permute` feeds every batch in another example order: the same math (the loss and the
     BatchNorm statistics are sums over the batch), summed in another order.
     """
-    config = config_lib.base_config()
+    config = defaults.base_config()
     config.model.name, config.model.cpu_kernels = "resnet8", setting
-    model = modeling.build_model(config, 10)
+    model = networks.build_model(config, 10)
     schedule = optim.make_schedule(config.optim, 10, 1)
     tx = optim.make_optimizer(config.optim, schedule)
-    state = modeling.create_train_state(model, tx, (32, 32, 3), 0, sharding.make_mesh(1))
+    state = networks.create_train_state(model, tx, (32, 32, 3), 0, sharding.make_mesh(1))
     task = methods.Task(class_counts=np.full(10, 5), class_groups=np.zeros(10, np.int32))
     method = methods.make(config, task)
     step = jax.jit(
-        functools.partial(train.train_step, method=method, schedule=schedule, mean=0.5, std=0.25),
+        functools.partial(steps.train_step, method=method, schedule=schedule, mean=0.5, std=0.25),
         compiler_options=cpu_ops.compiler_options(setting),
     )
     rng = np.random.default_rng(0)
     order = np.random.default_rng(1).permutation(32) if permute else np.arange(32)
-    for _ in range(steps):
+    for _ in range(num_steps):
         batch = {
             "image": rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)[order],
             "label": rng.integers(0, 10, 32).astype(np.int32)[order],
         }
         state, _ = step(state, (), batch, method.epoch_context(0))
-    return modeling.variables_of(state)
+    return networks.variables_of(state)
 
 
 def _max_leaf_error(a, b) -> float:

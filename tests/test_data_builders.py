@@ -1,4 +1,4 @@
-"""TF-free TFDS builders and load_splits: tiny generated zips, errors, the real CIFAR archives."""
+"""TF-free TFDS builders and load_dataset: tiny generated zips, errors, the real CIFAR archives."""
 
 import io
 import os
@@ -16,8 +16,8 @@ from ltkd_jax.data import (
     ArraySplit,
     builders,
     cifar,
+    load_dataset,
     load_digits,
-    load_splits,
     longtail_counts,
     make_longtail,
     make_train_iterator,
@@ -79,7 +79,7 @@ def assert_split(split, expected):
 def test_tiny_png_zip_round_trip(tiny_zip, tmp_path, monkeypatch):
     archive, expected = tiny_zip
     data_dir = tmp_path / "tfds"
-    train, test = load_splits("cifar10", data_dir=str(data_dir), archive=str(archive))
+    train, test, *_ = load_dataset("cifar10", data_dir=str(data_dir), archive=str(archive))
     assert_split(train, expected["train"])
     assert_split(test, expected["test"])
     assert train.num_classes == 10 and train.class_names == C10
@@ -90,14 +90,14 @@ def test_tiny_png_zip_round_trip(tiny_zip, tmp_path, monkeypatch):
     assert len(source) == 40 and source[0]["image"].shape == (32, 32, 3)
     # The second load comes from the .npy cache, without decoding (or the archive).
     monkeypatch.setattr(cifar, "decode_split", lambda *a, **k: pytest.fail("decoded again"))
-    again, _ = load_splits("cifar10", data_dir=str(data_dir))
+    again, _, *_ = load_dataset("cifar10", data_dir=str(data_dir))
     assert_split(again, expected["train"])
 
 
 def test_tiny_jpeg_zip_bytes_kept(tmp_path):
     archive = tmp_path / "tiny.zip"
     expected = write_zip(archive, IDS, fmt="JPEG")
-    train, test = load_splits("cifar10", data_dir=str(tmp_path / "tfds"), archive=str(archive))
+    train, test, *_ = load_dataset("cifar10", data_dir=str(tmp_path / "tfds"), archive=str(archive))
     assert_split(train, expected["train"])  # JPEG bytes stored unchanged: same decode.
     assert_split(test, expected["test"])
 
@@ -105,10 +105,10 @@ def test_tiny_jpeg_zip_bytes_kept(tmp_path):
 def test_stale_cache_is_rebuilt(tiny_zip, tmp_path):
     archive, expected = tiny_zip
     data_dir = str(tmp_path / "tfds")
-    load_splits("cifar10", data_dir=data_dir, archive=str(archive))
+    load_dataset("cifar10", data_dir=data_dir, archive=str(archive))
     cache = tmp_path / "tfds" / "ltkd_cifar" / "cifar10" / "1.0.0" / "ltkd_decoded"
     np.save(cache / "train_labels.npy", np.zeros(3, np.int32))
-    train, _ = load_splits("cifar10", data_dir=data_dir)
+    train, _, *_ = load_dataset("cifar10", data_dir=data_dir)
     assert_split(train, expected["train"])
 
 
@@ -118,14 +118,14 @@ def test_corrupt_image_names_member_and_leaves_nothing(tmp_path):
     write_zip(bad, IDS, override={member: b"\x89PNG\r\n\x1a\n truncated"})
     data_dir = tmp_path / "tfds"
     with pytest.raises(ValueError, match=f"corrupt image '{member}'"):
-        load_splits("cifar10", data_dir=str(data_dir), archive=str(bad))
+        load_dataset("cifar10", data_dir=str(data_dir), archive=str(bad))
     # No (partial) dataset that a later run would trust.
     config_dir = data_dir / "ltkd_cifar" / "cifar10"
     assert not (config_dir / "1.0.0").exists()
     assert not [p for p in config_dir.iterdir() if "incomplete" in p.name]
     good = tmp_path / "good.zip"
     expected = write_zip(good, IDS, seed=1)
-    train, _ = load_splits("cifar10", data_dir=str(data_dir), archive=str(good))
+    train, _, *_ = load_dataset("cifar10", data_dir=str(data_dir), archive=str(good))
     assert_split(train, expected["train"])
 
 
@@ -134,13 +134,13 @@ def test_wrong_size_image_is_rejected(tmp_path):
     member = "test/dog/0001.png"
     write_zip(bad, IDS, override={member: encode(np.zeros((28, 28, 3), np.uint8), "PNG")})
     with pytest.raises(ValueError, match=f"'{member}'.*28x28"):
-        load_splits("cifar10", data_dir=str(tmp_path / "tfds"), archive=str(bad))
+        load_dataset("cifar10", data_dir=str(tmp_path / "tfds"), archive=str(bad))
 
 
 def test_missing_archive(tmp_path):
     missing = tmp_path / "nowhere" / "cifar100-png.zip"
     with pytest.raises(FileNotFoundError, match="archive not found.*--config.data.archive="):
-        load_splits("cifar100", data_dir=str(tmp_path / "tfds"), archive=str(missing))
+        load_dataset("cifar100", data_dir=str(tmp_path / "tfds"), archive=str(missing))
 
 
 def test_zip_without_expected_layout(tmp_path):
@@ -149,19 +149,19 @@ def test_zip_without_expected_layout(tmp_path):
         zf.writestr("train/cat/0000.png", encode(np.zeros((32, 32, 3), np.uint8), "PNG"))
         zf.writestr("readme.txt", b"hello")
     with pytest.raises(ValueError, match=r"expected layout.*readme.txt.*lacks 9 of 10"):
-        load_splits("cifar10", data_dir=str(tmp_path / "tfds"), archive=str(bad))
+        load_dataset("cifar10", data_dir=str(tmp_path / "tfds"), archive=str(bad))
     # The CIFAR-10 zip's classes are not CIFAR-100's.
     with pytest.raises(ValueError, match="unknown class folders"):
-        load_splits("cifar100", data_dir=str(tmp_path / "tfds"), archive=str(bad))
+        load_dataset("cifar100", data_dir=str(tmp_path / "tfds"), archive=str(bad))
     not_a_zip = tmp_path / "x.zip"
     not_a_zip.write_bytes(b"plain text")
     with pytest.raises(ValueError, match="not a readable zip"):
-        load_splits("cifar10", data_dir=str(tmp_path / "tfds"), archive=str(not_a_zip))
+        load_dataset("cifar10", data_dir=str(tmp_path / "tfds"), archive=str(not_a_zip))
 
 
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*--config.data.name"):
-        load_splits("imagenet")
+        load_dataset("imagenet")
 
 
 def test_offline_without_archive_fails_fast(tmp_path, monkeypatch):
@@ -169,7 +169,7 @@ def test_offline_without_archive_fails_fast(tmp_path, monkeypatch):
     with pytest.raises(
         FileNotFoundError, match="unreachable.*--config.data.archive=.*cifar10-jpeg"
     ):
-        load_splits("cifar10", data_dir=str(tmp_path / "tfds"))
+        load_dataset("cifar10", data_dir=str(tmp_path / "tfds"))
     assert not (tmp_path / "tfds" / "ltkd_cifar" / "cifar10" / "1.0.0").exists()
 
 
@@ -207,7 +207,7 @@ def test_official_download_path(tmp_path, monkeypatch):
     monkeypatch.setattr(
         tfds.download.DownloadManager, "download_and_extract", fake_download_and_extract
     )
-    train, test = load_splits("cifar10", data_dir=str(tmp_path / "tfds"))
+    train, test, *_ = load_dataset("cifar10", data_dir=str(tmp_path / "tfds"))
     assert urls == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
     for split, got in (("train", train), ("test", test)):
         order = np.argsort(labels[split], kind="stable")  # (label, original order)
@@ -219,7 +219,7 @@ def test_digits_quick_start_needs_no_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.setattr(cifar, "prepare_cifar", lambda *a, **k: pytest.fail("touched TFDS"))
-    train, test = load_splits("digits")
+    train, test, *_ = load_dataset("digits")
     assert list(tmp_path.iterdir()) == []
     assert train.images.shape[1:] == (8, 8, 1) and train.images.dtype == np.uint8
     assert len(train) + len(test) == 1797 and train.num_classes == 10
@@ -259,13 +259,13 @@ def needs(archive):
 
 @pytest.fixture(scope="session")
 def cifar100():
-    return load_splits("cifar100", data_dir=real_data_dir(), archive=str(CIFAR100_ZIP))
+    return load_dataset("cifar100", data_dir=real_data_dir(), archive=str(CIFAR100_ZIP))
 
 
 @needs(CIFAR100_ZIP)
 @pytest.mark.slow
 def test_real_cifar100(cifar100):
-    train, test = cifar100
+    train, test, _ = cifar100
     assert (len(train), len(test)) == (50_000, 10_000)
     assert set(train.class_counts()) == {500} and set(test.class_counts()) == {100}
     assert train.class_names[0] == "apple" and train.class_names[-1] == "worm"
@@ -291,7 +291,7 @@ def test_real_cifar100(cifar100):
 @needs(CIFAR10_ZIP)
 @pytest.mark.slow
 def test_real_cifar10():
-    train, test = load_splits("cifar10", data_dir=real_data_dir(), archive=str(CIFAR10_ZIP))
+    train, test, *_ = load_dataset("cifar10", data_dir=real_data_dir(), archive=str(CIFAR10_ZIP))
     assert (len(train), len(test)) == (50_000, 10_000)
     assert set(train.class_counts()) == {5000} and set(test.class_counts()) == {1000}
     assert train.class_names == C10

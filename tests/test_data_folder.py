@@ -10,8 +10,9 @@ import tensorflow_datasets as tfds
 from conftest import REPO_ROOT
 from PIL import Image
 
-from ltkd_jax import data, job
+from ltkd_jax import data
 from ltkd_jax.data import image_index
+from ltkd_jax.runs import job
 
 TRAIN_COUNTS = (24, 12, 6)  # long-tailed already
 TEST_COUNTS = (5, 4, 3)  # uneven on purpose
@@ -64,7 +65,7 @@ def data_dir(tmp_path_factory):
 
 def test_folder_splits_counts_and_names(tree, data_dir):
     root, _ = tree
-    train_split, test_split = data.load_splits(
+    train_split, test_split, *_ = data.load_dataset(
         "folder", data_dir=data_dir, archive=root, in_memory="no"
     )
     assert isinstance(train_split, data.RecordSplit)
@@ -75,7 +76,7 @@ def test_folder_splits_counts_and_names(tree, data_dir):
     groups = data.shot_groups(train_split.class_counts(), many=20, few=10)
     np.testing.assert_array_equal(groups, [0, 1, 2])
     # In RAM: same labels, images resized + centre-cropped to image_size.
-    mem_train, mem_test = data.load_splits(
+    mem_train, mem_test, *_ = data.load_dataset(
         "folder", data_dir=data_dir, archive=root, in_memory="yes", image_size=16
     )
     assert isinstance(mem_train, data.ArraySplit) and mem_train.images.shape[1:] == (16, 16, 3)
@@ -89,7 +90,7 @@ def test_zip_with_wrapping_folder_matches_tree(tree, tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         for rel, blob in files.items():
             zf.writestr(f"mydata/{rel}", blob)
-    train_split, _ = data.load_splits(
+    train_split, _, *_ = data.load_dataset(
         "folder", data_dir=str(tmp_path / "tfds"), archive=str(archive), in_memory="no"
     )
     np.testing.assert_array_equal(train_split.class_counts(), TRAIN_COUNTS)
@@ -104,12 +105,12 @@ def test_corrupt_images_are_named_and_nothing_is_written(tree, tmp_path):
             f.write(blob)
     dd = str(tmp_path / "tfds")
     with pytest.raises(ValueError, match="2 of .* cannot be decoded") as err:
-        data.load_splits("folder", data_dir=dd, archive=root, in_memory="no")
+        data.load_dataset("folder", data_dir=dd, archive=root, in_memory="no")
     assert "train/cat/bad.jpg" in str(err.value) and "test/dog/empty.png" in str(err.value)
     assert "on_corrupt=skip" in str(err.value)
     written = [f for _, _, fs in os.walk(dd) for f in fs if not f.endswith(".lock")]
     assert written == []  # no half-written dataset left behind
-    train_split, test_split = data.load_splits(
+    train_split, test_split, *_ = data.load_dataset(
         "folder", data_dir=dd, archive=root, in_memory="no", on_corrupt="skip"
     )
     np.testing.assert_array_equal(train_split.class_counts(), TRAIN_COUNTS)
@@ -133,14 +134,14 @@ def test_layout_errors_say_what_to_fix(files, message):
 
 def test_missing_root_names_the_field():
     with pytest.raises(ValueError, match="--config.data.root"):
-        data.load_splits("folder", archive=None)
+        data.load_dataset("folder", archive=None)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.load_splits("folder", archive="/no/such/tree")
+        data.load_dataset("folder", archive="/no/such/tree")
 
 
 def test_record_pipeline_is_process_count_invariant_and_resumes(tree, data_dir):
     root, _ = tree
-    split, test_split = data.load_splits(
+    split, test_split, *_ = data.load_dataset(
         "folder", data_dir=data_dir, archive=root, in_memory="no", image_size=24
     )
     kwargs = dict(global_batch_size=12, sampler="cbd_stream", seed=3, num_epochs=2)

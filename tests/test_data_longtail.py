@@ -105,7 +105,7 @@ def test_indices_match_ldam_generator(num_classes, per_class, imb):
 
 @pytest.mark.usefixtures("restore_global_rng")
 def test_class_sorted_order_selects_the_same_images():
-    """load_splits orders train by (label, within-class index); the LT subset is unchanged."""
+    """load_dataset orders train by (label, within-class index); the LT subset is unchanged."""
     num_classes, per_class = 10, 300
     targets = np.random.RandomState(7).permutation(np.repeat(np.arange(num_classes), per_class))
     counts = longtail_counts(per_class, num_classes, 100)

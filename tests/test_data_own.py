@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltkd_jax import (
-    config_checks,
-    config_lib,
-    finished_runs,
-    job,
-    losses,
-    metrics,
-    recipes,
-    task_data,
-)
+from ltkd_jax import data, losses
+from ltkd_jax.config import checks, defaults, recipes
 from ltkd_jax.data import arrays, longtail, sources
 from ltkd_jax.data import task as task_lib
-from ltkd_jax.writers import read_jsonl
+from ltkd_jax.runs import finished, job
+from ltkd_jax.training import metrics
+from ltkd_jax.training.writers import read_jsonl
 
 # A natural tail, as a user's data has it (one class has 21 images, none is empty).
 GROUPS = ("many", "medium", "few")
@@ -57,7 +51,7 @@ def folder_config(root, data_dir, **fields):
     for key, value in fields.items():
         section, _, name = key.rpartition(".")
         (c[section] if section else c)[name] = value
-    return config_lib.lock(c)
+    return defaults.lock(c)
 
 
 @pytest.fixture(scope="module")
@@ -98,19 +92,19 @@ def test_a_changed_folder_is_prepared_again_and_says_what_changed(tmp_path, capl
 
 def test_a_teacher_on_other_data_is_refused(tree, data_dir, tmp_path):
     config = folder_config(tree, data_dir)
-    ours = task_data.load_splits(config.data).train.fingerprint
+    ours = data.prepared_splits(config.data).train.fingerprint
     run_task = {"num_classes": 5, "image_shape": [32, 32, 3], "data_fingerprint": ours}
-    finished_runs.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
+    finished.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
     run_task["data_fingerprint"] = "0" * 40
     with pytest.raises(ValueError, match="its data .fingerprint 000000000000. differs"):
-        finished_runs.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
+        finished.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
 
 
 def test_a_size_mismatch_names_the_size_fix(tree, data_dir):
     config = folder_config(tree, data_dir)
     run_task = {"num_classes": 5, "image_shape": [64, 64, 3]}
     with pytest.raises(ValueError, match=r"image_size=64 \(size=64 in the folder configs\)"):
-        finished_runs.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
+        finished.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
 
 
 # ---- Long-tailed subsets that make sense (item 2) --------------------------------------------
@@ -190,7 +184,7 @@ def test_val_fraction_holds_out_a_stratified_part_of_train():
     kept, val = longtail.stratified_holdout(split, 0.2, seed=0)
     np.testing.assert_array_equal(val.class_counts(), [8, 4, 2, 1, 1])  # >= 1 per class
     np.testing.assert_array_equal(kept.class_counts() + val.class_counts(), split.class_counts())
-    config = config_lib.base_config()
+    config = defaults.base_config()
     config.data.name, config.data.imbalance_factor, config.data.val_fraction = "folder", 1.0, 0.2
     t = task_lib.task_splits(sources.DataSplits(split, split), config.data)
     assert t.info["selected_on"] == "val (0.2 of train)" and len(t.val) == 16
@@ -231,7 +225,7 @@ def test_every_distillation_method_has_a_folder_config(tmp_path):
             assert c.loss.drw_epoch == 8  # 160 of 200 epochs -> 8 of 10
         if method == "dkd":
             assert c.loss.warmup_epochs == 1  # 20 of 200 epochs -> 1 of 10
-        config_checks.validate_config(c)
+        checks.validate_config(c)
 
 
 # ---- The first folder run, end to end (size=32 on odd JPEGs, read per example) --------------
@@ -270,7 +264,7 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
     from conftest import load_script
 
     compare = load_script("compare")
-    run_config, run_task = finished_runs.read_run_info(str(workdir))
+    run_config, run_task = finished.read_run_info(str(workdir))
     caption = compare.caption_for(run_config, run_task, "t", job.summarize_run(str(workdir)))
     assert "imbalanced test split" in caption and "chosen on val" in caption
     assert "balanced test split" not in caption.replace("imbalanced test split", "")
@@ -278,7 +272,7 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
     # A post-hoc tau is chosen on val too: the best tau is the val argmax, test is reported.
     posthoc = recipes.with_method(config, config)
     posthoc.method, posthoc.init.workdir = "posthoc_la", str(workdir)
-    best = job.run(config_lib.lock(posthoc), str(tmp_path / "la"))
+    best = job.run(defaults.lock(posthoc), str(tmp_path / "la"))
     records = read_jsonl(str(tmp_path / "la" / "metrics.jsonl"))
     val_top1 = [r["top1"] for r in records if r["split"] == "val"]
     tests = [r for r in records if r["split"] == "test"]

@@ -21,7 +21,7 @@ MOCK = dict(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE)
 )
 def test_tfds_builders_through_the_real_pipeline(name, num_classes, eval_size):
     with tfds.testing.mock_data(**MOCK):
-        train_split, test_split = data.load_splits(name, image_size=32, in_memory="no")
+        train_split, test_split, *_ = data.load_dataset(name, image_size=32, in_memory="no")
         assert isinstance(train_split, data.RecordSplit)
         assert train_split.num_classes == num_classes and len(train_split) == 12
         assert train_split.class_counts().sum() == 12
@@ -45,9 +45,9 @@ def test_tfds_builders_through_the_real_pipeline(name, num_classes, eval_size):
 
 def test_tfds_builder_not_prepared_explains_the_way_out(tmp_path):
     with pytest.raises(FileNotFoundError, match="--config.data.root"):
-        data.load_splits("imagenet_lt", data_dir=str(tmp_path))
+        data.load_dataset("imagenet_lt", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="no TFDS builder"):
-        data.load_splits("places_lt", data_dir=str(tmp_path))
+        data.load_dataset("places_lt", data_dir=str(tmp_path))
 
 
 def _jpeg(value: int, shape=(40, 48, 3)) -> bytes:
@@ -71,7 +71,7 @@ def test_list_file_builder_imagenet_lt(tmp_path):
                 lines.append(f"{rel} {label}")
         name = {"train": "train", "validation": "val", "test": "test"}[split]
         (lists / f"ImageNet_LT_{name}.txt").write_text("\n".join(lines) + "\n")
-    train_split, test_split = data.load_splits(
+    train_split, test_split, *_ = data.load_dataset(
         "imagenet_lt",
         data_dir=str(tmp_path / "tfds"),
         archive=str(root),
@@ -85,7 +85,7 @@ def test_list_file_builder_imagenet_lt(tmp_path):
     image = next(data.eval_batches(test_split, batch_size=6))["image"]
     assert image.shape == (6, 32, 32, 3)
     with pytest.raises(FileNotFoundError, match="list_dir"):
-        data.load_splits("places_lt", archive=str(root), list_dir=str(lists))
+        data.load_dataset("places_lt", archive=str(root), list_dir=str(lists))
 
 
 class _ArraySource(list):

@@ -6,9 +6,9 @@ import pytest
 from test_train import params_of
 from tiny import tiny_config
 
-from ltkd_jax import progress, sharding, train
 from ltkd_jax.data import device, load_digits, make_train_iterator, pipeline
-from ltkd_jax.writers import read_jsonl
+from ltkd_jax.training import progress, sharding, trainer
+from ltkd_jax.training.writers import read_jsonl
 
 BATCH = 32
 
@@ -61,14 +61,14 @@ SCAN = {"data.augment": "cifar", "device_loop": "scan"}
 def device_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("device"))
     config = tiny_config(num_devices=2, **SCAN)
-    return workdir, train.train_and_evaluate(config, workdir)
+    return workdir, trainer.train_and_evaluate(config, workdir)
 
 
 @pytest.mark.slow
 def test_device_path_trains_like_the_host_path(device_run, tmp_path):
     workdir, state = device_run
     config = tiny_config(num_devices=2, **{"data.augment": "cifar", "data.device_resident": False})
-    host = train.train_and_evaluate(config, str(tmp_path))
+    host = trainer.train_and_evaluate(config, str(tmp_path))
     # The same batches and the same step; only XLA's fusion of a scan body differs.
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
@@ -88,7 +88,7 @@ def test_device_path_trains_like_the_host_path(device_run, tmp_path):
 )
 def test_chunks_and_stepwise_calls_match_whole_epoch_scans(device_run, tmp_path, overrides):
     _, state = device_run
-    other = train.train_and_evaluate(tiny_config(num_devices=2, **overrides), str(tmp_path))
+    other = trainer.train_and_evaluate(tiny_config(num_devices=2, **overrides), str(tmp_path))
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
         params_of(state),
@@ -97,8 +97,8 @@ def test_chunks_and_stepwise_calls_match_whole_epoch_scans(device_run, tmp_path,
 
 
 def test_device_loop_defaults_to_steps_on_the_cpu():
-    assert not train.scans_steps(tiny_config())
-    assert train.scans_steps(tiny_config(device_loop="scan"))
+    assert not trainer.scans_steps(tiny_config())
+    assert trainer.scans_steps(tiny_config(device_loop="scan"))
 
 
 @pytest.mark.slow  # two training runs
@@ -106,9 +106,9 @@ def test_killed_device_run_resumes_bit_exact(device_run, tmp_path, kill_after_fi
     _, reference = device_run
     config = tiny_config(num_devices=2, **SCAN)
     with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(config, str(tmp_path))
+        trainer.train_and_evaluate(config, str(tmp_path))
     kill_after_first_save.undo()
-    resumed = train.train_and_evaluate(config, str(tmp_path))
+    resumed = trainer.train_and_evaluate(config, str(tmp_path))
     assert int(resumed.step) == int(reference.step)
     jax.tree.map(np.testing.assert_array_equal, params_of(resumed), params_of(reference))
 

@@ -9,18 +9,13 @@ import pytest
 from test_train import assert_trees_close, params_of
 from tiny import tiny_config
 
-from ltkd_jax import (
-    checkpointing,
-    config_lib,
-    finished_runs,
-    job,
-    methods,
-    modeling,
-    stage1,
-    train,
-)
+from ltkd_jax import methods
+from ltkd_jax.config import defaults
 from ltkd_jax.models import cpu_ops
-from ltkd_jax.writers import read_jsonl
+from ltkd_jax.runs import finished, job
+from ltkd_jax.training import checkpointing, networks, trainer
+from ltkd_jax.training import teachers as teacher_stage
+from ltkd_jax.training.writers import read_jsonl
 
 pytestmark = pytest.mark.slow  # end-to-end: `pytest -m "not slow"` skips it
 
@@ -37,12 +32,12 @@ METHOD_OVERRIDES = {
 # Every registered method that trains from scratch, a method added later included (cRT
 # starts from a finished run: test_crt_retrains_only_the_classifier).
 TRAINED = [
-    m for m in methods.NAMES if not methods.needs_of(config_lib.base_config(m)).frozen_backbone
+    m for m in methods.NAMES if not methods.needs_of(defaults.base_config(m)).frozen_backbone
 ]
 
 
 def student_config(method, teacher_dir, **overrides):
-    head = methods.needs_of(config_lib.base_config(method)).head
+    head = methods.needs_of(defaults.base_config(method)).head
     values = {
         "method": method,
         "num_devices": 1,
@@ -61,7 +56,7 @@ def student_config(method, teacher_dir, **overrides):
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("teacher"))
-    train.train_and_evaluate(tiny_config(num_devices=1), workdir)
+    trainer.train_and_evaluate(tiny_config(num_devices=1), workdir)
     return workdir
 
 
@@ -72,9 +67,9 @@ def student_runs(teacher_dir, tmp_path_factory):
     for method in TRAINED:
         workdir = str(tmp_path_factory.mktemp(method))
         config = student_config(method, teacher_dir)
-        teachers = stage1.prepare_teachers(config, workdir)
+        teachers = teacher_stage.prepare_teachers(config, workdir)
         before = jax.tree.map(np.array, [t.variables for t in teachers])
-        state = train.train_and_evaluate(config, workdir, teachers=teachers)
+        state = trainer.train_and_evaluate(config, workdir, teachers=teachers)
         after = jax.tree.map(np.array, [t.variables for t in teachers])
         runs[method] = dict(workdir=workdir, state=state, before=before, after=after)
     return runs
@@ -97,11 +92,11 @@ def test_teachers_are_bitwise_unchanged(student_runs, teacher_dir):
         jax.tree.map(np.testing.assert_array_equal, run["before"], run["after"])
     # And the teacher on disk is what the students were given (BatchNorm folded on the CPU).
     config = student_config("kd", teacher_dir)
-    restored = finished_runs.load_teacher(
-        config, teacher_dir, 10, (8, 8, 1), train.sharding.make_mesh(1)
+    restored = finished.load_teacher(
+        config, teacher_dir, 10, (8, 8, 1), trainer.sharding.make_mesh(1)
     )
     if cpu_ops.cpu_kernels_enabled(config.model.cpu_kernels):
-        restored = modeling.fold_teacher(restored)
+        restored = networks.fold_teacher(restored)
     jax.tree.map(
         np.testing.assert_array_equal,
         jax.tree.map(np.asarray, restored.variables),
@@ -128,8 +123,8 @@ def test_student_run_resumes_after_a_kill(
         job.run(config, str(tmp_path))
     kill_after_first_save.undo()
     job.run(config, str(tmp_path))
-    resumed = train.train_and_evaluate(
-        config, str(tmp_path), teachers=stage1.prepare_teachers(config, str(tmp_path))
+    resumed = trainer.train_and_evaluate(
+        config, str(tmp_path), teachers=teacher_stage.prepare_teachers(config, str(tmp_path))
     )
     reference = student_runs["bkd"]["state"]
     assert_trees_close(params_of(resumed), params_of(reference), rtol=1e-5, atol=1e-6)
@@ -159,18 +154,20 @@ def test_mismatched_teacher_is_rejected_with_the_reason(teacher_dir, tmp_path, e
     bad = _edited_run(teacher_dir, tmp_path, edit)
     config = student_config("kd", bad)
     with pytest.raises(ValueError, match=message):
-        stage1.prepare_teachers(config, str(tmp_path / "student"))
+        teacher_stage.prepare_teachers(config, str(tmp_path / "student"))
 
 
 def test_wrong_teacher_architecture_and_missing_teacher(teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="is a resnet8"):
-        stage1.prepare_teachers(
+        teacher_stage.prepare_teachers(
             student_config("kd", teacher_dir, **{"teacher.model": "resnet20"}), str(tmp_path)
         )
     with pytest.raises(FileNotFoundError, match="not a ltkd_jax run"):
-        stage1.prepare_teachers(student_config("kd", str(tmp_path / "nothing")), str(tmp_path))
+        teacher_stage.prepare_teachers(
+            student_config("kd", str(tmp_path / "nothing")), str(tmp_path)
+        )
     with pytest.raises(ValueError, match="needs 1 teacher"):
-        train.train_and_evaluate(student_config("kd", teacher_dir), str(tmp_path))
+        trainer.train_and_evaluate(student_config("kd", teacher_dir), str(tmp_path))
 
 
 def test_crt_retrains_only_the_classifier(teacher_dir, tmp_path):
@@ -180,13 +177,13 @@ def test_crt_retrains_only_the_classifier(teacher_dir, tmp_path):
         max_steps_per_epoch=2,
         **{"init.workdir": teacher_dir, "data.sampler": "class_balanced"},
     )
-    state = train.train_and_evaluate(config, str(tmp_path))
-    start = finished_runs.load_teacher(
+    state = trainer.train_and_evaluate(config, str(tmp_path))
+    start = finished.load_teacher(
         tiny_config(**{"teacher.model": "resnet8"}),
         teacher_dir,
         10,
         (8, 8, 1),
-        train.sharding.make_mesh(1),
+        trainer.sharding.make_mesh(1),
     ).variables
     trained = params_of(state)
     for key in start["params"]:
@@ -215,7 +212,7 @@ def test_compare_writes_a_table_and_a_per_class_plot(student_runs, teacher_dir, 
     assert [line.split("|")[1].strip() for line in body] == ["teacher", "kd", "bkd"]
     top1 = float(body[2].split("|")[2])
     np.testing.assert_allclose(top1, 100 * rows[2][1]["final"]["top1"], atol=0.006)
-    _, task = finished_runs.read_run_info(teacher_dir)
+    _, task = finished.read_run_info(teacher_dir)
     path = tmp_path / "plot.png"
     compare.plot_per_class(rows, np.asarray(task["class_counts"]), str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

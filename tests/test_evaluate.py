@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from deploy_helpers import digits_test_folder, final_test_record, tiny_run
 
-from ltkd_jax import evaluate, inference, job
+from ltkd_jax.deploy import evaluate, inference
+from ltkd_jax.runs import job
 
 GROUPS = ("top1", "many", "medium", "few")
 
@@ -106,18 +107,18 @@ def test_evaluate_reproduces_a_folder_run(tmp_path, in_memory):
     folder through `evaluate` gives the trainer's numbers exactly."""
     from test_data_folder import make_tree  # noqa: PLC0415
 
-    from ltkd_jax import config_lib  # noqa: PLC0415
+    from ltkd_jax.config import defaults
 
     root = str(tmp_path / "mydata")
     make_tree(root)
-    c = config_lib.base_config()
+    c = defaults.base_config()
     c.data.name, c.data.root, c.data.data_dir = "folder", root, str(tmp_path / "tfds")
     c.data.in_memory, c.data.imbalance_factor, c.data.augment = in_memory, 1.0, "none"
     c.data.many_threshold, c.data.few_threshold = 20, 10
     c.model.name, c.num_epochs, c.batch_size, c.eval_batch_size = "resnet8", 1, 16, 8
     c.max_steps_per_epoch, c.optim.warmup_epochs, c.progress_bar = 2, 0, False
     workdir = str(tmp_path / "run")
-    job.run(config_lib.lock(c), workdir)
+    job.run(defaults.lock(c), workdir)
     if in_memory == "no":  # an older run: labels and preprocessing derived from the dataset
         os.remove(os.path.join(workdir, inference.LABELS_FILE))
         os.remove(os.path.join(workdir, inference.PREPROCESS_FILE))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from deploy_helpers import tiny_run
 
-from ltkd_jax import export, inference, models
+from ltkd_jax import models
+from ltkd_jax.deploy import export, inference
 
 # The exported function folds BatchNorm into the conv weights: float32 rounding of the
 # folded weights changes logits by a few ulps of their magnitude per layer; the export's own

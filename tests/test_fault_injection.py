@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO_ROOT
 
-from ltkd_jax import writers
+from ltkd_jax.training import writers
 
 pytestmark = pytest.mark.slow
 

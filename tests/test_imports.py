@@ -115,23 +115,38 @@ def test_the_package_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_the_trainer_imports_no_stage_above_it():
-    """Layers: the job builds on stage 1, which builds on the trainer; methods and models
-    know nothing of the trainer."""
+def _reaches(graph: dict, start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def _modules_under(graph: dict, package: str) -> list[str]:
+    return [m for m in graph if m == package or m.startswith(package + ".")]
+
+
+def _in(names: set[str], *packages: str) -> set[str]:
+    return {n for n in names if any(n == p or n.startswith(p + ".") for p in packages)}
+
+
+def test_the_layers_import_only_downwards():
+    """methods (and models, data, config) know nothing of training, runs or deploy;
+    training knows nothing of the run summaries, the job or deploy."""
     graph = import_graph(REPO / "ltkd_jax")
-
-    def reaches(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            for nxt in graph.get(todo.pop(), ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        return seen
-
-    assert not reaches("ltkd_jax.train") & {"ltkd_jax.job", "ltkd_jax.stage1"}
-    for lower in ("ltkd_jax.methods.bkd", "ltkd_jax.models", "ltkd_jax.config_lib"):
-        assert "ltkd_jax.train" not in reaches(lower), lower
+    assert _modules_under(graph, "ltkd_jax.training") and _modules_under(graph, "ltkd_jax.deploy")
+    for lower in ("ltkd_jax.methods", "ltkd_jax.models", "ltkd_jax.data"):
+        for module in _modules_under(graph, lower):
+            above = _in(
+                _reaches(graph, module), "ltkd_jax.training", "ltkd_jax.runs", "ltkd_jax.deploy"
+            )
+            assert not above, (module, sorted(above))
+    for module in _modules_under(graph, "ltkd_jax.training"):
+        above = _in(_reaches(graph, module), "ltkd_jax.deploy", "ltkd_jax.runs.job")
+        assert not above, (module, sorted(above))
 
 
 def test_import_graph_sees_deferred_and_package_imports(tmp_path):

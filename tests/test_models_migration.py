@@ -15,7 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ltkd_jax import checkpointing, models
+from ltkd_jax import models
+from ltkd_jax.training import checkpointing
 
 # Restores a real checkpoint; tests/test_old_run_dirs.py covers the same path in the quick suite.
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ import pytest
 import tiny
 from conftest import REPO_ROOT
 
-from ltkd_jax import train
-from ltkd_jax.writers import read_jsonl
+from ltkd_jax.training import trainer
+from ltkd_jax.training.writers import read_jsonl
 
 pytestmark = pytest.mark.slow  # end-to-end: `pytest -m "not slow"` skips it
 
@@ -73,7 +73,7 @@ def test_two_processes_match_one_process(tmp_path):
 
     # Reference: this pytest process has 8 CPU devices (conftest.py).
     single = tmp_path / "single"
-    train.train_and_evaluate(tiny.tiny_config(**tiny.MULTIHOST_OVERRIDES), str(single))
+    trainer.train_and_evaluate(tiny.tiny_config(**tiny.MULTIHOST_OVERRIDES), str(single))
 
     multi_train, single_train = _records(multi, "train"), _records(single, "train")
     assert [r["step"] for r in multi_train] == [r["step"] for r in single_train]

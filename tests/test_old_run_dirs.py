@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from tiny import tiny_config
 
-from ltkd_jax import finished_runs, modeling, rundir, sharding
+from ltkd_jax.runs import finished, rundir
+from ltkd_jax.training import networks, sharding
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 OLD_RUN = FIXTURES / "old_layout_cbd_run"
@@ -41,15 +42,15 @@ def equivalent_config(method="cbd", **overrides):
 
 
 def test_the_saved_config_reads_as_todays():
-    run_config, _ = finished_runs.read_run_info(str(OLD_RUN))
+    run_config, _ = finished.read_run_info(str(OLD_RUN))
     assert run_config.method == "cbd"
     assert run_config.loss.to_dict() == {"alpha": 0.4, "beta": 100.0}
     assert "projection_dim" not in run_config.model
 
 
 def test_an_old_student_loads_with_its_projection_and_gives_its_recorded_outputs():
-    run_config, task = finished_runs.read_run_info(str(OLD_RUN))
-    frozen = finished_runs.load_frozen(
+    run_config, task = finished.read_run_info(str(OLD_RUN))
+    frozen = finished.load_frozen(
         str(OLD_RUN), run_config, task["num_classes"], IMAGE_SHAPE, sharding.make_mesh(1)
     )
     assert set(frozen.variables["params"]) >= {"neck", "classifier"}
@@ -61,12 +62,12 @@ def test_an_old_student_loads_with_its_projection_and_gives_its_recorded_outputs
 
 def test_an_old_teacher_run_serves_a_new_student():
     config = equivalent_config("kd", **{"model.head": "linear"})
-    teacher = finished_runs.load_teacher(
+    teacher = finished.load_teacher(
         config, str(OLD_RUN / "teacher"), 10, IMAGE_SHAPE, sharding.make_mesh(1)
     )
     logits, _ = teacher.model.apply(teacher.variables, EXPECTED["inputs"], train=False)
     assert logits.shape == (4, 10) and np.isfinite(np.asarray(logits)).all()
-    assert isinstance(teacher, modeling.Teacher)
+    assert isinstance(teacher, networks.Teacher)
 
 
 def test_resuming_with_the_equivalent_config_is_accepted():

@@ -5,13 +5,14 @@ import numpy as np
 import optax
 import pytest
 
-from ltkd_jax import config_lib, optim
+from ltkd_jax.config import defaults
+from ltkd_jax.training import optim
 
 
 def test_bkd_step_schedule_matches_the_bkd_repo():
     # adjust_learning_rate of BKD's train_student.py at epochs 0, 1, 4, 5, 159, 160, 179, 180, 199.
     steps_per_epoch = 7
-    schedule = optim.make_schedule(config_lib.base_config().optim, steps_per_epoch, 200)
+    schedule = optim.make_schedule(defaults.base_config().optim, steps_per_epoch, 200)
     epochs = [0, 1, 4, 5, 159, 160, 179, 180, 199]
     expected = [0.02, 0.04, 0.1, 0.1, 0.1, 0.001, 0.001, 1e-5, 1e-5]
     # Constant within an epoch: check its first and last step.
@@ -21,7 +22,7 @@ def test_bkd_step_schedule_matches_the_bkd_repo():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    c = config_lib.base_config().optim
+    c = defaults.base_config().optim
     c.schedule, c.warmup_epochs = "cosine", 2
     schedule = optim.make_schedule(c, 10, 20)
     assert float(schedule(0)) == 0.0
@@ -31,7 +32,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 def test_weight_decay_is_coupled_like_pytorch_sgd():
     # PyTorch SGD: buf = m * buf + (g + wd * p); p -= lr * buf.
-    c = config_lib.base_config().optim
+    c = defaults.base_config().optim
     tx = optim.make_optimizer(c, optax.constant_schedule(0.1))
     params = {"w": jnp.array([1.0, -2.0]), "bn_scale": jnp.array([0.5])}
     grads = {"w": jnp.array([0.3, 0.1]), "bn_scale": jnp.array([0.0])}
@@ -48,7 +49,7 @@ def test_weight_decay_is_coupled_like_pytorch_sgd():
 
 
 def test_unknown_schedule_names_the_field():
-    c = config_lib.base_config().optim
+    c = defaults.base_config().optim
     c.schedule = "linear"
     with pytest.raises(ValueError, match="config.optim.schedule"):
         optim.make_schedule(c, 10, 10)

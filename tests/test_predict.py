@@ -10,7 +10,10 @@ import pytest
 from deploy_helpers import digits_test_folder, final_test_record, tiny_run
 from PIL import Image
 
-from ltkd_jax import finished_runs, inference, predict, sharding, task_data
+from ltkd_jax import data
+from ltkd_jax.deploy import inference, predict
+from ltkd_jax.runs import finished
+from ltkd_jax.training import sharding
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +28,14 @@ def folder(tmp_path_factory):
 
 
 def trainer_predictions(workdir: str, images: np.ndarray) -> np.ndarray:
-    """Argmax of the trainer's evaluation forward pass (finished_runs.load_frozen, eval inputs)."""
-    config, task = finished_runs.read_run_info(workdir)
+    """Argmax of the trainer's evaluation forward pass (finished.load_frozen, eval inputs)."""
+    config, task = finished.read_run_info(workdir)
     shape = tuple(task["image_shape"])
-    frozen = finished_runs.load_frozen(
+    frozen = finished.load_frozen(
         workdir, config, task["num_classes"], shape, sharding.make_mesh(1)
     )
-    mean, std = task_data.input_stats(config, shape)
-    logits, _ = frozen.model.apply(
-        frozen.variables, task_data.preprocess(images, mean, std), train=False
-    )
+    mean, std = data.input_stats(config.data, shape[-1])
+    logits, _ = frozen.model.apply(frozen.variables, data.normalize(images, mean, std), train=False)
     return np.asarray(jax.device_get(logits)).argmax(-1)
 
 

@@ -16,9 +16,11 @@ import sys
 
 import numpy as np
 import pytest
+import reproduce_tables as tables
 
-from ltkd_jax import config_lib, stage1, tables
+from ltkd_jax.config import defaults
 from ltkd_jax.data.longtail import longtail_counts
+from ltkd_jax.training import teachers as teacher_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "reproduce.py")
@@ -110,7 +112,7 @@ def test_tables_have_the_issue_rows_and_link_to_one_teacher_per_seed(name, keys,
         teacher = os.path.join(str(tmp_path), name, f"seed{run.seed}", "ce")
         c = run.config
         is_teacher = run.row is table.teacher  # stage 1's seed rule, never a student's seed
-        assert c.seed == (config_lib.teacher_seed(run.seed, 0) if is_teacher else run.seed)
+        assert c.seed == (defaults.teacher_seed(run.seed, 0) if is_teacher else run.seed)
         assert c.data.name == table.dataset and c.data.imbalance_factor == 100
         assert c.data.archive.endswith(
             "cifar100-png.zip" if table.dataset == "cifar100" else "cifar10-jpeg.zip"
@@ -126,12 +128,13 @@ def test_tables_have_the_issue_rows_and_link_to_one_teacher_per_seed(name, keys,
 
 @pytest.mark.parametrize("name", CIFAR_TABLES)
 def test_the_teacher_run_is_the_teacher_the_students_would_train(name, tmp_path):
-    """The shared CE teacher equals stage 1 of the students' own config (stage1.teacher_config)."""
+    """The shared CE teacher equals stage 1 of the students' own config
+    (`teachers.teacher_config`)."""
 
     runs = reproduce.plan_table(tables.TABLES[name], [3], str(tmp_path), "")
     teacher = runs[0].config
     student = next(r for r in runs if r.row.key == "bkd").config
-    expected = stage1.teacher_config(student, 0)
+    expected = teacher_stage.teacher_config(student, 0)
     for field in ("method", "seed", "num_epochs", "batch_size", "eval_batch_size"):
         assert teacher[field] == expected[field], field
     for section in ("data", "model", "optim"):

@@ -12,14 +12,17 @@ import pytest
 from conftest import REPO_ROOT
 from tiny import tiny_config
 
-from ltkd_jax import config_checks, config_lib, errors, rundir, writers
+from ltkd_jax import errors
+from ltkd_jax.config import checks, defaults
+from ltkd_jax.runs import rundir
+from ltkd_jax.training import writers
 
 # ---------------------------------------------------------------------------------------
 # Lock
 # ---------------------------------------------------------------------------------------
 
 HOLDER = (
-    "import sys, time; from ltkd_jax import rundir; rundir.acquire(sys.argv[1]); "
+    "import sys, time; from ltkd_jax.runs import rundir; rundir.acquire(sys.argv[1]); "
     "print('held', flush=True); time.sleep(60)"
 )
 
@@ -190,18 +193,18 @@ def _assert_usage_error(out, expected: str):
 )
 def test_config_mistakes_name_every_choice(overrides, expected):
     with pytest.raises(errors.UserError, match="invalid config") as error:
-        config_checks.validate_config(tiny_config(**overrides))
+        checks.validate_config(tiny_config(**overrides))
     assert expected in str(error.value)
 
 
 def test_missing_run_paths_are_reported_before_any_data():
     config = tiny_config(method="kd", **{"teacher.workdir": "/no/such/teacher,/tmp"})
     with pytest.raises(errors.UserError) as error:
-        config_checks.check_run_paths(config)
+        checks.check_run_paths(config)
     assert "/no/such/teacher does not exist" in str(error.value)
     assert "/tmp is not a finished ltkd_jax run (no config.json)" in str(error.value)
     with pytest.raises(errors.UserError, match="config.data.root is empty"):
-        config_checks.check_run_paths(tiny_config(**{"data.name": "folder"}))
+        checks.check_run_paths(tiny_config(**{"data.name": "folder"}))
 
 
 @pytest.mark.parametrize(
@@ -258,6 +261,6 @@ def test_help_and_print_config_exit_0():
 
 
 def test_field_comments_cover_the_documented_fields():
-    comments = config_lib.field_comments()
+    comments = defaults.field_comments()
     assert comments["optim.weight_decay"].startswith("coupled L2")
     assert comments["data.in_memory"].startswith("auto | yes | no")

@@ -11,11 +11,14 @@ import pytest
 from conftest import REPO_ROOT, SHARED_DATA
 from tiny import tiny_config
 
-from ltkd_jax import checkpointing, config_lib, data, job, train
-from ltkd_jax.writers import read_jsonl
+from ltkd_jax import data
+from ltkd_jax.config import defaults
+from ltkd_jax.runs import job
+from ltkd_jax.training import checkpointing, trainer
+from ltkd_jax.training.writers import read_jsonl
 
 CIFAR100_ZIP = SHARED_DATA / "cifar100-png.zip"
-TEST_SIZE = len(data.load_splits("digits")[1])
+TEST_SIZE = len(data.load_dataset("digits")[1])
 
 
 def params_of(state):
@@ -30,7 +33,7 @@ def assert_trees_close(a, b, **tol):
 def reference_run(tmp_path_factory):
     """Two epochs of three steps on all 8 simulated devices, uninterrupted."""
     workdir = str(tmp_path_factory.mktemp("reference"))
-    state = train.train_and_evaluate(tiny_config(), workdir)
+    state = trainer.train_and_evaluate(tiny_config(), workdir)
     return workdir, state
 
 
@@ -56,7 +59,7 @@ def test_run_writes_metrics_checkpoints_and_config(reference_run):
 
 def test_one_device_equals_eight_devices(reference_run, tmp_path):
     _, state8 = reference_run
-    state1 = train.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path))
+    state1 = trainer.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path))
     # Same global batch, global BatchNorm statistics: only reduction order differs.
     assert_trees_close(params_of(state1), params_of(state8), rtol=1e-4, atol=1e-5)
 
@@ -65,9 +68,9 @@ def test_one_device_equals_eight_devices(reference_run, tmp_path):
 def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path, kill_after_first_save):
     _, reference = reference_run
     with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(tiny_config(), str(tmp_path))
+        trainer.train_and_evaluate(tiny_config(), str(tmp_path))
     kill_after_first_save.undo()
-    resumed = train.train_and_evaluate(tiny_config(), str(tmp_path))
+    resumed = trainer.train_and_evaluate(tiny_config(), str(tmp_path))
     assert int(resumed.step) == 6
     # Same state and the same remaining batches as the uninterrupted run.
     assert_trees_close(params_of(resumed), params_of(reference), rtol=1e-5, atol=1e-6)
@@ -77,7 +80,7 @@ def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path, kill_aft
 
 def test_finished_run_is_not_retrained(reference_run):
     workdir, reference = reference_run
-    again = train.train_and_evaluate(tiny_config(), workdir)
+    again = trainer.train_and_evaluate(tiny_config(), workdir)
     assert int(again.step) == 6
     assert_trees_close(params_of(again), params_of(reference), rtol=0, atol=0)
 
@@ -85,7 +88,7 @@ def test_finished_run_is_not_retrained(reference_run):
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     config = tiny_config(**{"optim.lr": 1e30, "optim.warmup_epochs": 0})
     with pytest.raises(FloatingPointError, match="non-finite training metrics"):
-        train.train_and_evaluate(config, str(tmp_path))
+        trainer.train_and_evaluate(config, str(tmp_path))
 
 
 @pytest.mark.slow
@@ -136,7 +139,7 @@ def test_command_line_rejects_an_unknown_method(tmp_path):
 @pytest.mark.slow
 def test_cifar100_lt_short_run_trains_evaluates_and_resumes(tmp_path):
     workdir = str(tmp_path / "run")
-    config = config_lib.base_config()
+    config = defaults.base_config()
     config.data.archive = str(CIFAR100_ZIP)
     config.data.data_dir = os.environ.get(
         "LTKD_JAX_DATA_DIR", os.path.expanduser("~/.cache/ltkd_jax_data")
@@ -145,7 +148,7 @@ def test_cifar100_lt_short_run_trains_evaluates_and_resumes(tmp_path):
     config.num_epochs, config.max_steps_per_epoch, config.batch_size = 1, 2, 64
     config.eval_batch_size = 500
     config.progress_bar = False
-    state = train.train_and_evaluate(config, workdir)
+    state = trainer.train_and_evaluate(config, workdir)
     assert int(state.step) == 2
     result = job.summarize_run(workdir)["final"]
     assert result["num_examples"] == 10_000
@@ -153,5 +156,5 @@ def test_cifar100_lt_short_run_trains_evaluates_and_resumes(tmp_path):
     task = json.load(open(os.path.join(workdir, "task.json")))
     assert sum(task["class_counts"]) == 10_847
     assert np.bincount(task["class_groups"]).tolist() == [35, 35, 30]
-    again = train.train_and_evaluate(config, workdir)
+    again = trainer.train_and_evaluate(config, workdir)
     assert int(again.step) == 2

@@ -5,13 +5,13 @@ it keeps its own JAX device settings.
     python -m ltkd_jax.main --config tests/tiny.py --workdir /tmp/tiny
 """
 
-from ltkd_jax import config_lib
+from ltkd_jax.config import defaults
 
 
 def tiny_config(**overrides):
     """Digits-LT, ResNet-8, 2 epochs x 3 steps: seconds on a CPU. A `method` override
     comes with that method's own `config.loss` defaults."""
-    c = config_lib.base_config(overrides.pop("method", "ce"))
+    c = defaults.base_config(overrides.pop("method", "ce"))
     c.data.name = "digits"
     c.data.imbalance_factor = 10.0
     c.data.augment = "none"
@@ -27,7 +27,7 @@ def tiny_config(**overrides):
     for key, value in overrides.items():
         section, _, field = key.rpartition(".")
         (c[section] if section else c)[field] = value
-    return config_lib.lock(c)
+    return defaults.lock(c)
 
 
 # The multi-host variant: cifar augmentation exercises the global-batch augmentation draw.

@@ -41,10 +41,9 @@ from ltkd_jax.data.sources import (
     DataSplits,
     Split,
     load_dataset,
-    load_splits,
     split_options,
 )
-from ltkd_jax.data.task import TaskSplits, task_splits
+from ltkd_jax.data.task import TaskSplits, input_stats, load_task, prepared_splits, task_splits
 
 __all__ = [
     "AUGMENTS",
@@ -72,14 +71,16 @@ __all__ = [
     "draw_crop_flip",
     "eval_batches",
     "load_dataset",
+    "input_stats",
     "load_digits",
-    "load_splits",
+    "load_task",
     "longtail_counts",
     "longtail_indices",
     "make_longtail",
     "make_train_iterator",
     "normalize",
     "num_eval_batches",
+    "prepared_splits",
     "random_resized_crop_flip",
     "resize_center_crop",
     "shot_groups",

@@ -5,7 +5,7 @@ batch t, the dataset indices (`ReweightedIndexSequence`, the same object the gra
 reads) and the augmentation draws (`pipeline.draw_batch_augment`, the same numpy generator
 the grain path uses). These small integer arrays go to the devices once per chunk of steps;
 the gather, the pad-crop-flip and the train step then run inside one jitted `lax.scan`
-(`train.train_chunk`). So the device path and the grain path feed the step the same
+(`steps.train_chunk`). So the device path and the grain path feed the step the same
 batches, bit for bit (tests/test_device_epochs.py).
 
 Multi-host: every process computes the same global plan (it is a pure function of the

@@ -1,6 +1,6 @@
 """Train/test splits: CIFAR-10/100 and sklearn digits decoded into RAM; ImageNet-LT, Places-LT,
 iNaturalist 2018 and a user's image folders read per example (`records.RecordSplit`) or, when
-small, decoded into RAM. `load_splits` dispatches on the dataset name (docs/data.md#datasets).
+small, decoded into RAM. `load_dataset` dispatches on the dataset name (docs/data.md#datasets).
 
 CIFAR-sized data fits in RAM (50k x 32x32x3 uint8 = 150 MB), so each split is decoded once from
 the prepared ArrayRecord files and cached as `.npy` next to them; later loads take a fraction of
@@ -88,7 +88,7 @@ class DataSplits(NamedTuple):
 
 
 def split_options(data_config: Any) -> dict[str, Any]:
-    """The `load_splits` keyword options held in `config.data` (see config_lib.base_config)."""
+    """The `load_splits` keyword options held in `config.data` (see config.defaults.base_config)."""
     return {
         "image_size": int(data_config.image_size),
         "in_memory": data_config.in_memory,
@@ -152,12 +152,6 @@ def load_dataset(
         )
     builder = cifar.prepare_cifar(name, data_dir=data_dir, archive=archive)
     return DataSplits(cifar.read_split(builder, "train"), cifar.read_split(builder, "test"))
-
-
-def load_splits(name: str, **options: Any) -> tuple[Split, Split]:
-    """(train, test) of `load_dataset` (same arguments)."""
-    splits = load_dataset(name, **options)
-    return splits.train, splits.test
 
 
 # --------------------------------------------------------------------------------------------

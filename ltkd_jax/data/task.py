@@ -1,7 +1,8 @@
 """From a dataset's splits to the training task: the long-tailed cut, the validation split,
 the checks that must pass before training, and the shot groups (docs/own_data.md).
 
-`task_splits` is what the trainer calls: everything it decides is also returned as
+`load_task(config.data)` is what every stage calls: the dataset's splits, prepared once per
+process (`prepared_splits`), cut by `task_splits`. Everything it decides is also returned as
 `info`, which goes into the run's `task.json` (class names, the data fingerprint, the
 shot-group thresholds, which split selects the best checkpoint).
 """
@@ -9,12 +10,15 @@ shot-group thresholds, which split selects the best checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
+import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
-from ltkd_jax.data import longtail
+from ltkd_jax.data import augment, longtail, sources
 from ltkd_jax.data.sources import DataSplits, Split
 
 # An evaluated split whose largest class has more than this many times the images of its
@@ -98,3 +102,36 @@ def task_splits(splits: DataSplits, d: Any) -> TaskSplits:
         "test_class_counts": test_counts,
     }
     return TaskSplits(train, splits.test, val, counts, groups, info)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_splits(name: str, data_dir: str, archive: str, options: tuple) -> DataSplits:
+    return sources.load_dataset(
+        name, data_dir=data_dir or None, archive=archive or None, **dict(options)
+    )
+
+
+def prepared_splits(d: Any) -> DataSplits:
+    """The dataset of `config.data` (d), prepared once per process: on several hosts process
+    0 prepares it while the others wait."""
+    key = (d.name, d.data_dir, d.archive, tuple(sorted(sources.split_options(d).items())))
+    if jax.process_count() > 1 and jax.process_index() != 0:
+        multihost_utils.sync_global_devices("ltkd_jax:data_prepared")
+        return _cached_splits(*key)
+    splits = _cached_splits(*key)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("ltkd_jax:data_prepared")
+    return splits
+
+
+def load_task(d: Any) -> TaskSplits:
+    """The run's task from `config.data` (d): `task_splits` of the prepared dataset."""
+    return task_splits(prepared_splits(d), d)
+
+
+def input_stats(d: Any, channels: int) -> tuple[tuple, tuple]:
+    """(mean, std) the model normalises its uint8 input with; identity when
+    `config.data.normalize` is off (pixels in [0, 1], as CBD feeds them)."""
+    if d.normalize:
+        return augment.dataset_stats(d.name)
+    return (0.0,) * channels, (1.0,) * channels

@@ -5,7 +5,7 @@ A method module (``ltkd_jax/methods/<name>.py``) holds its pure loss function(s)
 
 - ``config()``: the method's own ``config.loss`` section, every field with its default and a
   comment (the command line shows them: ``--print_config``);
-- ``validate(config) -> [errors]``: checks run by ``config_checks.validate_config`` before any
+- ``validate(config) -> [errors]``: checks run by ``config.checks.validate_config`` before any
   data or teacher is read;
 - ``needs(config) -> Needs``: what the trainer must provide (teachers, their class feature
   means, a frozen backbone, a particular classifier head);

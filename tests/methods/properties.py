@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from ltkd_jax import config_lib, methods
+from ltkd_jax import methods
+from ltkd_jax.config import defaults
 from ltkd_jax.data import longtail
 from ltkd_jax.methods.primitives import effective_number_weights
 
@@ -283,7 +284,7 @@ class SpecChecks:
 
     def test_validate_rejects_a_bad_value_naming_the_field(self):
         spec = methods.METHODS[self.name]
-        config = config_lib.base_config(self.name)
+        config = defaults.base_config(self.name)
         assert spec.validate(config) == []
         for field, value in self.bad_values.items():
             bad = copy.deepcopy(config)
@@ -292,7 +293,7 @@ class SpecChecks:
             assert any(f"config.loss.{field}=" in e for e in errors), (field, errors)
 
     def test_make_equals_the_pure_loss_with_the_config_values(self):
-        config = config_lib.base_config(self.name)
+        config = defaults.base_config(self.name)
         for field, value in self.overrides.items():
             assert config.loss[field] != value, f"override {field} with a non-default value"
             config.loss[field] = value

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ltkd_jax import config_lib, methods
+from ltkd_jax import methods
+from ltkd_jax.config import defaults
 from ltkd_jax.methods import bkd
 from ltkd_jax.methods.bkd import bkd_loss
 from ltkd_jax.methods.kd import kd_loss
@@ -52,7 +53,7 @@ def test_fixed_point():
 def test_epoch_dependent_weights_switch_at_the_drw_epoch():
     counts = np.array([500, 100, 20, 5])
     task = methods.Task(class_counts=counts, class_groups=np.zeros(4, np.int32))
-    config = config_lib.base_config("bkd")
+    config = defaults.base_config("bkd")
     config.loss.class_weighting = "drw"
     method = methods.make(config, task)
     np.testing.assert_array_equal(method.epoch_context(159)["class_weights"], np.ones(4))

@@ -9,9 +9,12 @@ import optax
 import pytest
 from test_configs import CONFIG_DIR, _load
 
-from ltkd_jax import config_lib, methods, models, optim, stage1
+from ltkd_jax import methods, models
+from ltkd_jax.config import defaults
 from ltkd_jax.methods import cbd
 from ltkd_jax.methods.cbd import cbd_loss
+from ltkd_jax.training import optim
+from ltkd_jax.training import teachers as teacher_stage
 
 from .properties import Case, DistillationProperties, SpecChecks
 from .vectors import F_S, T1, T2, Y, Z, assert_close
@@ -39,14 +42,14 @@ def test_any_number_of_teachers():
 
 @pytest.mark.parametrize("name", ["cbd", "cbd_ensemble"])
 def test_the_projection_is_as_wide_as_the_teachers_together(name):
-    config = config_lib.base_config(name)
+    config = defaults.base_config(name)
     parts = methods.METHODS[name].student_parts(config, (64, 128))
     assert parts.side is None
     assert parts.neck.features == 64 + 128
 
 
 def test_the_projection_is_glorot_uniform_with_zero_bias_and_relu():
-    config = config_lib.base_config("cbd")
+    config = defaults.base_config("cbd")
     neck = methods.METHODS["cbd"].student_parts(config, (256,)).neck
     x = jax.random.normal(jax.random.key(1), (8, 64))
     params = neck.init(jax.random.key(0), x)["params"]
@@ -74,7 +77,7 @@ def test_effective_weight_decay_is_half_the_official_config(arg, official_wd):
     updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(theta), theta)
     np.testing.assert_allclose(updates["w"], -(official_wd / 2) * theta["w"], rtol=1e-6)
     # The stage-1 teachers are built from the same optimiser section.
-    assert stage1.teacher_config(config, 0).optim.weight_decay == config.optim.weight_decay
+    assert teacher_stage.teacher_config(config, 0).optim.weight_decay == config.optim.weight_decay
 
 
 @pytest.mark.slow  # builds and initialises a whole model

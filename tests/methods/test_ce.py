@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ltkd_jax import config_checks, config_lib
+from ltkd_jax.config import checks, defaults
 from ltkd_jax.methods import ce
 from ltkd_jax.methods.ce import cross_entropy, weighted_cross_entropy
 from ltkd_jax.methods.primitives import effective_number_weights
@@ -42,9 +42,9 @@ def test_logits_must_be_a_matrix():
 
 
 def test_crt_needs_a_finished_run_to_retrain():
-    config = config_lib.base_config("crt")
+    config = defaults.base_config("crt")
     with pytest.raises(ValueError, match="config.init.workdir"):
-        config_checks.validate_config(config)
+        checks.validate_config(config)
 
 
 class TestLosses(LossProperties):

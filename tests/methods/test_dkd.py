@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltkd_jax import config_lib, methods
+from ltkd_jax import methods
+from ltkd_jax.config import defaults
 from ltkd_jax.methods import dkd
 from ltkd_jax.methods.ce import cross_entropy
 from ltkd_jax.methods.dkd import dkd_loss
@@ -48,7 +49,7 @@ def test_tckd_is_binary_kl_and_epoch_may_be_traced():
 def test_distillation_term_warms_up_over_epochs():
     counts = np.array([50, 20, 5])
     task = methods.Task(class_counts=counts, class_groups=np.zeros(3, np.int32))
-    config = config_lib.base_config("dkd")
+    config = defaults.base_config("dkd")
     method = methods.make(config, task)
     rng = np.random.default_rng(0)
     student = methods.ModelOutput(rng.normal(size=(4, 3)).astype(np.float32), np.zeros((4, 2)))

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ltkd_jax import config_lib, methods
+from ltkd_jax import methods
+from ltkd_jax.config import defaults
 from ltkd_jax.methods import krdistill
 from ltkd_jax.methods.krdistill import (
     krdistill_loss,
@@ -61,7 +62,7 @@ def test_options():
 
 
 def test_the_regressor_maps_onto_the_teacher_width_and_only_with_the_feature_term():
-    config = config_lib.base_config("krdistill")
+    config = defaults.base_config("krdistill")
     assert methods.METHODS["krdistill"].student_parts(config, (96,)).side is None
     assert not methods.needs_of(config).feature_means
     config.loss.beta = 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import pytest
 
-from ltkd_jax import config_checks, config_lib
+from ltkd_jax.config import checks, defaults
 from ltkd_jax.methods import ldam_drw
 from ltkd_jax.methods.ce import cross_entropy
 from ltkd_jax.methods.ldam_drw import ldam_loss, ldam_margins
@@ -29,13 +29,13 @@ def test_without_margin_and_scale_it_is_cross_entropy():
 
 
 def test_needs_the_normed_head():
-    config = config_lib.base_config("ldam_drw")
+    config = defaults.base_config("ldam_drw")
     with pytest.raises(ValueError, match="--config.model.head=normed"):
-        config_checks.validate_config(config)
+        checks.validate_config(config)
 
 
 def test_the_ce_is_unweighted_before_the_drw_epoch():
-    config = config_lib.base_config("ldam_drw")
+    config = defaults.base_config("ldam_drw")
     config.loss.drw_epoch = 2
     task, student, labels, teachers = make_inputs(num_teachers=0)
     before = method_loss(config, task, student, labels, teachers, epoch=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_configs import CONFIG_DIR, _load
 
-from ltkd_jax import config_checks, config_lib
+from ltkd_jax.config import checks, defaults
 from ltkd_jax.data import longtail
 from ltkd_jax.methods import ltkd
 from ltkd_jax.methods.kd import kd_loss
@@ -217,7 +217,7 @@ def test_unknown_choices_fail_in_validate_config():
         bad = config.copy_and_resolve_references()
         bad.loss[field] = value
         with pytest.raises(ValueError, match=f"config.loss.{field}"):
-            config_checks.validate_config(bad)
+            checks.validate_config(bad)
 
 
 ODD_GROUPS = np.array([0, 0, 1, 1, 1, 3])  # group 2 empty, group 3 of size 1
@@ -292,7 +292,7 @@ class TestSpec(SpecChecks):
 
 @pytest.mark.parametrize("groups", ["tail33", "shot"])
 def test_make_uses_the_configured_groups(groups):
-    config = config_lib.base_config("ltkd")
+    config = defaults.base_config("ltkd")
     config.loss.groups = groups
     task, student, labels, teachers = make_inputs()
     got = method_loss(config, task, student, labels, teachers, epoch=0)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltkd_jax import posthoc
+from ltkd_jax.methods import posthoc
 from ltkd_jax.methods import primitives as P
 
 from .vectors import W_TV, N, Z, assert_close, cifar_lt_counts

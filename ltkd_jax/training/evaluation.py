@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltkd_jax import data, metrics, modeling, sharding, task_data
+from ltkd_jax import data
 from ltkd_jax.data import device as device_data
 from ltkd_jax.models import cpu_ops
+from ltkd_jax.training import metrics, networks, sharding
 
 
 def eval_step(
@@ -25,7 +26,7 @@ def eval_step(
     std: tuple,
 ) -> dict:
     """Per-class counts of one test batch; `logit_offset` [C] is added first (post-hoc LA)."""
-    logits, _ = model.apply(variables, task_data.preprocess(batch["image"], mean, std), train=False)
+    logits, _ = model.apply(variables, data.normalize(batch["image"], mean, std), train=False)
     if logit_offset is not None:
         logits = logits.astype(jnp.float32) + logit_offset
     return metrics.eval_counts(logits, batch["label"], batch["mask"])
@@ -71,7 +72,7 @@ def evaluate_resident(
 def make_evaluator(config, mesh, model, split, batch_size: int, mean: tuple, std: tuple):
     """variables -> summed per-class counts over `split` (one call when resident)."""
     repl = sharding.replicated(mesh)
-    options = cpu_ops.compiler_options(modeling.cpu_kernels(config))
+    options = cpu_ops.compiler_options(networks.cpu_kernels(config))
     if config.data.device_resident and isinstance(split, data.ArraySplit):
         layout = device_data.eval_layout(split, batch_size, mesh)
         p_eval = jax.jit(
@@ -89,14 +90,14 @@ def make_evaluator(config, mesh, model, split, batch_size: int, mean: tuple, std
 
 
 def class_feature_means(
-    teacher: modeling.Teacher, split, mesh, batch_size: int, mean: tuple, std: tuple
+    teacher: networks.Teacher, split, mesh, batch_size: int, mean: tuple, std: tuple
 ) -> np.ndarray:
     """Per-class mean teacher feature on un-augmented training images (KRDistill-R,
     ltkd_jax/methods/krdistill.py)."""
 
     @jax.jit
     def sums(variables, batch):
-        images = task_data.preprocess(batch["image"], mean, std)
+        images = data.normalize(batch["image"], mean, std)
         _, features = teacher.model.apply(variables, images, train=False)
         onehot = jax.nn.one_hot(batch["label"], split.num_classes) * batch["mask"][:, None]
         return onehot.T @ features.astype(jnp.float32), onehot.sum(0)

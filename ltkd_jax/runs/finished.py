@@ -11,13 +11,15 @@ import jax
 import ml_collections
 from absl import logging
 
-from ltkd_jax import checkpointing, config_lib, methods, models, task_data
+from ltkd_jax import data, methods, models
+from ltkd_jax.config import defaults
 from ltkd_jax.errors import UserError
-from ltkd_jax.modeling import Teacher, abstract_variables, build_model
+from ltkd_jax.training import checkpointing
+from ltkd_jax.training.networks import Teacher, abstract_variables, build_model
 
 
 def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """The config (in today's layout, `config_lib.upgrade_saved_config`) and the task
+    """The config (in today's layout, `defaults.upgrade_saved_config`) and the task
     description a finished run wrote into its workdir."""
     paths = [os.path.join(workdir, name) for name in ("config.json", "task.json")]
     for path in paths:
@@ -27,7 +29,7 @@ def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
                 "started); point the config at a finished run's --workdir"
             )
     with open(paths[0]) as f:
-        run_config = ml_collections.ConfigDict(config_lib.upgrade_saved_config(json.load(f)))
+        run_config = ml_collections.ConfigDict(defaults.upgrade_saved_config(json.load(f)))
     with open(paths[1]) as f:
         run_task = json.load(f)
     return run_config, run_task
@@ -39,7 +41,7 @@ def _problems(run_config, run_task: dict, config, num_classes, image_shape) -> t
         problems.append(
             f"it was trained on {run_config.data.name!r}, the student on {config.data.name!r}"
         )
-    ours = task_data.load_splits(config.data).train.fingerprint
+    ours = data.prepared_splits(config.data).train.fingerprint
     theirs = run_task.get("data_fingerprint", "")
     if ours and theirs and ours != theirs:
         problems.append(
@@ -112,7 +114,7 @@ def load_teacher(config, workdir: str, num_classes: int, image_shape: tuple, mes
 
 
 def init_from_run(state, config, num_classes: int, image_shape: tuple):
-    """`state` (a `modeling.TrainState`) with a finished run's weights; the classifier is
+    """`state` (a `networks.TrainState`) with a finished run's weights; the classifier is
     re-initialised for a method that re-trains it (cRT)."""
     workdir = config.init.workdir
     run_config, run_task = read_run_info(workdir)

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ltkd_jax import checkpointing, rundir
-from ltkd_jax.writers import MetricWriter
+from ltkd_jax.runs import rundir
+from ltkd_jax.training import checkpointing
+from ltkd_jax.training.writers import MetricWriter
 
 
 def first_non_finite(step0: int, chunk: dict) -> tuple[int, dict] | None:

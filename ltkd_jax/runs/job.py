@@ -12,20 +12,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ltkd_jax import (
-    evaluation,
-    finished_runs,
-    modeling,
-    posthoc,
-    report,
-    rundir,
-    sharding,
-    stage1,
-    task_data,
-    train,
-)
+from ltkd_jax import data
+from ltkd_jax.deploy import report
+from ltkd_jax.methods import posthoc
 from ltkd_jax.models import cpu_ops
-from ltkd_jax.writers import MetricWriter, read_metrics
+from ltkd_jax.runs import finished, rundir
+from ltkd_jax.training import evaluation, networks, sharding, trainer
+from ltkd_jax.training import teachers as teacher_stage
+from ltkd_jax.training.writers import MetricWriter, read_metrics
 
 
 def check_resume_configs(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -34,8 +28,8 @@ def check_resume_configs(config: ml_collections.ConfigDict, workdir: str) -> Non
     rundir.check_resume_config(workdir, config)
     if config.method in posthoc.POSTHOC or config.teacher.workdir:
         return
-    for k, teacher_dir in enumerate(stage1.teacher_workdirs(config, workdir)):
-        rundir.check_resume_config(teacher_dir, stage1.teacher_config(config, k))
+    for k, teacher_dir in enumerate(teacher_stage.teacher_workdirs(config, workdir)):
+        rundir.check_resume_config(teacher_dir, teacher_stage.teacher_config(config, k))
 
 
 def summarize_run(workdir: str) -> dict:
@@ -80,11 +74,12 @@ def correct_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "--config.init.workdir to its workdir"
         )
     mesh = sharding.make_mesh(config.num_devices)
-    train_split, test_split, task, val_split, _ = task_data.load_task_data(config)
+    task = data.load_task(config.data)
+    train_split, test_split, val_split = task.train, task.test, task.val
     num_classes = train_split.num_classes
-    run_config, run_task = finished_runs.read_run_info(config.init.workdir)
+    run_config, run_task = finished.read_run_info(config.init.workdir)
     image_shape = train_split.image_shape
-    finished_runs.check_compatible(
+    finished.check_compatible(
         "the run to correct",
         config.init.workdir,
         run_config,
@@ -93,11 +88,9 @@ def correct_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         num_classes,
         image_shape,
     )
-    teacher = finished_runs.load_frozen(
-        config.init.workdir, run_config, num_classes, image_shape, mesh
-    )
-    mean, std = task_data.input_stats(config, image_shape)
-    options = cpu_ops.compiler_options(modeling.cpu_kernels(config))
+    teacher = finished.load_frozen(config.init.workdir, run_config, num_classes, image_shape, mesh)
+    mean, std = data.input_stats(config.data, image_shape[-1])
+    options = cpu_ops.compiler_options(networks.cpu_kernels(config))
     eval_fn = jax.jit(
         functools.partial(evaluation.eval_step, model=teacher.model, mean=mean, std=std),
         out_shardings=sharding.replicated(mesh),
@@ -144,13 +137,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             name = f"{config.method} tau={best['tau']:g}"
             print(format_summary(name, {"final": best, "best": best}), flush=True)
         return best
-    teachers = stage1.prepare_teachers(config, workdir)
+    teachers = teacher_stage.prepare_teachers(config, workdir)
     stage = "stage 2, the student" if teachers else "training"
     logging.info("%s: %s in %s", stage, config.method, workdir)
-    train.train_and_evaluate(config, workdir, teachers=teachers)
+    trainer.train_and_evaluate(config, workdir, teachers=teachers)
     summary = summarize_run(workdir)
     rundir.write_summary(workdir, summary)
-    teacher_dirs = stage1.teacher_workdirs(config, workdir)
+    teacher_dirs = teacher_stage.teacher_workdirs(config, workdir)
     trained_here = [] if config.teacher.workdir else teacher_dirs
     report.write_training_reports([*trained_here, workdir])  # WORKDIR/report/, labels, ...
     if jax.process_index() == 0:

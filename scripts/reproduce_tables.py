@@ -75,7 +75,7 @@ AGAINST_KD = ("bkd", "dukd", "krdistill")
 DISTILLERS = ("kd", "bkd", "dkd", "dukd", "krdistill", "ltkd")
 
 # mdistiller's ResNet32x4 recipe for the teacher of table 2, as `ce_cifar.py` overrides. A
-# test checks that it equals `stage1.teacher_config` of the students' config.
+# test checks that it equals `teachers.teacher_config` of the students' config.
 MDISTILLER_TEACHER = (
     "model.name=resnet32x4",
     "num_epochs=240",

@@ -35,9 +35,11 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from ltkd_jax import checkpointing, data, finished_runs, modeling, sharding, task_data
+from ltkd_jax import data
 from ltkd_jax.data import augment, image_builders, image_index
 from ltkd_jax.models import cpu_ops
+from ltkd_jax.runs import finished
+from ltkd_jax.training import checkpointing, networks, sharding
 
 LABELS_FILE = "labels.json"
 PREPROCESS_FILE = "preprocess.json"
@@ -109,7 +111,7 @@ def preprocess_for(config: ml_collections.ConfigDict, test_split: data.Split) ->
     h, w, c = test_split.image_shape
     if h != w:
         raise ValueError(f"expected square model inputs, got {h}x{w}")
-    mean, std = task_data.input_stats(config, test_split.image_shape)
+    mean, std = data.input_stats(config.data, test_split.image_shape[-1])
     return Preprocess(h, c, tuple(mean), tuple(std), crop_fraction_of(test_split))
 
 
@@ -125,7 +127,8 @@ def run_metadata(workdir: str, run_config: ml_collections.ConfigDict):
     if os.path.exists(labels) and os.path.exists(prep):
         return tuple(_read_json(labels)["class_names"]), Preprocess.from_json(_read_json(prep))
     try:
-        train_split, test_split, _ = task_data.load_task(run_config)
+        task = data.load_task(run_config.data)
+        train_split, test_split = task.train, task.test
     except Exception as e:  # any failure to find the data: say what is missing and the fix
         raise FileNotFoundError(
             f"{workdir} has no {LABELS_FILE} / {PREPROCESS_FILE} (written after training since "
@@ -214,11 +217,11 @@ def load_run(
     `metadata` = (class names, Preprocess) when known; else `run_metadata(workdir)`.
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    run_config, run_task = finished_runs.read_run_info(workdir)
+    run_config, run_task = finished.read_run_info(workdir)
     mesh = mesh or sharding.make_mesh(0)
     step = checkpoint_step(workdir, checkpoint)
-    model = modeling.build_model(run_config, int(run_task["num_classes"]))
-    target = modeling.abstract_variables(model, tuple(run_task["image_shape"]), mesh)
+    model = networks.build_model(run_config, int(run_task["num_classes"]))
+    target = networks.abstract_variables(model, tuple(run_task["image_shape"]), mesh)
     variables, step = checkpointing.restore_variables(workdir, target, step=step)
     class_names, prep = metadata or run_metadata(workdir, run_config)
     if len(class_names) != run_task["num_classes"]:
@@ -235,13 +238,13 @@ def logits_fn(run: LoadedRun):
     mean, std = run.preprocess.mean, run.preprocess.std
 
     def forward(variables, images):
-        logits, _ = run.model.apply(variables, task_data.preprocess(images, mean, std), train=False)
+        logits, _ = run.model.apply(variables, data.normalize(images, mean, std), train=False)
         return logits.astype(jnp.float32)
 
     return jax.jit(
         forward,
         out_shardings=sharding.replicated(run.mesh),
-        compiler_options=cpu_ops.compiler_options(modeling.cpu_kernels(run.config)),
+        compiler_options=cpu_ops.compiler_options(networks.cpu_kernels(run.config)),
     )
 
 

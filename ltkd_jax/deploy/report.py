@@ -26,16 +26,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ltkd_jax import (
-    data,
-    finished_runs,
-    inference,
-    metrics,
-    modeling,
-    sharding,
-    task_data,
-)
+from ltkd_jax import data
+from ltkd_jax.deploy import inference
 from ltkd_jax.models import cpu_ops
+from ltkd_jax.runs import finished
+from ltkd_jax.training import metrics, networks, sharding
 
 REPORT_DIR = "report"
 MAX_CONFUSION_CLASSES = 1000  # a C x C count matrix is summed per batch and stored as JSON
@@ -46,7 +41,7 @@ def report_counts(
 ) -> dict:
     """`evaluation.eval_step`'s per-class counts of one batch, plus per-class predicted counts and,
     with `confusion`, the [true, predicted] count matrix (padding masked out)."""
-    logits, _ = model.apply(variables, task_data.preprocess(batch["image"], mean, std), train=False)
+    logits, _ = model.apply(variables, data.normalize(batch["image"], mean, std), train=False)
     counts = metrics.eval_counts(logits, batch["label"], batch["mask"])
     num_classes = logits.shape[-1]
     weight = batch["mask"].astype(jnp.float32)[:, None]
@@ -69,7 +64,7 @@ def counts_fn(run: inference.LoadedRun):
             confusion=run.num_classes <= MAX_CONFUSION_CLASSES,
         ),
         out_shardings=sharding.replicated(run.mesh),
-        compiler_options=cpu_ops.compiler_options(modeling.cpu_kernels(run.config)),
+        compiler_options=cpu_ops.compiler_options(networks.cpu_kernels(run.config)),
     )
 
 
@@ -231,8 +226,9 @@ def write_run_report(workdir: str) -> dict:
     """Evaluates a run's last checkpoint on its own test split and writes WORKDIR/report/,
     plus labels.json and preprocess.json in WORKDIR. Runs on every process (collective
     restore and sharded evaluation, as in training); process 0 writes the files."""
-    run_config, _ = finished_runs.read_run_info(workdir)
-    train_split, test, _ = task_data.load_task(run_config)
+    run_config, _ = finished.read_run_info(workdir)
+    task = data.load_task(run_config.data)
+    train_split, test = task.train, task.test
     names = tuple(train_split.class_names) or tuple(str(i) for i in range(train_split.num_classes))
     metadata = (names, inference.preprocess_for(run_config, test))
     mesh = sharding.make_mesh(run_config.num_devices)

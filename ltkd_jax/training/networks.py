@@ -14,8 +14,9 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from ltkd_jax import methods, models, sharding
+from ltkd_jax import methods, models
 from ltkd_jax.models import cpu_ops
+from ltkd_jax.training import sharding
 
 
 class TrainState(train_state.TrainState):

@@ -8,11 +8,13 @@ import os
 
 import ml_collections
 
-from ltkd_jax import methods, models, optim, posthoc
+from ltkd_jax import methods, models
 from ltkd_jax.data import augment, image_builders, longtail, sampling, sources, task
 from ltkd_jax.errors import UserError
 from ltkd_jax.methods import base as method_base
+from ltkd_jax.methods import posthoc
 from ltkd_jax.models import cpu_ops
+from ltkd_jax.training import optim
 
 
 def _check_choice(config, field: str, value, choices) -> list[str]:
@@ -128,7 +130,7 @@ def _check_method(config: ml_collections.ConfigDict) -> list[str]:
             f"config.loss has the fields {sorted(given)}, but method {config.method!r} takes "
             f"{sorted(expected)}: the method was changed after the config was built. Start "
             f"from the method's config (configs/{config.method}_cifar.py) or build it with "
-            "config_lib.base_config(method) / config_lib.set_method"
+            "ltkd_jax.config.defaults.base_config(method) / set_method"
         ]
     errors = methods.get(config.method).validate(config)
     needs = methods.needs_of(config)

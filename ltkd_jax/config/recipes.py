@@ -9,7 +9,7 @@ import pathlib
 
 import ml_collections
 
-from ltkd_jax.config_lib import base_config, parse_arg
+from ltkd_jax.config.defaults import base_config, parse_arg
 
 # Recipes a CIFAR config can follow (the `recipe=` config argument).
 RECIPES = ("bkd", "mdistiller")
@@ -216,7 +216,7 @@ EPOCH_FIELDS = ("drw_epoch", "warmup_epochs")
 
 def method_config(method: str) -> ml_collections.ConfigDict:
     """The config of configs/<method>_cifar.py (default argument): a method's loss settings."""
-    configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    configs = pathlib.Path(__file__).resolve().parents[2] / "configs"
     path = configs / f"{method}_cifar.py"
     if not path.exists():
         known = sorted(p.name.removesuffix("_cifar.py") for p in configs.glob("*_cifar.py"))

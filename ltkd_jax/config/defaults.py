@@ -2,7 +2,7 @@
 
 Every experiment config starts from `base_config(method)` and changes a few fields, so the
 full set of knobs is documented once, here (`--print_config` shows every field with its
-comment). `config_checks.validate_config` checks a config before any data is read.
+comment). `config.checks.validate_config` checks a config before any data is read.
 """
 
 from __future__ import annotations

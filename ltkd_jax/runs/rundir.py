@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 
 from absl import logging
 
-from ltkd_jax import config_lib
+from ltkd_jax.config import defaults
 from ltkd_jax.errors import UserError
 
 LOCK_NAME = "run.lock"
@@ -235,7 +235,7 @@ def config_changes(saved: Mapping, current: Mapping) -> tuple[dict, dict]:
 
 
 def has_checkpoints(workdir: str) -> bool:
-    from ltkd_jax import checkpointing  # deferred: orbax is slow to import
+    from ltkd_jax.training import checkpointing
 
     ckpt = checkpointing.checkpoint_dir(workdir)
     return os.path.isdir(ckpt) and any(name.isdigit() for name in os.listdir(ckpt))
@@ -251,7 +251,7 @@ def check_resume_config(workdir: str, config) -> None:
     if not os.path.exists(path) or not has_checkpoints(workdir):
         return  # a new run, or one that never saved a checkpoint: nothing to contradict
     with open(path) as f:
-        saved = config_lib.upgrade_saved_config(json.load(f))
+        saved = defaults.upgrade_saved_config(json.load(f))
     current = json.loads(json.dumps(config.to_dict(), default=str))
     refused, accepted = config_changes(saved, current)
     if refused:

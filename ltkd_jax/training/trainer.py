@@ -1,143 +1,34 @@
-"""The trainer: `train_and_evaluate(config, workdir)` and its pure, jitted steps.
-
-The train step is a pure function of (student state, teacher variables, batch, per-epoch
-context). It is compiled once with `jax.jit` over a 1-D data mesh: the batch is sharded,
-the state replicated and donated, the teacher passed as an explicit constant argument
-(never closed over, never donated, applied in inference mode behind stop_gradient).
-"""
+"""The trainer: `train_and_evaluate(config, workdir)`, one loop over chunks of steps
+(`steps.py`), evaluating and checkpointing at epoch ends."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
-from ltkd_jax import (
+from ltkd_jax import data, methods
+from ltkd_jax.config import checks
+from ltkd_jax.models import cpu_ops
+from ltkd_jax.runs import finished, rundir
+from ltkd_jax.training import (
     checkpointing,
-    config_checks,
     evaluation,
     feeds,
-    finished_runs,
-    methods,
     metrics,
-    modeling,
+    networks,
     optim,
     progress,
-    rundir,
     sharding,
-    task_data,
+    steps,
 )
-from ltkd_jax.data import device as device_data
-from ltkd_jax.methods import ModelOutput
-from ltkd_jax.models import cpu_ops
-from ltkd_jax.writers import MetricWriter
-
-
-def apply_teachers(teachers: tuple[modeling.Teacher, ...], images: jnp.ndarray) -> tuple:
-    """Frozen teachers in inference mode (BatchNorm running statistics), no gradient."""
-    outputs = []
-    for teacher in teachers:
-        logits, features = teacher.model.apply(teacher.variables, images, train=False)
-        outputs.append(ModelOutput(logits.astype(jnp.float32), features.astype(jnp.float32)))
-    return jax.lax.stop_gradient(tuple(outputs))
-
-
-def train_step(
-    state: modeling.TrainState,
-    teachers: tuple[modeling.Teacher, ...],
-    batch: dict,
-    ctx: dict,
-    *,
-    method: methods.Method,
-    schedule: Callable,
-    mean: tuple,
-    std: tuple,
-) -> tuple[modeling.TrainState, dict]:
-    """One SGD step on the student; the teachers only feed the loss."""
-    images = task_data.preprocess(batch["image"], mean, std)
-    labels = batch["label"]
-    teacher_outputs = apply_teachers(teachers, images)
-    # A frozen backbone (cRT) keeps its BatchNorm statistics: inference mode.
-    train_mode = not method.needs.frozen_backbone
-
-    def loss_fn(params):
-        (logits, features), updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            images,
-            train=train_mode,
-            mutable=["batch_stats"],
-        )
-        student = ModelOutput(logits.astype(jnp.float32), features.astype(jnp.float32))
-        loss, parts = method.loss(student, labels, teacher_outputs, ctx)
-        return loss, (parts, updates["batch_stats"], student.logits)
-
-    (loss, (parts, batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
-    )
-    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    step_metrics = {
-        "loss": loss,
-        "train_top1": jnp.mean(jnp.argmax(logits, -1) == labels),
-        "lr": schedule(state.step),
-        "grad_norm": optax.tree.norm(grads),
-        "param_norm": optax.tree.norm(state.params),
-        **{f"loss_{k}": v for k, v in parts.items()},
-    }
-    return new_state, step_metrics
-
-
-def train_chunk(
-    state: modeling.TrainState,
-    teachers: tuple[modeling.Teacher, ...],
-    data: dict,
-    plan: dict,
-    ctx: dict,
-    *,
-    batch_sharding,
-    **step_kwargs,
-) -> tuple[modeling.TrainState, dict]:
-    """`train_step` over the K global batches of a plan, in one `lax.scan` on the device.
-
-    `data` is the device-resident split, `plan` the [K, B] indices and crops
-    (`data.device.plan_batches`). Returns the final state and the stacked [K] metrics.
-    """
-
-    def body(state, step_plan):
-        batch = jax.lax.with_sharding_constraint(
-            device_data.make_batch(data, step_plan), batch_sharding
-        )
-        return train_step(state, teachers, batch, ctx, **step_kwargs)
-
-    return jax.lax.scan(body, state, plan)
-
-
-def train_planned_step(
-    state: modeling.TrainState,
-    teachers: tuple[modeling.Teacher, ...],
-    data: dict,
-    plan: dict,
-    index: jnp.ndarray,
-    ctx: dict,
-    *,
-    batch_sharding,
-    **step_kwargs,
-) -> tuple[modeling.TrainState, dict]:
-    """`train_step` on global batch `index` of a plan, built on the device: the loop-free
-    form of `train_chunk`, for backends where a scanned step is slow (XLA:CPU)."""
-    step_plan = jax.tree.map(lambda x: x[index], plan)
-    batch = jax.lax.with_sharding_constraint(
-        device_data.make_batch(data, step_plan), batch_sharding
-    )
-    return train_step(state, teachers, batch, ctx, **step_kwargs)
+from ltkd_jax.training.writers import MetricWriter
 
 
 def scans_steps(config: ml_collections.ConfigDict) -> bool:
@@ -163,7 +54,7 @@ class _Run:
     config: ml_collections.ConfigDict
     workdir: str
     mesh: Any
-    data: task_data.TaskData
+    data: data.TaskSplits
     task: methods.Task  # with the teacher's class feature means when the method needs them
     method: methods.Method
     feed: Any  # feeds.DeviceFeed | feeds.HostFeed
@@ -189,13 +80,13 @@ def _check_teachers(config: ml_collections.ConfigDict, teachers: tuple) -> None:
 def _setup(config: ml_collections.ConfigDict, workdir: str, teachers: tuple) -> _Run:
     """Checks the config, reads the data, makes the method and the feed."""
     mesh = sharding.make_mesh(config.num_devices)
-    config_checks.validate_config(config, num_devices=mesh.devices.size)
+    checks.validate_config(config, num_devices=mesh.devices.size)
     _check_teachers(config, teachers)
-    run_data = task_data.load_task_data(config)
+    run_data = data.load_task(config.data)
     train_split = run_data.train
-    mean, std = task_data.input_stats(config, train_split.image_shape)
+    mean, std = data.input_stats(config.data, train_split.image_shape[-1])
     eval_batch_size = _round_up(config.eval_batch_size, mesh.devices.size)
-    task = run_data.task
+    task = methods.Task(run_data.class_counts, run_data.class_groups, dataset=config.data.name)
     if methods.needs_of(config).feature_means:
         means = evaluation.class_feature_means(
             teachers[0], train_split, mesh, eval_batch_size, mean, std
@@ -225,19 +116,19 @@ def _log_start(run: _Run) -> None:
     )
 
 
-def _initial_state(run: _Run, model, schedule, manager) -> modeling.TrainState:
+def _initial_state(run: _Run, model, schedule, manager) -> networks.TrainState:
     """A fresh state, the run's latest checkpoint, or (cRT) a finished run's weights."""
     config, split = run.config, run.data.train
     tx = optim.make_optimizer(config.optim, schedule)
     if run.method.needs.frozen_backbone:
         tx = optim.only_classifier(tx)
-    state = modeling.create_train_state(model, tx, split.image_shape, config.seed, run.mesh)
+    state = networks.create_train_state(model, tx, split.image_shape, config.seed, run.mesh)
     restored = checkpointing.restore_latest(manager, state, run.feed.checkpoint_item(0))
     if restored is not None:
         logging.info("resumed from step %d in %s", int(restored.step), run.workdir)
         return restored
     if config.init.workdir:
-        return finished_runs.init_from_run(state, config, split.num_classes, split.image_shape)
+        return finished.init_from_run(state, config, split.num_classes, split.image_shape)
     return state
 
 
@@ -263,7 +154,7 @@ def _evaluate_and_save(run: _Run, state, t1: int, evaluators, writer, manager) -
     for split, evaluate in zip(("test", "val"), evaluators, strict=True):
         if evaluate is not None:  # val, when there is one, chooses the best checkpoint
             results = metrics.summarize(
-                evaluate(modeling.variables_of(state)), run.task.class_groups
+                evaluate(networks.variables_of(state)), run.task.class_groups
             )
             writer.write_scalars(t1, results, epoch=epoch, split=split)
     # Asynchronous: the next chunk runs while orbax writes this one.
@@ -315,15 +206,15 @@ def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
     *,
-    teachers: tuple[modeling.Teacher, ...] = (),
-) -> modeling.TrainState:
+    teachers: tuple[networks.Teacher, ...] = (),
+) -> networks.TrainState:
     """Trains (or resumes) the run in `workdir` with frozen `teachers`; returns the final state."""
     run = _setup(config, workdir, teachers)
     rundir.check_resume_config(workdir, config)  # before anything is written
     writer = MetricWriter(workdir)
     writer.write_json("config.json", config.to_dict())
     _log_start(run)
-    model = modeling.build_model(config, run.data.train.num_classes)
+    model = networks.build_model(config, run.data.train.num_classes)
     schedule = optim.make_schedule(config.optim, run.steps_per_epoch, config.num_epochs)
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
     state = _initial_state(run, model, schedule, manager)
@@ -356,18 +247,18 @@ def train_and_evaluate(
 def _compile_train(config: ml_collections.ConfigDict, mesh, feed, step_kwargs: dict):
     """train_fn(state, teachers, ctx, t0, t1) -> (state, stacked [t1 - t0] metrics)."""
     repl = sharding.replicated(mesh)
-    options = cpu_ops.compiler_options(modeling.cpu_kernels(config))
+    options = cpu_ops.compiler_options(networks.cpu_kernels(config))
     if feed.on_device:
         kwargs = dict(batch_sharding=sharding.data_sharded(mesh), **step_kwargs)
         jit = functools.partial(
             jax.jit, donate_argnums=(0,), out_shardings=(repl, repl), compiler_options=options
         )
         if scans_steps(config):
-            p_chunk = jit(functools.partial(train_chunk, **kwargs))
+            p_chunk = jit(functools.partial(steps.train_chunk, **kwargs))
             return lambda state, teachers, ctx, t0, t1: p_chunk(
                 state, teachers, feed.data, feed.plan(t0, t1), ctx
             )
-        p_planned = jit(functools.partial(train_planned_step, **kwargs))
+        p_planned = jit(functools.partial(steps.train_planned_step, **kwargs))
 
         def planned_steps(state, teachers, ctx, t0, t1):
             plan, outputs = feed.plan(t0, t1), []
@@ -378,7 +269,7 @@ def _compile_train(config: ml_collections.ConfigDict, mesh, feed, step_kwargs: d
 
         return planned_steps
     p_step = jax.jit(
-        functools.partial(train_step, **step_kwargs),
+        functools.partial(steps.train_step, **step_kwargs),
         donate_argnums=(0,),
         out_shardings=(repl, repl),
         compiler_options=options,

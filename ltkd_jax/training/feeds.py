@@ -2,7 +2,7 @@
 
 - `DeviceFeed` (in-RAM splits, `data.supports`): the split lives on the devices; per chunk
   of steps the host sends only the plan (indices and augmentation draws, a few KB) and the
-  trainer runs the whole chunk in one jitted `lax.scan` (`train.train_chunk`).
+  trainer runs the whole chunk in one jitted `lax.scan` (`steps.train_chunk`).
 - `HostFeed` (record splits, per-example augmentation, colour jitter): grain batches,
   placed on the devices `PREFETCH_BATCHES` ahead of the step so the host work and the step
   overlap.
@@ -20,9 +20,9 @@ import grain
 import jax
 import ml_collections
 
-from ltkd_jax import sharding
 from ltkd_jax.data import device, pipeline
 from ltkd_jax.data.sources import Split
+from ltkd_jax.training import sharding
 
 # Device batches queued ahead of the step on the host path: two keep the next transfer in
 # flight while the step runs, without holding much device memory.

@@ -8,9 +8,12 @@ import os
 import ml_collections
 from absl import logging
 
-from ltkd_jax import config_lib, finished_runs, methods, modeling, sharding, task_data, train
+from ltkd_jax import data, methods
+from ltkd_jax.config import defaults
 from ltkd_jax.errors import UserError
 from ltkd_jax.models import cpu_ops
+from ltkd_jax.runs import finished
+from ltkd_jax.training import networks, sharding, trainer
 
 # Fields about how a job runs, not what it learns: a teacher runs as its student does.
 SHARED_RUN_FIELDS = (
@@ -38,13 +41,13 @@ def teacher_config(config: ml_collections.ConfigDict, index: int) -> ml_collecti
     head of `config.teacher`, its number of epochs, the student's data (with instance
     sampling) and optimiser (teacher and student share the recipe, as in the BKD code), the
     model's compute settings, and the fields of `SHARED_RUN_FIELDS`. Teacher k trains with
-    `config_lib.teacher_seed(config.seed, k)`, so no teacher shares the student's initial
+    `defaults.teacher_seed(config.seed, k)`, so no teacher shares the student's initial
     weights, sampler order or augmentation stream. The last
     `config.teacher.color_jitter_teachers` teachers add colour jitter + grayscale: CBD_ENS's
     vanilla and data-aug teacher pairs are teachers 0-1 and 2-3, four distinct seeds.
     """
-    t = config_lib.base_config("ce")
-    t.seed = config_lib.teacher_seed(config.seed, index)
+    t = defaults.base_config("ce")
+    t.seed = defaults.teacher_seed(config.seed, index)
     t.num_epochs = config.teacher.num_epochs
     for field in SHARED_RUN_FIELDS:
         t[field] = config[field]
@@ -56,7 +59,7 @@ def teacher_config(config: ml_collections.ConfigDict, index: int) -> ml_collecti
     t.model.head = config.teacher.head
     for field in ("dtype", "cpu_kernels", "zero_init_residual"):
         t.model[field] = config.model[field]
-    return config_lib.lock(t)
+    return defaults.lock(t)
 
 
 def teacher_workdirs(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
@@ -77,7 +80,7 @@ def teacher_workdirs(config: ml_collections.ConfigDict, workdir: str) -> list[st
 
 def prepare_teachers(
     config: ml_collections.ConfigDict, workdir: str
-) -> tuple[modeling.Teacher, ...]:
+) -> tuple[networks.Teacher, ...]:
     """Loads the method's teachers, training them first (stage 1) when none is given."""
     dirs = teacher_workdirs(config, workdir)
     if not dirs:
@@ -85,15 +88,13 @@ def prepare_teachers(
     if not config.teacher.workdir:
         for k, teacher_dir in enumerate(dirs):
             logging.info("stage 1: teacher %d of %d in %s", k + 1, len(dirs), teacher_dir)
-            train.train_and_evaluate(teacher_config(config, k), teacher_dir)
+            trainer.train_and_evaluate(teacher_config(config, k), teacher_dir)
     mesh = sharding.make_mesh(config.num_devices)
-    train_split, _, _ = task_data.load_task(config)
+    train_split = data.load_task(config.data).train
     teachers = tuple(
-        finished_runs.load_teacher(
-            config, d, train_split.num_classes, train_split.image_shape, mesh
-        )
+        finished.load_teacher(config, d, train_split.num_classes, train_split.image_shape, mesh)
         for d in dirs
     )
-    if cpu_ops.cpu_kernels_enabled(modeling.cpu_kernels(config)):
-        teachers = tuple(modeling.fold_teacher(t) for t in teachers)
+    if cpu_ops.cpu_kernels_enabled(networks.cpu_kernels(config)):
+        teachers = tuple(networks.fold_teacher(t) for t in teachers)
     return teachers
