@@ -8,9 +8,9 @@ command again resumes from the workdir's last checkpoint; SIGTERM or Ctrl-C save
 checkpoint at the next step and exits 0. A mistake in the command line or config prints
 one message and exits 2 (`--verbose` adds the traceback).
 
-Everything lives in importable modules (`ltkd_jax.job`, `ltkd_jax.train`) so tests and
-notebooks drive the same code; this file only parses flags, starts multi-host JAX when asked,
-and calls `job.run`.
+Everything lives in importable modules (`ltkd_jax.runs.job`, `ltkd_jax.training.trainer`)
+so tests and notebooks drive the same code; this file only parses flags, starts multi-host JAX
+when asked, and calls `job.check` and `job.run`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ltkd_jax import errors
-from ltkd_jax.config import checks, defaults
+from ltkd_jax.config import defaults
 from ltkd_jax.runs import rundir
+from ltkd_jax.training import preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file under configs/.", lock_config=True
@@ -160,8 +161,6 @@ def main(argv):
         usage_error("--workdir is required: where the run's checkpoints and metrics go")
     filters = _set_up_logging()
     try:
-        checks.validate_config(config)
-        checks.check_run_paths(config)
         rundir.check_workdir(workdir)
         if _DISTRIBUTED.value:
             jax.distributed.initialize(
@@ -169,15 +168,15 @@ def main(argv):
                 num_processes=_NUM_PROCESSES.value,
                 process_id=_PROCESS_ID.value,
             )
+        from ltkd_jax.runs import job  # after distributed init: importing may touch the backend
+
+        job.check(config, workdir)  # before anything is written
         # Process 0 locks; without --distributed this asks no backend (a refused run is fast).
         primary = not _DISTRIBUTED.value or jax.process_index() == 0
         with (
             rundir.hold(workdir, locking=primary),
             rundir.log_to_file(workdir, tuple(filters), enabled=primary),
         ):
-            from ltkd_jax.runs import job
-
-            job.check_resume_configs(config, workdir)
             if primary:
                 rundir.record_invocation(workdir)
             logging.info(
@@ -187,10 +186,10 @@ def main(argv):
                 jax.process_count(),
                 jax.devices(),
             )
-            rundir.install_signal_handlers()
+            preemption.install_signal_handlers()
             try:
                 job.run(config, workdir)
-            except rundir.Preempted as e:
+            except preemption.Preempted as e:
                 logging.warning("%s", e)  # exit 0: the rerun resumes
     except errors.UserError as e:
         usage_error(str(e), e)

@@ -54,8 +54,8 @@ from absl import app, flags
 from ltkd_jax import data, methods
 from ltkd_jax.config import defaults
 from ltkd_jax.models import cpu_ops
+from ltkd_jax.runs import teachers as teacher_stage
 from ltkd_jax.training import evaluation, networks, optim, sharding, steps, trainer
-from ltkd_jax.training import teachers as teacher_stage
 from ltkd_jax.training.writers import read_jsonl
 
 _MODEL = flags.DEFINE_string("model", "resnet32", "Model name (student and teacher).")
@@ -432,8 +432,10 @@ def jax_loop(resident: bool, root: str) -> tuple[float, float]:
     trainer.train_and_evaluate(_loop_config("ce", resident), teacher_dir)
     student_config = _loop_config("bkd", resident, teacher_dir)
     student_dir = tempfile.mkdtemp(dir=root)
-    teachers = teacher_stage.prepare_teachers(student_config, student_dir)
-    trainer.train_and_evaluate(student_config, student_dir, teachers=teachers)
+    task = data.load_task(student_config.data)
+    mesh = sharding.make_mesh(student_config.num_devices)
+    teachers, _ = teacher_stage.prepare_teachers(student_config, student_dir, task, mesh)
+    trainer.train_and_evaluate(student_config, student_dir, teachers=teachers, task=task)
     return _logged_rate(teacher_dir), _logged_rate(student_dir)
 
 

@@ -31,7 +31,8 @@ from ml_collections import config_flags
 
 from ltkd_jax.config import defaults, recipes
 from ltkd_jax.runs import finished, job
-from ltkd_jax.training import teachers as teacher_stage
+from ltkd_jax.runs import teachers as teacher_stage
+from ltkd_jax.runs.summary import summarize_run
 from ltkd_jax.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -157,12 +158,14 @@ def main(argv):
     teacher_dir = _TEACHER.value or recipe.teacher.workdir or os.path.join(_ROOT.value, "teacher")
     if not _COLLECT.value and not (_TEACHER.value or recipe.teacher.workdir):
         trainer.train_and_evaluate(teacher_stage.teacher_config(recipe, 0), teacher_dir)
-    rows = [("teacher", job.summarize_run(teacher_dir))]
+    rows = [("teacher", summarize_run(teacher_dir))]
     for method in _METHODS.value:
         workdir = os.path.join(_ROOT.value, method)
         if not _COLLECT.value:
-            job.run(method_config(recipe, method, teacher_dir), workdir)
-        rows.append((method, job.summarize_run(workdir)))
+            config = method_config(recipe, method, teacher_dir)
+            job.check(config, workdir)
+            job.run(config, workdir)
+        rows.append((method, summarize_run(workdir)))
     teacher_config, task = finished.read_run_info(teacher_dir)
     caption = caption_for(teacher_config, task, teacher_dir, rows[-1][1])
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)

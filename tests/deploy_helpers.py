@@ -11,6 +11,7 @@ from tiny import tiny_config
 
 from ltkd_jax import data
 from ltkd_jax.runs import job
+from ltkd_jax.runs.summary import summarize_run
 
 _RUNS: dict[str, str] = {}
 
@@ -39,4 +40,4 @@ def digits_test_folder(root: str) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def final_test_record(workdir: str) -> dict:
     """The trainer's last test evaluation of a run (what it printed)."""
-    return job.summarize_run(workdir)["final"]
+    return summarize_run(workdir)["final"]

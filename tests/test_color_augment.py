@@ -9,7 +9,7 @@ import pytest
 
 from ltkd_jax.config import checks, defaults
 from ltkd_jax.data import ArraySplit, augment, make_train_iterator
-from ltkd_jax.training import teachers as teacher_stage
+from ltkd_jax.runs import teachers as teacher_stage
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

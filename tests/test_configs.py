@@ -5,7 +5,9 @@ import pathlib
 
 import pytest
 
+from ltkd_jax import methods
 from ltkd_jax.config import checks, defaults
+from ltkd_jax.training import sharding
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
@@ -72,14 +74,14 @@ def test_invalid_values_name_the_field_and_the_fix(field, value, message):
 
 
 def test_batch_size_must_divide_over_devices():
-    config = defaults.base_config()
-    config.batch_size = 100
+    mesh = sharding.make_mesh(8)
+    sharding.check_batch_size(104, mesh)
     with pytest.raises(ValueError, match="not divisible by the 8 devices"):
-        checks.validate_config(config, num_devices=8)
+        sharding.check_batch_size(100, mesh)
 
 
 def test_a_wrong_method_hyper_parameter_fails_before_any_data():
-    """Method checks run in validate_config, which train_and_evaluate calls first."""
+    """Method checks run in validate_config, which the command line calls first."""
     _, config = _load(CONFIG_DIR / "ltkd_cifar.py")
     config.loss.rebalance = "batchh"
     with pytest.raises(ValueError, match=r"config.loss.rebalance='batchh' is not known"):
@@ -125,3 +127,17 @@ def test_large_scale_configs_take_the_benchmark_as_an_argument():
     )
     with pytest.raises(ValueError, match="no large-scale recipe"):
         _load(CONFIG_DIR / "bkd_large_scale.py", "dataset=cifar100")
+
+
+@pytest.mark.parametrize("method", sorted(methods.NAMES))
+def test_print_config_explains_every_field_and_lists_its_choices(method):
+    config = defaults.base_config(method)
+    lines = [line for line in defaults.describe_config(config).splitlines() if " = " in line]
+    fields = {line.split(" = ")[0] for line in lines}
+    assert {"data.name", "model.name", "optim.lr"} <= fields
+    silent = [line for line in lines if "  # " not in line or not line.split("  # ", 1)[1]]
+    assert not silent, silent
+    for field, names in checks.field_choices().items():
+        shown = [line for line in lines if line.startswith(f"{field} = ")]
+        if shown:
+            assert f"One of: {' | '.join(names)}." in shown[0], field

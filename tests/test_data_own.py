@@ -15,6 +15,7 @@ from ltkd_jax.config import checks, defaults, recipes
 from ltkd_jax.data import arrays, longtail, sources
 from ltkd_jax.data import task as task_lib
 from ltkd_jax.runs import finished, job
+from ltkd_jax.runs.summary import format_summary, summarize_run
 from ltkd_jax.training import metrics
 from ltkd_jax.training.writers import read_jsonl
 
@@ -92,19 +93,21 @@ def test_a_changed_folder_is_prepared_again_and_says_what_changed(tmp_path, capl
 
 def test_a_teacher_on_other_data_is_refused(tree, data_dir, tmp_path):
     config = folder_config(tree, data_dir)
-    ours = data.prepared_splits(config.data).train.fingerprint
+    task = data.load_task(config.data)
+    ours = task.train.fingerprint
     run_task = {"num_classes": 5, "image_shape": [32, 32, 3], "data_fingerprint": ours}
-    finished.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
+    finished.check_compatible("the teacher", "t", config, run_task, config, task)
     run_task["data_fingerprint"] = "0" * 40
     with pytest.raises(ValueError, match="its data .fingerprint 000000000000. differs"):
-        finished.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
+        finished.check_compatible("the teacher", "t", config, run_task, config, task)
 
 
 def test_a_size_mismatch_names_the_size_fix(tree, data_dir):
     config = folder_config(tree, data_dir)
     run_task = {"num_classes": 5, "image_shape": [64, 64, 3]}
+    task = data.load_task(config.data)
     with pytest.raises(ValueError, match=r"image_size=64 \(size=64 in the folder configs\)"):
-        finished.check_compatible("the teacher", "t", config, run_task, config, 5, (32, 32, 3))
+        finished.check_compatible("the teacher", "t", config, run_task, config, task)
 
 
 # ---- Long-tailed subsets that make sense (item 2) --------------------------------------------
@@ -162,7 +165,7 @@ def test_an_empty_group_is_none_and_mean_class_skips_absent_classes():
     assert out["mean_class_acc"] == pytest.approx(0.45)  # (0.9 + 0) / 2, not / 3
     assert out["top1"] == pytest.approx(0.75) and out["test_imbalance"] == 5.0
     assert "NaN" not in json.dumps(out)  # nothing for TensorBoard to warn about
-    line = job.format_summary("bkd", {"final": {**out, "epoch": 1}, "best": {**out, "epoch": 1}})
+    line = format_summary("bkd", {"final": {**out, "epoch": 1}, "best": {**out, "epoch": 1}})
     assert "mean-class  45.0%" in line and "few   n/a%" in line
 
 
@@ -197,9 +200,9 @@ def test_summarize_run_takes_best_on_val(tmp_path):
     rows = [record("test", 1, 0.5), record("val", 1, 0.9), record("test", 2, 0.6)]
     rows.append(record("val", 2, 0.1))
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = job.summarize_run(str(tmp_path))
+    summary = summarize_run(str(tmp_path))
     assert summary["best"]["step"] == 1 and summary["selected_on"] == "val"
-    assert "chosen on val" in job.format_summary("ce", summary)
+    assert "chosen on val" in format_summary("ce", summary)
 
 
 # ---- compare.py and configs on any dataset (item 7) -----------------------------------------
@@ -265,7 +268,7 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
 
     compare = load_script("compare")
     run_config, run_task = finished.read_run_info(str(workdir))
-    caption = compare.caption_for(run_config, run_task, "t", job.summarize_run(str(workdir)))
+    caption = compare.caption_for(run_config, run_task, "t", summarize_run(str(workdir)))
     assert "imbalanced test split" in caption and "chosen on val" in caption
     assert "balanced test split" not in caption.replace("imbalanced test split", "")
 

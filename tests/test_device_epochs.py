@@ -1,5 +1,7 @@
 """Device-resident epochs: the same batches as the grain path, the same training, exact resume."""
 
+import contextlib
+
 import jax
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ from test_train import params_of
 from tiny import tiny_config
 
 from ltkd_jax.data import device, load_digits, make_train_iterator, pipeline
-from ltkd_jax.training import progress, sharding, trainer
+from ltkd_jax.training import feeds, progress, sharding, trainer
 from ltkd_jax.training.writers import read_jsonl
 
 BATCH = 32
@@ -52,23 +54,34 @@ def _train_records(workdir):
     return [r for r in read_jsonl(f"{workdir}/metrics.jsonl") if r["split"] == "train"]
 
 
-# The accelerators' form (one lax.scan per chunk), forced on the CPU; `device_loop=steps`
-# (the CPU's default) is checked against it below.
-SCAN = {"data.augment": "cifar", "device_loop": "scan"}
+CIFAR = {"data.augment": "cifar"}
+
+
+@contextlib.contextmanager
+def scanned_on_cpu():
+    """The accelerators' form (one lax.scan per chunk), forced on the CPU; the CPU's own
+    form (one jitted call per step) is checked against it below."""
+    feeds.SCAN_ON_CPU = True
+    try:
+        yield
+    finally:
+        feeds.SCAN_ON_CPU = False
 
 
 @pytest.fixture(scope="module")
 def device_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("device"))
-    config = tiny_config(num_devices=2, **SCAN)
-    return workdir, trainer.train_and_evaluate(config, workdir)
+    with scanned_on_cpu():
+        return workdir, trainer.train_and_evaluate(
+            tiny_config(num_devices=2, **CIFAR), workdir
+        ).state
 
 
 @pytest.mark.slow
 def test_device_path_trains_like_the_host_path(device_run, tmp_path):
     workdir, state = device_run
     config = tiny_config(num_devices=2, **{"data.augment": "cifar", "data.device_resident": False})
-    host = trainer.train_and_evaluate(config, str(tmp_path))
+    host = trainer.train_and_evaluate(config, str(tmp_path)).state
     # The same batches and the same step; only XLA's fusion of a scan body differs.
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
@@ -83,12 +96,14 @@ def test_device_path_trains_like_the_host_path(device_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "overrides", [{"scan_steps": 2, **SCAN}, {"data.augment": "cifar", "device_loop": "steps"}]
-)
-def test_chunks_and_stepwise_calls_match_whole_epoch_scans(device_run, tmp_path, overrides):
+@pytest.mark.parametrize("scan_steps, scanned", [(2, True), (0, False)])
+def test_chunks_and_stepwise_calls_match_whole_epoch_scans(
+    device_run, tmp_path, scan_steps, scanned
+):
     _, state = device_run
-    other = trainer.train_and_evaluate(tiny_config(num_devices=2, **overrides), str(tmp_path))
+    config = tiny_config(num_devices=2, scan_steps=scan_steps, **CIFAR)
+    with scanned_on_cpu() if scanned else contextlib.nullcontext():
+        other = trainer.train_and_evaluate(config, str(tmp_path)).state
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
         params_of(state),
@@ -96,19 +111,21 @@ def test_chunks_and_stepwise_calls_match_whole_epoch_scans(device_run, tmp_path,
     )
 
 
-def test_device_loop_defaults_to_steps_on_the_cpu():
-    assert not trainer.scans_steps(tiny_config())
-    assert trainer.scans_steps(tiny_config(device_loop="scan"))
+def test_the_cpu_calls_one_jitted_step_at_a_time():
+    assert jax.default_backend() == "cpu" and not feeds.scans_steps()
+    with scanned_on_cpu():
+        assert feeds.scans_steps()
 
 
 @pytest.mark.slow  # two training runs
 def test_killed_device_run_resumes_bit_exact(device_run, tmp_path, kill_after_first_save):
     _, reference = device_run
-    config = tiny_config(num_devices=2, **SCAN)
-    with pytest.raises(KeyboardInterrupt):
+    config = tiny_config(num_devices=2, **CIFAR)
+    with scanned_on_cpu(), pytest.raises(KeyboardInterrupt):
         trainer.train_and_evaluate(config, str(tmp_path))
     kill_after_first_save.undo()
-    resumed = trainer.train_and_evaluate(config, str(tmp_path))
+    with scanned_on_cpu():
+        resumed = trainer.train_and_evaluate(config, str(tmp_path)).state
     assert int(resumed.step) == int(reference.step)
     jax.tree.map(np.testing.assert_array_equal, params_of(resumed), params_of(reference))
 

@@ -9,12 +9,13 @@ import pytest
 from test_train import assert_trees_close, params_of
 from tiny import tiny_config
 
-from ltkd_jax import methods
+from ltkd_jax import data, methods
 from ltkd_jax.config import defaults
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.runs import finished, job
+from ltkd_jax.runs import teachers as teacher_stage
+from ltkd_jax.runs.summary import summarize_run
 from ltkd_jax.training import checkpointing, networks, trainer
-from ltkd_jax.training import teachers as teacher_stage
 from ltkd_jax.training.writers import read_jsonl
 
 pytestmark = pytest.mark.slow  # end-to-end: `pytest -m "not slow"` skips it
@@ -69,7 +70,7 @@ def student_runs(teacher_dir, tmp_path_factory):
         config = student_config(method, teacher_dir)
         teachers = teacher_stage.prepare_teachers(config, workdir)
         before = jax.tree.map(np.array, [t.variables for t in teachers])
-        state = trainer.train_and_evaluate(config, workdir, teachers=teachers)
+        state = trainer.train_and_evaluate(config, workdir, teachers=teachers).state
         after = jax.tree.map(np.array, [t.variables for t in teachers])
         runs[method] = dict(workdir=workdir, state=state, before=before, after=after)
     return runs
@@ -93,7 +94,7 @@ def test_teachers_are_bitwise_unchanged(student_runs, teacher_dir):
     # And the teacher on disk is what the students were given (BatchNorm folded on the CPU).
     config = student_config("kd", teacher_dir)
     restored = finished.load_teacher(
-        config, teacher_dir, 10, (8, 8, 1), trainer.sharding.make_mesh(1)
+        config, teacher_dir, data.load_task(config.data), trainer.sharding.make_mesh(1)
     )
     if cpu_ops.cpu_kernels_enabled(config.model.cpu_kernels):
         restored = networks.fold_teacher(restored)
@@ -125,7 +126,7 @@ def test_student_run_resumes_after_a_kill(
     job.run(config, str(tmp_path))
     resumed = trainer.train_and_evaluate(
         config, str(tmp_path), teachers=teacher_stage.prepare_teachers(config, str(tmp_path))
-    )
+    ).state
     reference = student_runs["bkd"]["state"]
     assert_trees_close(params_of(resumed), params_of(reference), rtol=1e-5, atol=1e-6)
 
@@ -177,14 +178,8 @@ def test_crt_retrains_only_the_classifier(teacher_dir, tmp_path):
         max_steps_per_epoch=2,
         **{"init.workdir": teacher_dir, "data.sampler": "class_balanced"},
     )
-    state = trainer.train_and_evaluate(config, str(tmp_path))
-    start = finished.load_teacher(
-        tiny_config(**{"teacher.model": "resnet8"}),
-        teacher_dir,
-        10,
-        (8, 8, 1),
-        trainer.sharding.make_mesh(1),
-    ).variables
+    state = trainer.train_and_evaluate(config, str(tmp_path)).state
+    start = finished.load(teacher_dir, mesh=trainer.sharding.make_mesh(1)).variables
     trained = params_of(state)
     for key in start["params"]:
         if key == "classifier":
@@ -204,8 +199,8 @@ def _compare_module():
 
 def test_compare_writes_a_table_and_a_per_class_plot(student_runs, teacher_dir, tmp_path):
     compare = _compare_module()
-    rows = [("teacher", job.summarize_run(teacher_dir))] + [
-        (m, job.summarize_run(student_runs[m]["workdir"])) for m in ("kd", "bkd")
+    rows = [("teacher", summarize_run(teacher_dir))] + [
+        (m, summarize_run(student_runs[m]["workdir"])) for m in ("kd", "bkd")
     ]
     table = compare.markdown_table(rows, "Short CPU schedule.")
     body = [line for line in table.splitlines() if line.startswith("| ") and "top-1" not in line]
@@ -232,5 +227,5 @@ def test_posthoc_corrections_evaluate_a_tau_grid(teacher_dir, tmp_path, method):
     assert best["top1"] == max(r["top1"] for r in records)
     # tau = 0 leaves predictions unchanged for post-hoc LA; for tau-norm it only drops the bias.
     if method == "posthoc_la":
-        final = job.summarize_run(teacher_dir)["final"]
+        final = summarize_run(teacher_dir)["final"]
         np.testing.assert_allclose(records[0]["top1"], final["top1"], atol=1e-6)

@@ -8,7 +8,7 @@ from test_configs import CONFIG_DIR, _load
 
 from ltkd_jax import methods
 from ltkd_jax.config import defaults
-from ltkd_jax.training import teachers as teacher_stage
+from ltkd_jax.runs import teachers as teacher_stage
 
 
 @pytest.mark.parametrize("name, arg", [("bkd_cifar", None), ("cbd_large_scale", "teachers=4")])

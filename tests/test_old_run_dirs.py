@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from tiny import tiny_config
 
+from ltkd_jax import data
 from ltkd_jax.runs import finished, rundir
 from ltkd_jax.training import networks, sharding
 
@@ -49,10 +50,7 @@ def test_the_saved_config_reads_as_todays():
 
 
 def test_an_old_student_loads_with_its_projection_and_gives_its_recorded_outputs():
-    run_config, task = finished.read_run_info(str(OLD_RUN))
-    frozen = finished.load_frozen(
-        str(OLD_RUN), run_config, task["num_classes"], IMAGE_SHAPE, sharding.make_mesh(1)
-    )
+    frozen = finished.load(str(OLD_RUN), mesh=sharding.make_mesh(1))
     assert set(frozen.variables["params"]) >= {"neck", "classifier"}
     logits, features = frozen.model.apply(frozen.variables, EXPECTED["inputs"], train=False)
     # float32 forward passes of the same weights: agreement to a few ulps of the activations.
@@ -62,9 +60,8 @@ def test_an_old_student_loads_with_its_projection_and_gives_its_recorded_outputs
 
 def test_an_old_teacher_run_serves_a_new_student():
     config = equivalent_config("kd", **{"model.head": "linear"})
-    teacher = finished.load_teacher(
-        config, str(OLD_RUN / "teacher"), 10, IMAGE_SHAPE, sharding.make_mesh(1)
-    )
+    task = data.load_task(config.data)
+    teacher = finished.load_teacher(config, str(OLD_RUN / "teacher"), task, sharding.make_mesh(1))
     logits, _ = teacher.model.apply(teacher.variables, EXPECTED["inputs"], train=False)
     assert logits.shape == (4, 10) and np.isfinite(np.asarray(logits)).all()
     assert isinstance(teacher, networks.Teacher)

@@ -28,12 +28,9 @@ def folder(tmp_path_factory):
 
 
 def trainer_predictions(workdir: str, images: np.ndarray) -> np.ndarray:
-    """Argmax of the trainer's evaluation forward pass (finished.load_frozen, eval inputs)."""
-    config, task = finished.read_run_info(workdir)
-    shape = tuple(task["image_shape"])
-    frozen = finished.load_frozen(
-        workdir, config, task["num_classes"], shape, sharding.make_mesh(1)
-    )
+    """Argmax of the trainer's evaluation forward pass (finished.load, eval inputs)."""
+    frozen = finished.load(workdir, mesh=sharding.make_mesh(1))
+    config, shape = frozen.config, tuple(frozen.task["image_shape"])
     mean, std = data.input_stats(config.data, shape[-1])
     logits, _ = frozen.model.apply(frozen.variables, data.normalize(images, mean, std), train=False)
     return np.asarray(jax.device_get(logits)).argmax(-1)

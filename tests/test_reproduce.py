@@ -20,7 +20,7 @@ import reproduce_tables as tables
 
 from ltkd_jax.config import defaults
 from ltkd_jax.data.longtail import longtail_counts
-from ltkd_jax.training import teachers as teacher_stage
+from ltkd_jax.runs import teachers as teacher_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "reproduce.py")

@@ -13,7 +13,7 @@ from tiny import tiny_config
 
 from ltkd_jax import data
 from ltkd_jax.config import defaults
-from ltkd_jax.runs import job
+from ltkd_jax.runs.summary import summarize_run
 from ltkd_jax.training import checkpointing, trainer
 from ltkd_jax.training.writers import read_jsonl
 
@@ -33,7 +33,7 @@ def assert_trees_close(a, b, **tol):
 def reference_run(tmp_path_factory):
     """Two epochs of three steps on all 8 simulated devices, uninterrupted."""
     workdir = str(tmp_path_factory.mktemp("reference"))
-    state = trainer.train_and_evaluate(tiny_config(), workdir)
+    state = trainer.train_and_evaluate(tiny_config(), workdir).state
     return workdir, state
 
 
@@ -59,7 +59,7 @@ def test_run_writes_metrics_checkpoints_and_config(reference_run):
 
 def test_one_device_equals_eight_devices(reference_run, tmp_path):
     _, state8 = reference_run
-    state1 = trainer.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path))
+    state1 = trainer.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path)).state
     # Same global batch, global BatchNorm statistics: only reduction order differs.
     assert_trees_close(params_of(state1), params_of(state8), rtol=1e-4, atol=1e-5)
 
@@ -70,7 +70,7 @@ def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path, kill_aft
     with pytest.raises(KeyboardInterrupt):
         trainer.train_and_evaluate(tiny_config(), str(tmp_path))
     kill_after_first_save.undo()
-    resumed = trainer.train_and_evaluate(tiny_config(), str(tmp_path))
+    resumed = trainer.train_and_evaluate(tiny_config(), str(tmp_path)).state
     assert int(resumed.step) == 6
     # Same state and the same remaining batches as the uninterrupted run.
     assert_trees_close(params_of(resumed), params_of(reference), rtol=1e-5, atol=1e-6)
@@ -80,7 +80,7 @@ def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path, kill_aft
 
 def test_finished_run_is_not_retrained(reference_run):
     workdir, reference = reference_run
-    again = trainer.train_and_evaluate(tiny_config(), workdir)
+    again = trainer.train_and_evaluate(tiny_config(), workdir).state
     assert int(again.step) == 6
     assert_trees_close(params_of(again), params_of(reference), rtol=0, atol=0)
 
@@ -148,13 +148,13 @@ def test_cifar100_lt_short_run_trains_evaluates_and_resumes(tmp_path):
     config.num_epochs, config.max_steps_per_epoch, config.batch_size = 1, 2, 64
     config.eval_batch_size = 500
     config.progress_bar = False
-    state = trainer.train_and_evaluate(config, workdir)
+    state = trainer.train_and_evaluate(config, workdir).state
     assert int(state.step) == 2
-    result = job.summarize_run(workdir)["final"]
+    result = summarize_run(workdir)["final"]
     assert result["num_examples"] == 10_000
     assert all(np.isfinite(result[g]) for g in ("many", "medium", "few"))
     task = json.load(open(os.path.join(workdir, "task.json")))
     assert sum(task["class_counts"]) == 10_847
     assert np.bincount(task["class_groups"]).tolist() == [35, 35, 30]
-    again = trainer.train_and_evaluate(config, workdir)
+    again = trainer.train_and_evaluate(config, workdir).state
     assert int(again.step) == 2

@@ -90,26 +90,43 @@ def _check_warmup(config: ml_collections.ConfigDict, trains_teachers: bool) -> l
     ]
 
 
+def field_choices() -> dict[str, tuple]:
+    """Every config field whose value must be one of a list of names, with that list: the
+    implementing module's own (`--print_config` shows them too)."""
+    return {
+        "method": (*methods.NAMES, *posthoc.POSTHOC),
+        "data.name": tuple(sources.DATASETS),
+        "data.profile": tuple(longtail.PROFILES),
+        "data.sampler": tuple(sampling.SAMPLERS),
+        "data.augment": tuple(augment.AUGMENTS),
+        "data.in_memory": tuple(sources.IN_MEMORY),
+        "data.on_corrupt": tuple(image_builders.ON_CORRUPT),
+        "data.eval_groups": tuple(task.EVAL_GROUPS),
+        "model.name": tuple(models.MODELS),
+        "model.head": tuple(models.HEADS),
+        "model.dtype": tuple(models.DTYPES),
+        "model.cpu_kernels": tuple(cpu_ops.CPU_KERNELS),
+        "optim.schedule": tuple(optim.SCHEDULES),
+        "teacher.model": tuple(models.MODELS),
+        "teacher.head": tuple(models.HEADS),
+        "loss.class_weighting": tuple(method_base.WEIGHTINGS),
+    }
+
+
+def _value(config: ml_collections.ConfigDict, field: str):
+    section, _, name = field.rpartition(".")
+    return (config[section] if section else config)[name]
+
+
 def _check_names(config: ml_collections.ConfigDict) -> list[str]:
-    """Every field whose value must be one of a list of names."""
-    d, m = config.data, config.model
-    checks = [
-        ("data.name", d.name, sources.DATASETS),
-        ("data.profile", d.profile, longtail.PROFILES),
-        ("data.sampler", d.sampler, sampling.SAMPLERS),
-        ("data.augment", d.augment, augment.AUGMENTS),
-        ("data.in_memory", d.in_memory, sources.IN_MEMORY),
-        ("data.on_corrupt", d.on_corrupt, image_builders.ON_CORRUPT),
-        ("data.eval_groups", d.eval_groups, task.EVAL_GROUPS),
-        ("model.name", m.name, tuple(models.MODELS)),
-        ("model.head", m.head, models.HEADS),
-        ("model.dtype", m.dtype, tuple(models.DTYPES)),
-        ("model.cpu_kernels", m.cpu_kernels, cpu_ops.CPU_KERNELS),
-        ("optim.schedule", config.optim.schedule, optim.SCHEDULES),
-        ("device_loop", config.device_loop, ("auto", "scan", "steps")),
-        ("method", config.method, (*methods.NAMES, *posthoc.POSTHOC)),
+    """The fields with a list of names that every run reads (the teacher's are checked when
+    the method has one, the loss's by the method)."""
+    return [
+        error
+        for field, names in field_choices().items()
+        if not field.startswith(("teacher.", "loss."))
+        for error in _check_choice(config, field, _value(config, field), names)
     ]
-    return [e for field, value, names in checks for e in _check_choice(config, field, value, names)]
 
 
 def _check_method(config: ml_collections.ConfigDict) -> list[str]:
@@ -155,7 +172,7 @@ def _trains_teachers(config: ml_collections.ConfigDict) -> bool:
     return methods.num_teachers(config) > 0
 
 
-def _check_numbers(config: ml_collections.ConfigDict, num_devices: int | None) -> list[str]:
+def _check_numbers(config: ml_collections.ConfigDict) -> list[str]:
     """Counts and sizes of the run."""
     errors = []
     d = config.data
@@ -169,11 +186,6 @@ def _check_numbers(config: ml_collections.ConfigDict, num_devices: int | None) -
     for field in ("batch_size", "eval_batch_size", "num_epochs", "eval_every_epochs"):
         if config[field] < 1:
             errors.append(f"config.{field}={config[field]} must be a positive integer")
-    if num_devices and config.batch_size % num_devices:
-        errors.append(
-            f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices "
-            f"of the mesh; pick a multiple of {num_devices} or set --config.num_devices"
-        )
     if config.num_devices < 0:
         errors.append("config.num_devices must be >= 0 (0 = all devices)")
     if config.optim.lr <= 0:
@@ -186,7 +198,7 @@ def _check_numbers(config: ml_collections.ConfigDict, num_devices: int | None) -
     return errors
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises UserError listing every invalid field, each with the fix. Runs before any data
     or teacher is read, so a typo never waits for a stage-1 teacher to finish."""
     errors = _check_names(config) + _check_data_sources(config.data)
@@ -197,7 +209,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
             "it empty to download"
         )
     errors += _check_method(config)
-    errors += _check_numbers(config, num_devices)
+    errors += _check_numbers(config)
     errors += _check_warmup(config, _trains_teachers(config))
     if errors:
         raise UserError("invalid config:\n  - " + "\n  - ".join(errors))

@@ -23,6 +23,8 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     running `method` with its own defaults in `config.loss`. Every field is documented
     here or in the section builders below; `--print_config` shows the comments."""
     c = ml_collections.ConfigDict()
+    # Seeds the initial weights, the sampler order and the augmentation draws (a stage-1
+    # teacher k trains with seed + 1000 * (k + 1)).
     c.seed = 0
     # The training method (ltkd_jax/methods/) or post-hoc correction; its hyper-parameters
     # are config.loss.
@@ -41,6 +43,8 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
 def _add_data(c: ml_collections.ConfigDict) -> None:
     """config.data: which data, which long-tailed subset, how it is fed and grouped."""
     c.data = ml_collections.ConfigDict()
+    # The dataset: a built-in benchmark, or 'folder' for your own <split>/<class>/<image>
+    # tree (docs/own_data.md).
     c.data.name = "cifar100"
     # Where prepared tfds data lives; empty means ~/tensorflow_datasets.
     c.data.data_dir = ""
@@ -54,8 +58,8 @@ def _add_data(c: ml_collections.ConfigDict) -> None:
     # Side of the square images the model sees; 0 = 224 (ImageNet-style datasets) or, for
     # folders, the typical shorter side of the images if smaller. Ignored by cifar / digits.
     c.data.image_size = 0
-    # auto | yes | no: decode the whole dataset into RAM (resized to image_size) or read and
-    # decode per example in the input workers; auto = RAM when it needs <= 2 GiB.
+    # Decode the whole dataset into RAM (resized to image_size: yes) or read and decode per
+    # example in the input workers (no); auto = RAM when it needs <= 2 GiB.
     c.data.in_memory = "auto"
     # Images that cannot be decoded during preparation: error (list them, write nothing) or
     # skip (log each path and leave it out).
@@ -68,14 +72,25 @@ def _add_data(c: ml_collections.ConfigDict) -> None:
     c.data.val_fraction = 0.0
     # Smallest crop area of the 'imagenet' random-resized crop: 0.08 torchvision, 0.05 CBD.
     c.data.crop_min_area = 0.08
+    # Largest / smallest class of the long-tailed training subset taken from the data
+    # (1 = the data as it is; docs/data.md#long-tailed-subsets).
     c.data.imbalance_factor = 100.0
+    # How class sizes fall from the head to the tail: exp (n_max * IF^(-c / (C - 1)), the
+    # LDAM-DRW profile) or step (half the classes at n_max, half at n_max / IF).
     c.data.profile = "exp"
-    c.data.lt_seed = 0  # np.random.seed(0) picks the kept images, as LDAM-DRW (docs/data.md)
+    # Seeds which images the long-tailed subset and a val_fraction hold-out keep (LDAM-DRW's
+    # np.random.seed(0); docs/data.md).
+    c.data.lt_seed = 0
+    # Which training images a batch draws (docs/sampling.md).
     c.data.sampler = "instance"
+    # The training augmentation: cifar (4-pixel pad, random crop, flip), imagenet
+    # (random-resized crop + flip) or none.
     c.data.augment = "cifar"
     # After the geometric augmentation: SimCLR v2 colour jitter (s = 1, p = 0.8) + random
     # grayscale (p = 0.2), as CBD_ENS's data-aug teachers (docs/data.md#colour-jitter).
     c.data.color_jitter = False
+    # grain worker processes decoding and augmenting on the host path; 0 = in the main
+    # process.
     c.data.num_workers = 0
     # In-RAM splits (CIFAR, digits, folders that fit) live on the devices and a whole chunk
     # of steps (gather, crop/flip, step) runs in one jitted call; False feeds every batch
@@ -84,8 +99,10 @@ def _add_data(c: ml_collections.ConfigDict) -> None:
     # Mean/std normalisation of the input (dataset_stats); False feeds pixels in [0, 1],
     # as CBD does (docs/recipes.md#cbd).
     c.data.normalize = True
-    # Shot groups by training count (docs/evaluation.md#shot-groups): many > 100, few < 20.
+    # Shot groups by training images per class (docs/evaluation.md#shot-groups): a class
+    # is many-shot above many_threshold, few-shot below few_threshold, medium in between.
     c.data.many_threshold = 100
+    # Classes with fewer training images than this are few-shot (see many_threshold).
     c.data.few_threshold = 20
     # How classes are grouped for the many / medium / few report: shot (the thresholds
     # above, the LDAM / decoupling protocol) | tail33 (top 33% / next 34% / bottom 33% of
@@ -96,9 +113,13 @@ def _add_data(c: ml_collections.ConfigDict) -> None:
 def _add_model(c: ml_collections.ConfigDict) -> None:
     """config.model: the student network."""
     c.model = ml_collections.ConfigDict()
+    # The student's backbone (ltkd_jax/models/).
     c.model.name = "resnet32"
+    # The classifier on the pooled features: linear; normed (normalised features and
+    # weights, LDAM's NormedLinear); cosine (CBD's fixed-scale cosine classifier).
     c.model.head = "linear"
-    c.model.dtype = "float32"  # compute dtype; parameters stay float32
+    # Compute dtype of the convolutions and matmuls; parameters and the loss stay float32.
+    c.model.dtype = "float32"
     # CPU fast paths (models/cpu_ops.py: GEMM weight-gradient convs and BatchNorm, BN folded
     # into frozen teachers, no YNNPACK fusions): auto = on when JAX runs on the CPU.
     c.model.cpu_kernels = "auto"
@@ -113,8 +134,11 @@ def _add_teacher_and_init(c: ml_collections.ConfigDict) -> None:
     # A finished teacher run's workdir (comma-separated for an ensemble). Empty: the run
     # first trains its teacher(s) into WORKDIR/teacher (WORKDIR/teacher_<k> for several).
     c.teacher.workdir = ""
+    # The teacher's backbone, and the one a stage-1 teacher is trained with.
     c.teacher.model = "resnet32"
+    # The teacher's classifier head (see model.head).
     c.teacher.head = "linear"
+    # Epochs of a stage-1 teacher (with the student's optimiser and schedule).
     c.teacher.num_epochs = 200
     # CBD ensembles: how many teachers; teacher k trains with seed + 1000 * (k + 1).
     c.teacher.count = 1
@@ -122,42 +146,53 @@ def _add_teacher_and_init(c: ml_collections.ConfigDict) -> None:
     # (data.color_jitter), as the official CBD_ENS data-aug teachers.
     c.teacher.color_jitter_teachers = 0
 
-    # A finished run whose weights start this one (cRT, tau-norm, post-hoc adjustment).
     c.init = ml_collections.ConfigDict()
+    # The workdir of a finished run whose weights start this one (cRT) or which a post-hoc
+    # correction evaluates (tau_norm, posthoc_la).
     c.init.workdir = ""
 
 
 def _add_optim(c: ml_collections.ConfigDict) -> None:
     """config.optim: SGD with momentum, coupled weight decay, the LR schedule."""
     c.optim = ml_collections.ConfigDict()
+    # Peak learning rate (after the warm-up) of SGD.
     c.optim.lr = 0.1
+    # SGD momentum (heavy ball); 0 = plain SGD.
     c.optim.momentum = 0.9
+    # Nesterov momentum instead of heavy ball.
     c.optim.nesterov = False
-    # coupled L2 on every parameter, BN included (docs/recipes.md#optimiser)
+    # Coupled L2 on every parameter, BatchNorm included (docs/recipes.md#optimiser).
     c.optim.weight_decay = 2e-4
+    # The learning-rate schedule after the linear warm-up: step (multiplied by decay_factor
+    # at each of decay_epochs) or cosine (to 0 at the last step).
     c.optim.schedule = "step"
+    # Epochs of linear warm-up from 0 to lr.
     c.optim.warmup_epochs = 5
+    # step schedule: the epochs at which the learning rate is multiplied by decay_factor.
     c.optim.decay_epochs = (160, 180)
-    c.optim.decay_factor = 0.01  # two x0.01 drops: 1e-3 at 160, 1e-5 at 180
+    # step schedule: the factor applied at each of decay_epochs.
+    c.optim.decay_factor = 0.01
 
 
 def _add_run(c: ml_collections.ConfigDict) -> None:
     """How the run goes: batch sizes, epochs, logging, chunks, devices, checkpoints."""
     c.batch_size = 128  # global, over all devices and processes
+    # Training epochs; an epoch is len(train) // batch_size steps.
     c.num_epochs = 200
+    # Global batch of evaluation (padded and masked: every test image counts once).
     c.eval_batch_size = 100
+    # Evaluate (and checkpoint) every this many epochs, and after the last.
     c.eval_every_epochs = 1
     # > 0 caps the steps of every epoch: smoke runs of the real recipe on a CPU.
     c.max_steps_per_epoch = 0
+    # A train record (mean loss, accuracy, lr, images/s) every this many steps and at
+    # every epoch end.
     c.log_every_steps = 50
     # Steps per jitted call on the device-resident path; 0 = a whole epoch. Smaller chunks
     # advance the progress bar more often, at one host round trip each.
     c.scan_steps = 0
-    # How the device-resident path runs a chunk: scan (one lax.scan) | steps (one jitted
-    # call per step, the batch still built on the device) | auto = scan on accelerators,
-    # steps on the CPU, where XLA runs a scanned step ~3x slower.
-    c.device_loop = "auto"
     c.num_devices = 0  # 0 = every device JAX sees; n = the first n (a data-parallel mesh)
+    # A tqdm progress bar on the console (log lines then go above it).
     c.progress_bar = True
     c.keep_checkpoints = 2  # the latest N are kept, plus the best by top-1
 
@@ -225,9 +260,22 @@ def field_comments(method: str | None = None) -> dict[str, str]:
     return comments
 
 
+def _section_comments() -> dict[str, str]:
+    """'section' -> the first line of the docstring of the function that builds it."""
+    builders = {"data": _add_data, "model": _add_model, "optim": _add_optim}
+    comments = {name: fn.__doc__.split(":", 1)[1].strip() for name, fn in builders.items()}
+    comments["teacher"] = "the frozen teacher(s) of a distillation method"
+    comments["init"] = "a finished run whose weights start this one (cRT, post-hoc corrections)"
+    comments["loss"] = "the method's own hyper-parameters (ltkd_jax/methods/<method>.py)"
+    return comments
+
+
 def describe_config(config: ml_collections.ConfigDict) -> str:
-    """Every field as `name = value  # comment`, in the order `base_config` documents them."""
-    comments = field_comments(config.method)
+    """Every field as `name = value  # comment`, with its choices where it has a list."""
+    from ltkd_jax.config import checks  # noqa: PLC0415 - checks builds on this module
+
+    comments = {**field_comments(config.method), **_section_comments()}
+    choices = checks.field_choices()
     lines = []
 
     def walk(node, prefix):
@@ -240,7 +288,9 @@ def describe_config(config: ml_collections.ConfigDict) -> str:
                 walk(value, name + ".")
             else:
                 note = comments.get(name, "")
-                lines.append(f"{name} = {value!r}" + (f"  # {note}" if note else ""))
+                if name in choices:
+                    note += f" One of: {' | '.join(map(str, choices[name]))}."
+                lines.append(f"{name} = {value!r}" + (f"  # {note.strip()}" if note else ""))
 
     walk(config, "")
     return "\n".join(lines).strip()

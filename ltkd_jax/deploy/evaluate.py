@@ -22,6 +22,7 @@ from absl import logging
 
 from ltkd_jax.data import image_index
 from ltkd_jax.deploy import inference, report
+from ltkd_jax.training import evaluation, networks
 
 LAYOUT = "<class>/<image>, e.g. cat/001.jpg"
 
@@ -92,7 +93,14 @@ def evaluate_folder(
             paths, run.preprocess, size, read=store.read, on_skip=on_skip
         )
     )
-    counts = report.collect_counts(run, batches)
+    evaluate = evaluation.batch_evaluator(
+        run.model,
+        run.mesh,
+        mean=run.preprocess.mean,
+        std=run.preprocess.std,
+        compiler_options=networks.compiler_options(run.config),
+    )
+    counts = evaluate(run.variables, batches)
     result = report.build_report(
         counts,
         run.class_names,

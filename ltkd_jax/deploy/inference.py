@@ -37,13 +37,11 @@ from PIL import Image
 
 from ltkd_jax import data
 from ltkd_jax.data import augment, image_builders, image_index
-from ltkd_jax.models import cpu_ops
 from ltkd_jax.runs import finished
-from ltkd_jax.training import checkpointing, networks, sharding
+from ltkd_jax.training import networks, sharding
 
 LABELS_FILE = "labels.json"
 PREPROCESS_FILE = "preprocess.json"
-CHECKPOINTS = ("last", "best")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,59 +148,12 @@ def write_metadata(out_dir: str, class_names: Sequence[str], prep: Preprocess) -
 
 
 @dataclasses.dataclass(frozen=True)
-class LoadedRun:
-    """A finished run's model and variables (replicated on `mesh`), ready for inference."""
+class LoadedRun(finished.FinishedRun):
+    """A finished run (`runs.finished.load`) with what deploying it needs: its class names
+    (in logit order) and how an image file becomes its input."""
 
-    workdir: str
-    config: ml_collections.ConfigDict
-    task: dict
-    class_names: tuple[str, ...]
-    preprocess: Preprocess
-    model: object
-    variables: dict
-    step: int
-    mesh: jax.sharding.Mesh
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.task["num_classes"])
-
-    @property
-    def class_counts(self) -> np.ndarray:
-        return np.asarray(self.task["class_counts"], np.int64)
-
-    @property
-    def class_groups(self) -> np.ndarray:
-        return np.asarray(self.task["class_groups"], np.int64)
-
-    @property
-    def batch_size(self) -> int:
-        """The run's evaluation batch, rounded up to a multiple of the mesh's devices."""
-        n = self.mesh.devices.size
-        return -(-int(self.config.eval_batch_size) // n) * n
-
-
-def checkpoint_step(workdir: str, checkpoint: str) -> int:
-    """The step of `checkpoint`: 'last', 'best' (by test top-1) or a step number."""
-    manager = checkpointing.make_manager(workdir, read_only=True)
-    try:
-        if checkpoint == "last":
-            step = manager.latest_step()
-        elif checkpoint == "best":
-            step = manager.best_step()
-        elif checkpoint.isdigit():
-            step = int(checkpoint) if int(checkpoint) in manager.all_steps() else None
-        else:
-            raise ValueError(f"--checkpoint={checkpoint!r}; use last, best or a step number")
-        if step is None:
-            raise FileNotFoundError(
-                f"no {checkpoint!r} checkpoint under {checkpointing.checkpoint_dir(workdir)} "
-                f"(steps there: {sorted(manager.all_steps())}); pick one of those, or point "
-                "--workdir at a run that finished at least one evaluation"
-            )
-        return step
-    finally:
-        manager.close()
+    class_names: tuple[str, ...] = ()
+    preprocess: Preprocess | None = None
 
 
 def load_run(
@@ -212,25 +163,17 @@ def load_run(
     mesh: jax.sharding.Mesh | None = None,
     metadata: tuple[tuple[str, ...], Preprocess] | None = None,
 ) -> LoadedRun:
-    """Restores a run's checkpoint read-only (no optimiser state), as the trainer built it.
-
-    `metadata` = (class names, Preprocess) when known; else `run_metadata(workdir)`.
-    """
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    run_config, run_task = finished.read_run_info(workdir)
-    mesh = mesh or sharding.make_mesh(0)
-    step = checkpoint_step(workdir, checkpoint)
-    model = networks.build_model(run_config, int(run_task["num_classes"]))
-    target = networks.abstract_variables(model, tuple(run_task["image_shape"]), mesh)
-    variables, step = checkpointing.restore_variables(workdir, target, step=step)
-    class_names, prep = metadata or run_metadata(workdir, run_config)
-    if len(class_names) != run_task["num_classes"]:
+    """`finished.load` of a run's checkpoint, with its class names and Preprocess
+    (`metadata` when known; else `run_metadata(workdir)`)."""
+    run = finished.load(workdir, checkpoint, mesh=mesh)
+    class_names, prep = metadata or run_metadata(run.workdir, run.config)
+    if len(class_names) != run.num_classes:
         raise ValueError(
-            f"{workdir}: {len(class_names)} class names for {run_task['num_classes']} classes; "
+            f"{run.workdir}: {len(class_names)} class names for {run.num_classes} classes; "
             f"delete {LABELS_FILE} there to re-derive them from the dataset"
         )
-    logging.info("%s (step %d) loaded from %s", run_config.model.name, step, workdir)
-    return LoadedRun(workdir, run_config, run_task, class_names, prep, model, variables, step, mesh)
+    fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(finished.FinishedRun)}
+    return LoadedRun(**fields, class_names=tuple(class_names), preprocess=prep)
 
 
 def logits_fn(run: LoadedRun):
@@ -244,7 +187,7 @@ def logits_fn(run: LoadedRun):
     return jax.jit(
         forward,
         out_shardings=sharding.replicated(run.mesh),
-        compiler_options=cpu_ops.compiler_options(networks.cpu_kernels(run.config)),
+        compiler_options=networks.compiler_options(run.config),
     )
 
 

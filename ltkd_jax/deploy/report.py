@@ -3,80 +3,33 @@
 `report.json` holds the overall scores of `metrics.summarize` (top-1, top-5, NLL, many /
 medium / few), one entry per class (training count, shot group, test images, accuracy =
 recall, precision) and the confusion matrix (rows: true class, columns: predicted, in logit
-order; left out above `MAX_CONFUSION_CLASSES` classes). `per_class.png` plots per-class
+order; left out above `evaluation.MAX_CONFUSION_CLASSES` classes). `per_class.png` plots per-class
 accuracy against training count on a log axis, the plot long-tail papers use;
 `confusion.png` shows the row-normalised confusion matrix with classes from head to tail.
 
-Counts are summed on device like the trainer's (`metrics.eval_counts`, plus predicted-class
-counts and the confusion matrix), so the report of the run's own test split reproduces the
-trainer's numbers. `write_training_reports` writes it into `WORKDIR/report/` at the end of
-every training run (`job.run`), with `labels.json` and `preprocess.json` in the workdir.
+The counts are the trainer's own (`training.evaluation`): after training, `job.run` builds
+WORKDIR/report/ from the final evaluation's counts (`write_run_report`), with `labels.json`
+and `preprocess.json` in the workdir; `python -m ltkd_jax.evaluate` sums the same counts over
+a folder of images.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from ltkd_jax import data
 from ltkd_jax.deploy import inference
-from ltkd_jax.models import cpu_ops
 from ltkd_jax.runs import finished
-from ltkd_jax.training import metrics, networks, sharding
+from ltkd_jax.training import evaluation, metrics, networks, sharding
 
 REPORT_DIR = "report"
-MAX_CONFUSION_CLASSES = 1000  # a C x C count matrix is summed per batch and stored as JSON
-
-
-def report_counts(
-    variables: dict, batch: dict, *, model, mean: tuple, std: tuple, confusion: bool
-) -> dict:
-    """`evaluation.eval_step`'s per-class counts of one batch, plus per-class predicted counts and,
-    with `confusion`, the [true, predicted] count matrix (padding masked out)."""
-    logits, _ = model.apply(variables, data.normalize(batch["image"], mean, std), train=False)
-    counts = metrics.eval_counts(logits, batch["label"], batch["mask"])
-    num_classes = logits.shape[-1]
-    weight = batch["mask"].astype(jnp.float32)[:, None]
-    predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes) * weight
-    counts["predicted"] = predicted.sum(0)
-    if confusion:
-        true = jax.nn.one_hot(batch["label"], num_classes) * weight
-        counts["confusion"] = true.T @ predicted
-    return counts
-
-
-def counts_fn(run: inference.LoadedRun):
-    """jit(variables, global batch) -> counts, compiled as the trainer compiles evaluation."""
-    return jax.jit(
-        functools.partial(
-            report_counts,
-            model=run.model,
-            mean=run.preprocess.mean,
-            std=run.preprocess.std,
-            confusion=run.num_classes <= MAX_CONFUSION_CLASSES,
-        ),
-        out_shardings=sharding.replicated(run.mesh),
-        compiler_options=cpu_ops.compiler_options(networks.cpu_kernels(run.config)),
-    )
-
-
-def collect_counts(run: inference.LoadedRun, batches: Iterable[dict]) -> dict:
-    """Sums `counts_fn` over this process's slices of global batches {image, label, mask}."""
-    fn = counts_fn(run)
-    total = None
-    for local in batches:
-        total = metrics.add_counts(total, fn(run.variables, sharding.global_batch(run.mesh, local)))
-    if total is None:
-        raise ValueError("no image to evaluate")
-    return total
 
 
 def _finite(x):
@@ -222,46 +175,65 @@ def format_overall(report: dict) -> str:
     )
 
 
-def write_run_report(workdir: str) -> dict:
-    """Evaluates a run's last checkpoint on its own test split and writes WORKDIR/report/,
-    plus labels.json and preprocess.json in WORKDIR. Runs on every process (collective
-    restore and sharded evaluation, as in training); process 0 writes the files."""
-    run_config, _ = finished.read_run_info(workdir)
-    task = data.load_task(run_config.data)
-    train_split, test = task.train, task.test
-    names = tuple(train_split.class_names) or tuple(str(i) for i in range(train_split.num_classes))
-    metadata = (names, inference.preprocess_for(run_config, test))
-    mesh = sharding.make_mesh(run_config.num_devices)
-    run = inference.load_run(workdir, mesh=mesh, metadata=metadata)
-    batches = data.eval_batches(
+def class_names_of(split: data.Split) -> tuple[str, ...]:
+    return tuple(split.class_names) or tuple(str(i) for i in range(split.num_classes))
+
+
+def _evaluate_last_checkpoint(workdir: str, run_config, test: data.Split, prep) -> dict:
+    """Counts of a run's last checkpoint on its test split (a run trained before reports
+    were built from the trainer's final evaluation)."""
+    run = finished.load(workdir, mesh=sharding.make_mesh(run_config.num_devices))
+    evaluate = evaluation.make_evaluator(
+        run.model,
         test,
+        run.mesh,
         batch_size=run.batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        mean=prep.mean,
+        std=prep.std,
+        compiler_options=networks.compiler_options(run_config),
+        resident=False,
     )
-    counts = collect_counts(run, batches)
+    return evaluate(run.variables)
+
+
+def write_run_report(
+    workdir: str, task: data.TaskSplits | None = None, counts: dict | None = None
+) -> dict:
+    """WORKDIR/report/ of a run's last checkpoint on its own test split, plus labels.json and
+    preprocess.json in WORKDIR: from `counts`, the trainer's final evaluation, when given
+    (evaluated here otherwise). `task` is the run's data (read here when not given). Runs
+    on every process (a collective restore and evaluation); process 0 writes the files."""
+    run_config, run_task = finished.read_run_info(workdir)
+    task = task or data.load_task(run_config.data)
+    names = class_names_of(task.train)
+    prep = inference.preprocess_for(run_config, task.test)
+    if counts is None:
+        counts = _evaluate_last_checkpoint(workdir, run_config, task.test, prep)
     report = build_report(
         counts,
-        run.class_names,
-        run.class_counts,
-        run.class_groups,
-        workdir=run.workdir,
+        names,
+        np.asarray(run_task["class_counts"], np.int64),
+        np.asarray(run_task["class_groups"], np.int64),
+        workdir=os.path.abspath(workdir),
         data=f"{run_config.data.name} test split",
-        checkpoint_step=run.step,
+        checkpoint_step=finished.checkpoint_step(workdir, "last"),
     )
     if jax.process_index() == 0:
-        inference.write_metadata(run.workdir, *metadata)
-        write_report(report, os.path.join(run.workdir, REPORT_DIR), thresholds_of(run_config))
+        inference.write_metadata(workdir, names, prep)
+        write_report(report, os.path.join(workdir, REPORT_DIR), thresholds_of(run_config))
         logging.info("report of %s: %s", workdir, format_overall(report))
     return report
 
 
-def write_training_reports(workdirs: list[str]) -> None:
-    """`write_run_report` for the runs of a finished `job.run`: the teachers it trained, then
-    the student. A failure is logged, not raised: the checkpoints are already saved, and
-    `python -m ltkd_jax.evaluate` can write the report later."""
-    for d in workdirs:
+def write_training_reports(runs: dict[str, dict | None], task: data.TaskSplits) -> None:
+    """`write_run_report` for the runs a finished `job.run` trained: {workdir: the final
+    evaluation's counts, None when the run was already complete}. An existing report of a
+    complete run is kept. A failure is logged, not raised: the checkpoints are already
+    saved, and `python -m ltkd_jax.evaluate` can write the report later."""
+    for workdir, counts in runs.items():
+        if counts is None and os.path.exists(os.path.join(workdir, REPORT_DIR, "report.json")):
+            continue
         try:
-            write_run_report(d)
+            write_run_report(workdir, task, counts)
         except Exception:  # noqa: BLE001 (see docstring)
-            logging.exception("could not write the evaluation report of %s", d)
+            logging.exception("could not write the evaluation report of %s", workdir)

@@ -1,26 +1,69 @@
-"""Finished run directories as inputs: teachers, the run a cRT or post-hoc correction starts
-from, the student to evaluate or export. Their config and task are read back, checked
-against the task at hand, and their weights restored read-only."""
+"""Finished run directories as inputs: the one way a run is loaded, whether as a teacher, as
+the run a cRT or post-hoc correction starts from, or as the model `predict`, `evaluate` and
+`export` deploy.
+
+`load(workdir)` reads the run's config (in today's layout, `config.defaults.
+upgrade_saved_config`) and task, rebuilds its network from the config alone
+(`networks.build_model`) and restores a checkpoint read-only, runs written before the method
+owned its parameters included (`models.migrate_variables`). `load_teacher` and `load_init`
+first check the run against the task at hand.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
-from ltkd_jax import data, methods, models
+from ltkd_jax import data, models
 from ltkd_jax.config import defaults
 from ltkd_jax.errors import UserError
-from ltkd_jax.training import checkpointing
-from ltkd_jax.training.networks import Teacher, abstract_variables, build_model
+from ltkd_jax.training import checkpointing, networks, sharding
+
+CHECKPOINTS = ("last", "best")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedRun:
+    """A finished run's network and variables (replicated on `mesh`), read-only."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    task: dict  # its task.json
+    model: object
+    variables: dict
+    step: int
+    mesh: jax.sharding.Mesh
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.task["num_classes"])
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        return np.asarray(self.task["class_counts"], np.int64)
+
+    @property
+    def class_groups(self) -> np.ndarray:
+        return np.asarray(self.task["class_groups"], np.int64)
+
+    @property
+    def batch_size(self) -> int:
+        """The run's evaluation batch, rounded up to a multiple of the mesh's devices."""
+        n = self.mesh.devices.size
+        return -(-int(self.config.eval_batch_size) // n) * n
+
+    def as_teacher(self) -> networks.Teacher:
+        return networks.Teacher(variables=self.variables, model=self.model)
 
 
 def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """The config (in today's layout, `defaults.upgrade_saved_config`) and the task
-    description a finished run wrote into its workdir."""
+    """The config (in today's layout) and the task description a run wrote into its workdir."""
     paths = [os.path.join(workdir, name) for name in ("config.json", "task.json")]
     for path in paths:
         if not os.path.exists(path):
@@ -35,41 +78,94 @@ def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
     return run_config, run_task
 
 
-def _problems(run_config, run_task: dict, config, num_classes, image_shape) -> tuple[list, list]:
+def checkpoint_step(workdir: str, checkpoint: str) -> int:
+    """The step of `checkpoint`: 'last', 'best' (by test top-1) or a step number."""
+    manager = checkpointing.make_manager(workdir, read_only=True)
+    try:
+        if checkpoint == "last":
+            step = manager.latest_step()
+        elif checkpoint == "best":
+            step = manager.best_step()
+        elif checkpoint.isdigit():
+            step = int(checkpoint) if int(checkpoint) in manager.all_steps() else None
+        else:
+            raise ValueError(f"--checkpoint={checkpoint!r}; use last, best or a step number")
+        if step is None:
+            raise FileNotFoundError(
+                f"no {checkpoint!r} checkpoint under {checkpointing.checkpoint_dir(workdir)} "
+                f"(steps there: {sorted(manager.all_steps())}); pick one of those, or point "
+                "--workdir at a run that finished at least one evaluation"
+            )
+        return step
+    finally:
+        manager.close()
+
+
+def restore(workdir: str, target: dict, step: int | None = None) -> tuple[dict, int]:
+    """Checkpoint `step` (default the latest) of a run as `{'params', 'batch_stats'}` in
+    `target`'s structure and shardings, from runs written before the method owned its
+    parameters too (`models.migrate_variables`)."""
+    if not models.needs_migration(checkpointing.saved_param_names(workdir, step)):
+        return checkpointing.restore_variables(workdir, target, step=step)
+    legacy = models.legacy_variables(target)
+    variables, step = checkpointing.restore_variables(workdir, legacy, step=step)
+    return models.migrate_variables(variables), step
+
+
+def load(
+    workdir: str, checkpoint: str = "last", *, mesh: jax.sharding.Mesh | None = None
+) -> FinishedRun:
+    """A run's checkpoint ('last', 'best' or a step), restored read-only (no optimiser state)
+    into the network its config describes. The last checkpoint is the last epoch's weights,
+    which is how the BKD code loads its teacher."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    run_config, run_task = read_run_info(workdir)
+    mesh = mesh or sharding.make_mesh(0)
+    step = checkpoint_step(workdir, checkpoint)
+    model = networks.build_model(run_config, int(run_task["num_classes"]))
+    target = networks.abstract_variables(model, tuple(run_task["image_shape"]), mesh)
+    variables, step = restore(workdir, target, step)
+    logging.info("%s (step %d) loaded from %s", run_config.model.name, step, workdir)
+    return FinishedRun(workdir, run_config, run_task, model, variables, step, mesh)
+
+
+def _problems(run_config, run_task: dict, config, task: data.TaskSplits) -> tuple[list, list]:
     problems, fixes = [], []
+    train = task.train
     if run_config.data.name != config.data.name:
         problems.append(
             f"it was trained on {run_config.data.name!r}, the student on {config.data.name!r}"
         )
-    ours = data.prepared_splits(config.data).train.fingerprint
-    theirs = run_task.get("data_fingerprint", "")
+    ours, theirs = train.fingerprint, run_task.get("data_fingerprint", "")
     if ours and theirs and ours != theirs:
         problems.append(
             f"its data (fingerprint {theirs[:12]}) differs from the student's ({ours[:12]}): "
             "another folder, or the same one with images added, removed or changed"
         )
         fixes.append("retrain it on this data (omit config.teacher.workdir to train it first)")
-    if run_task["num_classes"] != num_classes:
-        problems.append(f"it has {run_task['num_classes']} classes, the student task {num_classes}")
-    if tuple(run_task["image_shape"]) != tuple(image_shape):
+    if run_task["num_classes"] != train.num_classes:
+        problems.append(
+            f"it has {run_task['num_classes']} classes, the student task {train.num_classes}"
+        )
+    if tuple(run_task["image_shape"]) != tuple(train.image_shape):
+        size = run_task["image_shape"][0]
         problems.append(
             f"its input shape is {tuple(run_task['image_shape'])}, the student's "
-            f"{tuple(image_shape)}"
+            f"{tuple(train.image_shape)}"
         )
         fixes.append(
-            f"set the student's image size to the run's: --config.data.image_size="
-            f"{run_task['image_shape'][0]} (size={run_task['image_shape'][0]} in the folder "
-            "configs)"
+            f"set the student's image size to the run's: --config.data.image_size={size} "
+            f"(size={size} in the folder configs)"
         )
     return problems, fixes
 
 
 def check_compatible(
-    what: str, workdir: str, run_config, run_task: dict, config, num_classes, image_shape
+    what: str, workdir: str, run_config, run_task: dict, config, task: data.TaskSplits
 ) -> None:
-    """A teacher / init run must match the student task: dataset (and, for prepared image
+    """A teacher / init run must match the student's task: dataset (and, for prepared image
     data, its contents' fingerprint), classes, input shape."""
-    problems, fixes = _problems(run_config, run_task, config, num_classes, image_shape)
+    problems, fixes = _problems(run_config, run_task, config, task)
     if problems:
         fixes.append(f"point the config at a run trained on the same dataset ({config.data.name})")
         raise UserError(
@@ -81,57 +177,25 @@ def check_compatible(
         )
 
 
-def restore(workdir: str, target: dict) -> tuple[dict, int]:
-    """A finished run's latest `{'params', 'batch_stats'}` in `target`'s structure and
-    shardings, from runs written before the method owned its parameters too
-    (`models.migrate_variables`)."""
-    if not models.needs_migration(checkpointing.saved_param_names(workdir)):
-        return checkpointing.restore_variables(workdir, target)
-    variables, step = checkpointing.restore_variables(workdir, models.legacy_variables(target))
-    return models.migrate_variables(variables), step
-
-
-def load_frozen(workdir: str, run_config, num_classes: int, image_shape: tuple, mesh) -> Teacher:
-    """A finished run's last checkpoint as a frozen model (the last epoch's weights, as the
-    BKD code loads its teacher, not the best epoch's)."""
-    model = build_model(run_config, num_classes)
-    variables, step = restore(workdir, abstract_variables(model, image_shape, mesh))
-    logging.info("%s (step %d) loaded from %s", run_config.model.name, step, workdir)
-    return Teacher(variables=variables, model=model)
-
-
-def load_teacher(config, workdir: str, num_classes: int, image_shape: tuple, mesh) -> Teacher:
-    """A teacher run, checked against the student task and `config.teacher.model`."""
+def load_teacher(
+    config: ml_collections.ConfigDict, workdir: str, task: data.TaskSplits, mesh
+) -> networks.Teacher:
+    """A teacher run, checked against the student's task and `config.teacher.model`."""
     run_config, run_task = read_run_info(workdir)
-    check_compatible("the teacher", workdir, run_config, run_task, config, num_classes, image_shape)
+    check_compatible("the teacher", workdir, run_config, run_task, config, task)
     if run_config.model.name != config.teacher.model:
         raise UserError(
             f"the teacher in {workdir} is a {run_config.model.name}, but config.teacher.model="
             f"{config.teacher.model!r}; set --config.teacher.model={run_config.model.name} or "
             "point config.teacher.workdir at the intended teacher"
         )
-    return load_frozen(workdir, run_config, num_classes, image_shape, mesh)
+    return load(workdir, mesh=mesh).as_teacher()
 
 
-def init_from_run(state, config, num_classes: int, image_shape: tuple):
-    """`state` (a `networks.TrainState`) with a finished run's weights; the classifier is
-    re-initialised for a method that re-trains it (cRT)."""
+def load_init(config: ml_collections.ConfigDict, task: data.TaskSplits, mesh) -> FinishedRun:
+    """`config.init.workdir` (the run cRT or a post-hoc correction starts from), checked
+    against the task."""
     workdir = config.init.workdir
     run_config, run_task = read_run_info(workdir)
-    check_compatible(
-        "the init run", workdir, run_config, run_task, config, num_classes, image_shape
-    )
-    current = {"params": state.params, "batch_stats": state.batch_stats}
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), current
-    )
-    variables, step = restore(workdir, target)
-    params = dict(variables["params"])
-    if methods.needs_of(config).frozen_backbone:
-        params["classifier"] = state.params["classifier"]  # fresh classifier to re-train
-    logging.info("initialised from %s (step %d)", workdir, step)
-    return state.replace(
-        params=params,
-        batch_stats=variables["batch_stats"],
-        opt_state=state.tx.init(params),
-    )
+    check_compatible("the init run", workdir, run_config, run_task, config, task)
+    return load(workdir, mesh=mesh)

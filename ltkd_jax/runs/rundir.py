@@ -9,10 +9,9 @@
   refused, naming both values; the fields in `SAFE_TO_CHANGE` are accepted and logged.
 - `record_invocation(workdir)`: the command line, git commit and host of every start,
   appended to `WORKDIR/invocations.jsonl` (beside `config.json`).
-- Preemption: `install_signal_handlers()` turns SIGTERM (Cloud TPU VM preemption) and SIGINT
-  into a flag; the train loop polls `stop_requested()` at the end of every chunk of steps
-  (on several processes: whether any of them got one), saves a checkpoint and raises
-  `Preempted`, which the command line reports and exits 0 on.
+- `log_to_file(workdir)`: every log line of the job in WORKDIR/run.log.
+
+Preemption (SIGTERM, Ctrl-C) belongs to the training loop: `ltkd_jax.training.preemption`.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import datetime
 import errno
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -60,7 +58,6 @@ SAFE_TO_CHANGE = frozenset(
         # How batches reach the step: the same batches either way.
         "data.device_resident",
         "scan_steps",
-        "device_loop",
     }
 )
 
@@ -306,57 +303,7 @@ def record_invocation(workdir: str, argv: list[str] | None = None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# Preemption
-# ---------------------------------------------------------------------------------------
-
-_STOP: dict[str, int | None] = {"signal": None}
-
-
-class Preempted(Exception):  # noqa: N818 - not an error: the run stopped where asked
-    """Raised by the train loop after it saved a checkpoint on SIGTERM / SIGINT."""
-
-    def __init__(self, step: int, workdir: str):
-        self.step, self.workdir = step, workdir
-        super().__init__(
-            f"stopped by {signal_name()}: checkpoint saved at step {step} in {workdir}; "
-            "rerun the same command to resume"
-        )
-
-
-def _request_stop(signum, frame) -> None:
-    del frame
-    if _STOP["signal"] is not None and signum == signal.SIGINT:
-        raise KeyboardInterrupt  # a second Ctrl-C stops at once
-    _STOP["signal"] = signum
-    logging.warning(
-        "%s received: saving a checkpoint at the next step, then exiting (Ctrl-C again to "
-        "stop at once)",
-        signal.Signals(signum).name,
-    )
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM and SIGINT ask the train loop to checkpoint and stop (main thread only)."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _request_stop)
-
-
-def stop_requested() -> bool:
-    """True once SIGTERM or SIGINT arrived; the train loop checks it at step boundaries."""
-    return _STOP["signal"] is not None
-
-
-def signal_name() -> str:
-    return signal.Signals(_STOP["signal"]).name if _STOP["signal"] is not None else "request"
-
-
-def reset_stop() -> None:
-    """Clears a stop request (tests; a notebook that keeps going)."""
-    _STOP["signal"] = None
-
-
-# ---------------------------------------------------------------------------------------
-# run.log and summary.json
+# run.log
 # ---------------------------------------------------------------------------------------
 
 
@@ -382,16 +329,3 @@ def log_to_file(workdir: str, filters: tuple = (), *, enabled: bool = True) -> I
     finally:
         root.removeHandler(handler)
         handler.close()
-
-
-def write_summary(workdir: str, summary: Mapping) -> None:
-    """WORKDIR/summary.json: the final and best evaluations (top-1, many / medium / few);
-    written by process 0."""
-    import jax
-
-    if not is_local(workdir) or jax.process_index() != 0:
-        return
-    path = os.path.join(workdir, "summary.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    os.replace(path + ".tmp", path)  # a kill mid-write leaves the previous summary

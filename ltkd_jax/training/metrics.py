@@ -17,8 +17,17 @@ import numpy as np
 GROUP_NAMES = ("many", "medium", "few")
 
 
-def eval_counts(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray) -> dict:
-    """Sums over one batch: per-class seen / top-1 correct / top-5 correct, and the NLL sum.
+def eval_counts(
+    logits: jnp.ndarray,
+    labels: jnp.ndarray,
+    mask: jnp.ndarray,
+    *,
+    confusion: bool = False,
+    teacher_logits: jnp.ndarray | None = None,
+) -> dict:
+    """Sums over one batch: per-class seen / top-1 correct / top-5 correct / predicted, the
+    NLL sum, with `confusion` the [true, predicted] count matrix, and with `teacher_logits`
+    how many predictions agree with the teacher's (big_vision's distillation `agreement`).
 
     Padded examples (mask False) count nowhere, so every image counts exactly once.
     """
@@ -26,16 +35,25 @@ def eval_counts(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray) -> 
     logits = logits.astype(jnp.float32)
     weight = mask.astype(jnp.float32)
     onehot = jax.nn.one_hot(labels, num_classes) * weight[:, None]
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    prediction = jnp.argmax(logits, -1)
+    predicted = jax.nn.one_hot(prediction, num_classes) * weight[:, None]
+    correct = (prediction == labels).astype(jnp.float32)
     k = min(5, num_classes)
     top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
-    return {
+    counts = {
         "seen": onehot.sum(0),
         "correct": (onehot * correct[:, None]).sum(0),
         "correct5": (onehot * top5[:, None]).sum(0),
+        "predicted": predicted.sum(0),
         "nll": jnp.sum(nll * weight),
     }
+    if confusion:
+        counts["confusion"] = onehot.T @ predicted
+    if teacher_logits is not None:
+        agree = prediction == jnp.argmax(teacher_logits, -1)
+        counts["agree"] = jnp.sum(agree.astype(jnp.float32) * weight)
+    return counts
 
 
 def add_counts(total: dict | None, batch: dict) -> dict:
@@ -63,6 +81,8 @@ def summarize(counts: dict, class_groups: np.ndarray) -> dict:
         "test_imbalance": float(seen[present].max() / seen[present].min()),
         "num_examples": int(total),
     }
+    if "agree" in counts:  # distillation: top-1 agreement with the (first) teacher
+        out["teacher_agreement"] = float(counts["agree"] / total)
     for g, name in enumerate(GROUP_NAMES):
         members = (np.asarray(class_groups) == g) & present
         out[name] = float(per_class[members].mean()) if members.any() else None

@@ -46,6 +46,17 @@ def create_train_state(
     return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
 
 
+def start_from(state: TrainState, variables: dict, *, fresh_classifier: bool) -> TrainState:
+    """`state` with a finished run's variables and a fresh optimiser state; with
+    `fresh_classifier` the classifier keeps its new initialisation, to be re-trained (cRT)."""
+    params = dict(variables["params"])
+    if fresh_classifier:
+        params["classifier"] = state.params["classifier"]
+    return state.replace(
+        params=params, batch_stats=variables["batch_stats"], opt_state=state.tx.init(params)
+    )
+
+
 @struct.dataclass
 class Teacher:
     """A frozen teacher: its module (static) and its variables (a constant pytree)."""
@@ -57,6 +68,11 @@ class Teacher:
 def cpu_kernels(config: ml_collections.ConfigDict) -> str:
     """config.model.cpu_kernels; 'auto' for runs recorded before the field existed."""
     return config.model.get("cpu_kernels", "auto")
+
+
+def compiler_options(config: ml_collections.ConfigDict) -> dict | None:
+    """XLA compiler options for the run's kernels (`cpu_ops.compiler_options`)."""
+    return cpu_ops.compiler_options(cpu_kernels(config))
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):

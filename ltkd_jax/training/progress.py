@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ltkd_jax.runs import rundir
-from ltkd_jax.training import checkpointing
+from ltkd_jax.training import checkpointing, preemption
 from ltkd_jax.training.writers import MetricWriter
 
 
@@ -103,7 +102,7 @@ def stack(step_metrics: list[dict]) -> dict:
 def any_process_stopping() -> bool:
     """Whether any process got SIGTERM / SIGINT: all of them stop at the same chunk end, so
     a preempted pod saves one consistent checkpoint instead of hanging in a collective."""
-    stopping = rundir.stop_requested()
+    stopping = preemption.stop_requested()
     if jax.process_count() == 1:
         return stopping
     return bool(multihost_utils.process_allgather(np.int32(stopping)).max())

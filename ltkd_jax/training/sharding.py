@@ -14,6 +14,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ltkd_jax.errors import UserError
+
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
     """A mesh over the first `num_devices` devices (0 = all of them)."""
@@ -28,6 +30,16 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
             raise ValueError("config.num_devices must be 0 (all devices) on several processes")
         devices = devices[:num_devices]
     return jax.sharding.Mesh(np.asarray(devices), ("data",))
+
+
+def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
+    """The global batch is split evenly over the mesh's devices."""
+    n = mesh.devices.size
+    if batch_size % n:
+        raise UserError(
+            f"config.batch_size={batch_size} is not divisible by the {n} devices of the mesh; "
+            f"pick a multiple of {n} or set --config.num_devices"
+        )
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

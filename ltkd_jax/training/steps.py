@@ -11,6 +11,7 @@ the state replicated and donated, the teacher passed as an explicit constant arg
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -75,46 +76,47 @@ def train_step(
     return new_state, step_metrics
 
 
+def _planned_batch(resident: dict, step_plan: dict, batch_sharding) -> dict:
+    """One global batch gathered and augmented on the device from the resident split."""
+    batch = device_data.make_batch(resident, step_plan)
+    return jax.lax.with_sharding_constraint(batch, batch_sharding)
+
+
 def train_chunk(
-    state: networks.TrainState,
+    state: Any,
     teachers: tuple[networks.Teacher, ...],
-    data: dict,
+    resident: dict,
     plan: dict,
     ctx: dict,
     *,
+    step: Callable,
     batch_sharding,
-    **step_kwargs,
-) -> tuple[networks.TrainState, dict]:
-    """`train_step` over the K global batches of a plan, in one `lax.scan` on the device.
+) -> tuple[Any, dict]:
+    """`step(state, teachers, batch, ctx)` over the K global batches of a plan, in one
+    `lax.scan` on the device.
 
-    `data` is the device-resident split, `plan` the [K, B] indices and crops
+    `resident` is the device-resident split, `plan` the [K, B] indices and crops
     (`data.device.plan_batches`). Returns the final state and the stacked [K] metrics.
     """
 
     def body(state, step_plan):
-        batch = jax.lax.with_sharding_constraint(
-            device_data.make_batch(data, step_plan), batch_sharding
-        )
-        return train_step(state, teachers, batch, ctx, **step_kwargs)
+        return step(state, teachers, _planned_batch(resident, step_plan, batch_sharding), ctx)
 
     return jax.lax.scan(body, state, plan)
 
 
 def train_planned_step(
-    state: networks.TrainState,
+    state: Any,
     teachers: tuple[networks.Teacher, ...],
-    data: dict,
+    resident: dict,
     plan: dict,
     index: jnp.ndarray,
     ctx: dict,
     *,
+    step: Callable,
     batch_sharding,
-    **step_kwargs,
-) -> tuple[networks.TrainState, dict]:
-    """`train_step` on global batch `index` of a plan, built on the device: the loop-free
-    form of `train_chunk`, for backends where a scanned step is slow (XLA:CPU)."""
+) -> tuple[Any, dict]:
+    """`step` on global batch `index` of a plan, built on the device: the loop-free form of
+    `train_chunk`, for backends where a scanned step is slow (XLA:CPU)."""
     step_plan = jax.tree.map(lambda x: x[index], plan)
-    batch = jax.lax.with_sharding_constraint(
-        device_data.make_batch(data, step_plan), batch_sharding
-    )
-    return train_step(state, teachers, batch, ctx, **step_kwargs)
+    return step(state, teachers, _planned_batch(resident, step_plan, batch_sharding), ctx)

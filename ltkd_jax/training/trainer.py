@@ -1,12 +1,20 @@
-"""The trainer: `train_and_evaluate(config, workdir)`, one loop over chunks of steps
-(`steps.py`), evaluating and checkpointing at epoch ends."""
+"""The trainer: `train_and_evaluate(config, workdir)`, one loop over chunks of steps.
+
+A chunk is run by the feed (`feeds.Feed.compile` of the pure `steps.train_step`); at the end
+of an evaluated epoch the test (and val) split is evaluated (`evaluation.make_evaluator`),
+the records written and a checkpoint saved asynchronously while the next chunk runs.
+
+The caller owns what happens around a run, once: checking the config
+(`config.checks.validate_config`) and a resumed run's config (`runs.rundir`), reading the task
+(`data.load_task`), training or loading teachers and the init run. `runs.job.run` does all of
+it for the command line.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import time
-from typing import Any
 
 import jax
 import ml_collections
@@ -14,9 +22,6 @@ import numpy as np
 from absl import logging
 
 from ltkd_jax import data, methods
-from ltkd_jax.config import checks
-from ltkd_jax.models import cpu_ops
-from ltkd_jax.runs import finished, rundir
 from ltkd_jax.training import (
     checkpointing,
     evaluation,
@@ -24,6 +29,7 @@ from ltkd_jax.training import (
     metrics,
     networks,
     optim,
+    preemption,
     progress,
     sharding,
     steps,
@@ -31,16 +37,13 @@ from ltkd_jax.training import (
 from ltkd_jax.training.writers import MetricWriter
 
 
-def scans_steps(config: ml_collections.ConfigDict) -> bool:
-    """Whether the device-resident path runs a chunk as one `lax.scan` (config.device_loop).
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """The final state, and the test counts of the last evaluation this call made (of the
+    final checkpoint when the run finished; None when it was already complete)."""
 
-    auto: on accelerators, not on the CPU, where XLA runs a ResNet train step inside a while
-    loop about 2.6-3x slower than the same step called on its own
-    (results/device_resident_cpu.md), while Python's per-step dispatch costs nothing there.
-    """
-    if config.device_loop == "auto":
-        return jax.default_backend() != "cpu"
-    return config.device_loop == "scan"
+    state: networks.TrainState
+    test_counts: dict | None
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -53,11 +56,11 @@ class _Run:
 
     config: ml_collections.ConfigDict
     workdir: str
-    mesh: Any
+    mesh: jax.sharding.Mesh
     data: data.TaskSplits
     task: methods.Task  # with the teacher's class feature means when the method needs them
     method: methods.Method
-    feed: Any  # feeds.DeviceFeed | feeds.HostFeed
+    feed: feeds.Feed
     steps_per_epoch: int
     mean: tuple
     std: tuple
@@ -77,12 +80,14 @@ def _check_teachers(config: ml_collections.ConfigDict, teachers: tuple) -> None:
         )
 
 
-def _setup(config: ml_collections.ConfigDict, workdir: str, teachers: tuple) -> _Run:
-    """Checks the config, reads the data, makes the method and the feed."""
+def _setup(
+    config: ml_collections.ConfigDict, workdir: str, teachers: tuple, task: data.TaskSplits | None
+) -> _Run:
+    """The mesh, the task (read here unless given), the method and the feed."""
     mesh = sharding.make_mesh(config.num_devices)
-    checks.validate_config(config, num_devices=mesh.devices.size)
+    sharding.check_batch_size(config.batch_size, mesh)
     _check_teachers(config, teachers)
-    run_data = data.load_task(config.data)
+    run_data = task or data.load_task(config.data)
     train_split = run_data.train
     mean, std = data.input_stats(config.data, train_split.image_shape[-1])
     eval_batch_size = _round_up(config.eval_batch_size, mesh.devices.size)
@@ -112,12 +117,13 @@ def _log_start(run: _Run) -> None:
         *np.bincount(run.task.class_groups, minlength=3),
         *(run.mesh.devices.size, c.model.name, "x".join(map(str, split.image_shape))),
         *(run.steps_per_epoch, c.num_epochs),
-        "on the device" if run.feed.on_device else "by grain on the host",
+        run.feed.description,
     )
 
 
-def _initial_state(run: _Run, model, schedule, manager) -> networks.TrainState:
-    """A fresh state, the run's latest checkpoint, or (cRT) a finished run's weights."""
+def _initial_state(run: _Run, model, schedule, manager, init) -> networks.TrainState:
+    """The run's latest checkpoint, else a fresh state, started from `init` (a finished
+    run's variables: cRT) when given."""
     config, split = run.config, run.data.train
     tx = optim.make_optimizer(config.optim, schedule)
     if run.method.needs.frozen_backbone:
@@ -127,8 +133,8 @@ def _initial_state(run: _Run, model, schedule, manager) -> networks.TrainState:
     if restored is not None:
         logging.info("resumed from step %d in %s", int(restored.step), run.workdir)
         return restored
-    if config.init.workdir:
-        return finished.init_from_run(state, config, split.num_classes, split.image_shape)
+    if init is not None:
+        return networks.start_from(state, init, fresh_classifier=run.method.needs.frozen_backbone)
     return state
 
 
@@ -147,18 +153,18 @@ def _task_record(run: _Run) -> dict:
     }
 
 
-def _evaluate_and_save(run: _Run, state, t1: int, evaluators, writer, manager) -> None:
-    """Test (and val) results of the state after step t1; an asynchronous checkpoint."""
+def _evaluate_and_save(run: _Run, state, teachers, t1: int, evaluators, writer, manager) -> dict:
+    """Test (and val) results of the state after step t1, an asynchronous checkpoint; returns
+    the test counts."""
     epoch = t1 // run.steps_per_epoch
-    results = None
-    for split, evaluate in zip(("test", "val"), evaluators, strict=True):
-        if evaluate is not None:  # val, when there is one, chooses the best checkpoint
-            results = metrics.summarize(
-                evaluate(networks.variables_of(state)), run.task.class_groups
-            )
-            writer.write_scalars(t1, results, epoch=epoch, split=split)
+    counts = {}
+    for split, evaluate in evaluators.items():  # val, when there is one, chooses the best
+        counts[split] = evaluate(networks.variables_of(state), teachers)
+        results = metrics.summarize(counts[split], run.task.class_groups)
+        writer.write_scalars(t1, results, epoch=epoch, split=split)
     # Asynchronous: the next chunk runs while orbax writes this one.
     checkpointing.save(manager, t1, state, run.feed.checkpoint_item(t1), {"top1": results["top1"]})
+    return counts["test"]
 
 
 def _evaluates_after(run: _Run, t1: int) -> bool:
@@ -172,12 +178,11 @@ def _evaluates_after(run: _Run, t1: int) -> bool:
 
 def _train_loop(run: _Run, state, teachers, train_fn, evaluators, writer, manager, bar):
     """Runs the chunks from the state's step to the end; evaluates and saves at epoch ends;
-    stops at a chunk end on SIGTERM / SIGINT (`rundir.Preempted`)."""
+    stops at a chunk end on SIGTERM / SIGINT (`preemption.Preempted`). Returns the final
+    state and the last test counts (None when nothing was evaluated)."""
     log = progress.TrainLog(writer, run.config, run.steps_per_epoch, bar)
-    size = (run.config.scan_steps if run.feed.on_device else run.config.log_every_steps) or (
-        run.steps_per_epoch
-    )
-    total = run.total_steps
+    size = run.feed.chunk_steps or run.steps_per_epoch
+    total, test_counts = run.total_steps, None
     windows = progress.chunks(int(state.step), total, run.steps_per_epoch, size)
     for n, (t0, t1) in enumerate(windows):
         ctx = run.method.epoch_context(t0 // run.steps_per_epoch)
@@ -194,12 +199,31 @@ def _train_loop(run: _Run, state, teachers, train_fn, evaluators, writer, manage
         bar.update(t1 - t0)
         if _evaluates_after(run, t1):
             bar.set_postfix_str(f"epoch {t1 // run.steps_per_epoch}: evaluating")
-            _evaluate_and_save(run, state, t1, evaluators, writer, manager)
+            test_counts = _evaluate_and_save(run, state, teachers, t1, evaluators, writer, manager)
         if t1 < total and progress.any_process_stopping():  # at a chunk's end
             if manager.latest_step() != t1:
                 checkpointing.save(manager, t1, state, run.feed.checkpoint_item(t1), None)
-            raise rundir.Preempted(t1, run.workdir)
-    return state
+            raise preemption.Preempted(t1, run.workdir)
+    return state, test_counts
+
+
+def _make_evaluators(run: _Run, model, compiler_options: dict | None) -> dict:
+    """{'test': evaluate, 'val': evaluate (when the task has a val split)}."""
+    splits = {"test": run.data.test, "val": run.data.val}
+    return {
+        name: evaluation.make_evaluator(
+            model,
+            split,
+            run.mesh,
+            batch_size=run.eval_batch_size,
+            mean=run.mean,
+            std=run.std,
+            compiler_options=compiler_options,
+            resident=run.config.data.device_resident,
+        )
+        for name, split in splits.items()
+        if split is not None
+    }
 
 
 def train_and_evaluate(
@@ -207,33 +231,38 @@ def train_and_evaluate(
     workdir: str,
     *,
     teachers: tuple[networks.Teacher, ...] = (),
-) -> networks.TrainState:
-    """Trains (or resumes) the run in `workdir` with frozen `teachers`; returns the final state."""
-    run = _setup(config, workdir, teachers)
-    rundir.check_resume_config(workdir, config)  # before anything is written
+    task: data.TaskSplits | None = None,
+    init: dict | None = None,
+) -> TrainResult:
+    """Trains (or resumes) the run in `workdir` with frozen `teachers`.
+
+    `task` is the run's data (`data.load_task(config.data)`, read here when not given);
+    `init` a finished run's variables to start from (cRT). The config must be valid
+    (`config.checks.validate_config`) and, for a resumed run, its resume checked
+    (`runs.rundir.check_resume_config`): `runs.job.run` does both.
+    """
+    run = _setup(config, workdir, teachers, task)
     writer = MetricWriter(workdir)
     writer.write_json("config.json", config.to_dict())
     _log_start(run)
     model = networks.build_model(config, run.data.train.num_classes)
     schedule = optim.make_schedule(config.optim, run.steps_per_epoch, config.num_epochs)
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
-    state = _initial_state(run, model, schedule, manager)
+    state = _initial_state(run, model, schedule, manager, init)
     start_step = int(state.step)
     writer.trim_after(start_step)  # records after the restored checkpoint are replayed
     writer.write_json("task.json", _task_record(run))
-    step_kwargs = dict(method=run.method, schedule=schedule, mean=run.mean, std=run.std)
-    train_fn = _compile_train(config, run.mesh, run.feed, step_kwargs)
-    evaluators = tuple(
-        None
-        if split is None
-        else evaluation.make_evaluator(
-            config, run.mesh, model, split, run.eval_batch_size, run.mean, run.std
-        )
-        for split in (run.data.test, run.data.val)
+    options = networks.compiler_options(config)
+    step = functools.partial(
+        steps.train_step, method=run.method, schedule=schedule, mean=run.mean, std=run.std
     )
+    train_fn = run.feed.compile(step, options)
+    evaluators = _make_evaluators(run, model, options)
     bar = progress.progress_bar(config, run.total_steps, start_step)
     try:
-        state = _train_loop(run, state, teachers, train_fn, evaluators, writer, manager, bar)
+        state, test_counts = _train_loop(
+            run, state, teachers, train_fn, evaluators, writer, manager, bar
+        )
     finally:
         bar.close()
         manager.wait_until_finished()
@@ -241,45 +270,4 @@ def train_and_evaluate(
     if start_step >= run.total_steps:
         logging.info("run in %s is already complete (step %d)", workdir, start_step)
     manager.close()
-    return state
-
-
-def _compile_train(config: ml_collections.ConfigDict, mesh, feed, step_kwargs: dict):
-    """train_fn(state, teachers, ctx, t0, t1) -> (state, stacked [t1 - t0] metrics)."""
-    repl = sharding.replicated(mesh)
-    options = cpu_ops.compiler_options(networks.cpu_kernels(config))
-    if feed.on_device:
-        kwargs = dict(batch_sharding=sharding.data_sharded(mesh), **step_kwargs)
-        jit = functools.partial(
-            jax.jit, donate_argnums=(0,), out_shardings=(repl, repl), compiler_options=options
-        )
-        if scans_steps(config):
-            p_chunk = jit(functools.partial(steps.train_chunk, **kwargs))
-            return lambda state, teachers, ctx, t0, t1: p_chunk(
-                state, teachers, feed.data, feed.plan(t0, t1), ctx
-            )
-        p_planned = jit(functools.partial(steps.train_planned_step, **kwargs))
-
-        def planned_steps(state, teachers, ctx, t0, t1):
-            plan, outputs = feed.plan(t0, t1), []
-            for i in range(t1 - t0):  # dispatched asynchronously: no host sync in between
-                state, step_metrics = p_planned(state, teachers, feed.data, plan, np.int32(i), ctx)
-                outputs.append(step_metrics)
-            return state, progress.stack(outputs)
-
-        return planned_steps
-    p_step = jax.jit(
-        functools.partial(steps.train_step, **step_kwargs),
-        donate_argnums=(0,),
-        out_shardings=(repl, repl),
-        compiler_options=options,
-    )
-
-    def host_chunk(state, teachers, ctx, t0, t1):
-        outputs = []
-        for batch in feed.batches(t1 - t0):
-            state, step_metrics = p_step(state, teachers, batch, ctx)
-            outputs.append(step_metrics)
-        return state, progress.stack(outputs)
-
-    return host_chunk
+    return TrainResult(state, test_counts)

@@ -13,8 +13,8 @@ from ltkd_jax import methods, models
 from ltkd_jax.config import defaults
 from ltkd_jax.methods import cbd
 from ltkd_jax.methods.cbd import cbd_loss
+from ltkd_jax.runs import teachers as teacher_stage
 from ltkd_jax.training import optim
-from ltkd_jax.training import teachers as teacher_stage
 
 from .properties import Case, DistillationProperties, SpecChecks
 from .vectors import F_S, T1, T2, Y, Z, assert_close

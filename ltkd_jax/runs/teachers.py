@@ -13,7 +13,7 @@ from ltkd_jax.config import defaults
 from ltkd_jax.errors import UserError
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.runs import finished
-from ltkd_jax.training import networks, sharding, trainer
+from ltkd_jax.training import networks, trainer
 
 # Fields about how a job runs, not what it learns: a teacher runs as its student does.
 SHARED_RUN_FIELDS = (
@@ -23,7 +23,6 @@ SHARED_RUN_FIELDS = (
     "max_steps_per_epoch",
     "log_every_steps",
     "scan_steps",
-    "device_loop",
     "num_devices",
     "progress_bar",
     "keep_checkpoints",
@@ -79,22 +78,19 @@ def teacher_workdirs(config: ml_collections.ConfigDict, workdir: str) -> list[st
 
 
 def prepare_teachers(
-    config: ml_collections.ConfigDict, workdir: str
-) -> tuple[networks.Teacher, ...]:
-    """Loads the method's teachers, training them first (stage 1) when none is given."""
+    config: ml_collections.ConfigDict, workdir: str, task: data.TaskSplits, mesh
+) -> tuple[tuple[networks.Teacher, ...], dict[str, dict | None]]:
+    """The method's frozen teachers, trained first (stage 1) when config.teacher.workdir is
+    empty, and {teacher workdir: its final test counts} of the teachers trained by this call
+    (None for one that was already complete)."""
     dirs = teacher_workdirs(config, workdir)
-    if not dirs:
-        return ()
-    if not config.teacher.workdir:
+    trained = {}
+    if dirs and not config.teacher.workdir:
         for k, teacher_dir in enumerate(dirs):
             logging.info("stage 1: teacher %d of %d in %s", k + 1, len(dirs), teacher_dir)
-            trainer.train_and_evaluate(teacher_config(config, k), teacher_dir)
-    mesh = sharding.make_mesh(config.num_devices)
-    train_split = data.load_task(config.data).train
-    teachers = tuple(
-        finished.load_teacher(config, d, train_split.num_classes, train_split.image_shape, mesh)
-        for d in dirs
-    )
+            result = trainer.train_and_evaluate(teacher_config(config, k), teacher_dir, task=task)
+            trained[teacher_dir] = result.test_counts
+    teachers = tuple(finished.load_teacher(config, d, task, mesh) for d in dirs)
     if cpu_ops.cpu_kernels_enabled(networks.cpu_kernels(config)):
         teachers = tuple(networks.fold_teacher(t) for t in teachers)
-    return teachers
+    return teachers, trained
