@@ -61,6 +61,12 @@ def teacher_dir(tmp_path_factory):
     return workdir
 
 
+def prepare_teachers(config, workdir: str) -> tuple:
+    """The student's frozen teachers, as `job.run` prepares them."""
+    mesh = trainer.sharding.make_mesh(config.num_devices)
+    return teacher_stage.prepare_teachers(config, workdir, data.load_task(config.data), mesh)[0]
+
+
 @pytest.fixture(scope="module")
 def student_runs(teacher_dir, tmp_path_factory):
     """Every method, 2 epochs of 2 steps, from the same frozen teacher."""
@@ -68,7 +74,7 @@ def student_runs(teacher_dir, tmp_path_factory):
     for method in TRAINED:
         workdir = str(tmp_path_factory.mktemp(method))
         config = student_config(method, teacher_dir)
-        teachers = teacher_stage.prepare_teachers(config, workdir)
+        teachers = prepare_teachers(config, workdir)
         before = jax.tree.map(np.array, [t.variables for t in teachers])
         state = trainer.train_and_evaluate(config, workdir, teachers=teachers).state
         after = jax.tree.map(np.array, [t.variables for t in teachers])
@@ -125,7 +131,7 @@ def test_student_run_resumes_after_a_kill(
     kill_after_first_save.undo()
     job.run(config, str(tmp_path))
     resumed = trainer.train_and_evaluate(
-        config, str(tmp_path), teachers=teacher_stage.prepare_teachers(config, str(tmp_path))
+        config, str(tmp_path), teachers=prepare_teachers(config, str(tmp_path))
     ).state
     reference = student_runs["bkd"]["state"]
     assert_trees_close(params_of(resumed), params_of(reference), rtol=1e-5, atol=1e-6)
@@ -155,18 +161,16 @@ def test_mismatched_teacher_is_rejected_with_the_reason(teacher_dir, tmp_path, e
     bad = _edited_run(teacher_dir, tmp_path, edit)
     config = student_config("kd", bad)
     with pytest.raises(ValueError, match=message):
-        teacher_stage.prepare_teachers(config, str(tmp_path / "student"))
+        prepare_teachers(config, str(tmp_path / "student"))
 
 
 def test_wrong_teacher_architecture_and_missing_teacher(teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="is a resnet8"):
-        teacher_stage.prepare_teachers(
+        prepare_teachers(
             student_config("kd", teacher_dir, **{"teacher.model": "resnet20"}), str(tmp_path)
         )
     with pytest.raises(FileNotFoundError, match="not a ltkd_jax run"):
-        teacher_stage.prepare_teachers(
-            student_config("kd", str(tmp_path / "nothing")), str(tmp_path)
-        )
+        prepare_teachers(student_config("kd", str(tmp_path / "nothing")), str(tmp_path))
     with pytest.raises(ValueError, match="needs 1 teacher"):
         trainer.train_and_evaluate(student_config("kd", teacher_dir), str(tmp_path))
 

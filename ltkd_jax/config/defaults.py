@@ -260,6 +260,12 @@ def field_comments(method: str | None = None) -> dict[str, str]:
     return comments
 
 
+COHORT_DATA_MODE_COMMENT = (
+    "shared: every member sees the batches of the first member's seed; per_seed: each member "
+    "its own seed's, exactly as its single run. One of: shared | per_seed."
+)
+
+
 def _section_comments() -> dict[str, str]:
     """'section' -> the first line of the docstring of the function that builds it."""
     builders = {"data": _add_data, "model": _add_model, "optim": _add_optim}
@@ -270,10 +276,71 @@ def _section_comments() -> dict[str, str]:
     return comments
 
 
+# A cohort member's own fields (and sections); every other field is the cohort's, shared by
+# all members.
+MEMBER_FIELDS = ("method", "seed", "loss", "model.name", "model.head")
+
+
+def is_member_field(name: str) -> bool:
+    return any(name == f or name.startswith(f + ".") for f in MEMBER_FIELDS)
+
+
+def cohort_config(
+    members: dict[str, ml_collections.ConfigDict], data_mode: str = "shared"
+) -> ml_collections.ConfigDict:
+    """A cohort (ltkd_jax/runs/cohort.py) of complete run configs, name -> config. The
+    shared fields live at the top, as in a run config, and every member's shared fields are
+    references to them: `--config.num_epochs=2` reaches every member. A member's own fields
+    (`MEMBER_FIELDS`) stay under `members.<name>`."""
+    first = next(iter(members.values())).to_dict()
+    c = ml_collections.ConfigDict()
+    for key, value in first.items():
+        if isinstance(value, dict):
+            own = {k: v for k, v in value.items() if not is_member_field(f"{key}.{k}")}
+            if not is_member_field(key):
+                c[key] = ml_collections.ConfigDict(own)
+        elif not is_member_field(key):
+            c[key] = value
+    # shared: every member sees the batches of the first member's seed; per_seed: each
+    # member its own seed's, exactly as its single run.
+    c.data_mode = data_mode
+    c.members = ml_collections.ConfigDict()
+    for name, member in members.items():
+        m = ml_collections.ConfigDict(member.to_dict())
+        for key in [k for k in c.keys() if k not in ("members", "data_mode")]:
+            if isinstance(c[key], ml_collections.ConfigDict):
+                for field in c[key].keys():
+                    m[key][field] = c[key].get_ref(field)
+            else:
+                m[key] = c.get_ref(key)
+        c.members[name] = m
+    return c
+
+
+def _describe_cohort(config: ml_collections.ConfigDict) -> str:
+    """The shared fields as for a run, then each member's own fields."""
+    shared = ml_collections.ConfigDict(
+        {k: v for k, v in config.items() if k not in ("members", "data_mode")}
+    )
+    shared.method = "ce"  # for the comments of the shared fields only
+    lines = describe_config(shared).splitlines()
+    lines = [line for line in lines if not line.startswith("method = ")]
+    lines.insert(0, f"data_mode = {config.data_mode!r}  # {COHORT_DATA_MODE_COMMENT}")
+    for name, member in config.members.items():
+        lines.append(f"\n[members.{name}]  # a member's own fields; the others are shared")
+        for line in describe_config(member).splitlines():
+            if " = " in line and is_member_field(line.split(" = ")[0]):
+                lines.append(f"members.{name}.{line}")
+    return "\n".join(lines)
+
+
 def describe_config(config: ml_collections.ConfigDict) -> str:
-    """Every field as `name = value  # comment`, with its choices where it has a list."""
+    """Every field as `name = value  # comment`, with its choices where it has a list; a
+    cohort's shared fields, then each member's own."""
     from ltkd_jax.config import checks  # noqa: PLC0415 - checks builds on this module
 
+    if "members" in config:
+        return _describe_cohort(config)
     comments = {**field_comments(config.method), **_section_comments()}
     choices = checks.field_choices()
     lines = []
@@ -305,17 +372,26 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def parse_arg(arg: str | None, **defaults):
     """Parses 'k=v,k2=v2' (the text after ':' in `--config file.py:arg`) into a ConfigDict.
 
-    Values are converted to the type of the default; unknown keys are an error.
+    A value may itself hold commas ('methods=ce,kd,bkd,seeds=0,1'): an item without '='
+    continues the value before it. Values are converted to the type of the default; unknown
+    keys are an error.
     """
     out = ml_collections.ConfigDict(defaults)
     if not arg:
         return out
+    pairs: list[list[str]] = []
     for item in arg.split(","):
         key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in defaults:
+        if sep:
+            pairs.append([key.strip(), value])
+        elif pairs:
+            pairs[-1][1] += "," + item
+        else:
+            pairs.append([item.strip(), None])
+    for key, value in pairs:
+        if value is None or key not in defaults:
             raise ValueError(
-                f"config argument {item!r} not understood; expected key=value with key one of "
+                f"config argument {key!r} not understood; expected key=value with key one of "
                 f"{sorted(defaults)}"
             )
         default = defaults[key]

@@ -69,9 +69,22 @@ class EpochPlan:
     flip: np.ndarray  # bool
 
     def to_device(self, mesh: jax.sharding.Mesh) -> dict:
-        """[K, B] global arrays, the batch axis sharded over the mesh's data axis."""
-        sharding = NamedSharding(mesh, P(None, "data"))
+        """[K, (D,) B] global arrays, the batch (last) axis sharded over the mesh."""
+        leading = (None,) * (self.index.ndim - 1)
+        sharding = NamedSharding(mesh, P(*leading, "data"))
         return {k: _global_array(v, sharding) for k, v in dataclasses.asdict(self).items()}
+
+
+def stack_plans(plans: list[EpochPlan]) -> EpochPlan:
+    """One plan as it is; several (one per seed) stacked into [K, D, B] arrays."""
+    if len(plans) == 1:
+        return plans[0]
+    return EpochPlan(
+        *(
+            np.stack([getattr(p, f.name) for p in plans], axis=1)
+            for f in dataclasses.fields(EpochPlan)
+        )
+    )
 
 
 def plan_batches(
@@ -98,10 +111,13 @@ def plan_batches(
 
 
 def make_batch(data: dict, step_plan: dict) -> dict:
-    """One global batch on the device: gather by index, zero-pad 4, crop, flip.
+    """One global batch on the device: gather by index, zero-pad 4, crop, flip; a [D, B] plan
+    (one per seed) gives [D, B, ...] batches.
 
     Integer indexing only, so it equals `augment.crop_flip` on the host bit for bit.
     """
+    if step_plan["index"].ndim == 2:
+        return jax.vmap(make_batch, in_axes=(None, 0))(data, step_plan)
     images = data["image"][step_plan["index"]]  # [B, H, W, C]
     _, h, w, _ = images.shape
     padded = jnp.pad(images, ((0, 0), (CROP_PAD, CROP_PAD), (CROP_PAD, CROP_PAD), (0, 0)))

@@ -18,7 +18,7 @@ from ltkd_jax import data
 from ltkd_jax.config import checks
 from ltkd_jax.deploy import report
 from ltkd_jax.methods import posthoc
-from ltkd_jax.runs import finished, rundir, summary
+from ltkd_jax.runs import cohort, finished, rundir, summary
 from ltkd_jax.runs import teachers as teacher_stage
 from ltkd_jax.training import evaluation, metrics, networks, sharding, trainer
 from ltkd_jax.training.writers import MetricWriter
@@ -28,7 +28,9 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Everything checkable before any data is read: the config (`checks.validate_config`),
     the finished runs it names, and, for a resumed run, that its config (and its stage-1
     teachers') still means the same checkpoints (so a refused student does not first resume
-    its teachers)."""
+    its teachers). A cohort config checks every member (`runs.cohort.check`)."""
+    if cohort.is_cohort(config):
+        return cohort.check(config, workdir)
     checks.validate_config(config)
     checks.check_run_paths(config)
     rundir.check_resume_config(workdir, config)
@@ -91,9 +93,12 @@ def _print_corrected(config: ml_collections.ConfigDict, best: dict) -> None:
     print(summary.format_summary(name, {"final": best, "best": best}), flush=True)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict | list[dict]:
     """The command-line job, after `check`: stage 1 teachers if needed, then the run; writes
-    its summary and report and prints the results."""
+    its summary and report and prints the results. A cohort config trains every member in
+    one program (`runs.cohort.run`)."""
+    if cohort.is_cohort(config):
+        return cohort.run(config, workdir)
     task = data.load_task(config.data)  # once, for every stage
     if config.method in posthoc.POSTHOC:
         best = correct_run(config, workdir, task)

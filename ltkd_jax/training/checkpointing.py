@@ -80,11 +80,11 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:200] if text else ''}"
 
 
-def _restore_newest_first(manager: ocp.CheckpointManager, restore_fn):
-    """(step, restore_fn(step), failures) of the newest checkpoint that restores, logging
-    each that does not; (None, None, []) without checkpoints. Raises CheckpointError when
-    none restores."""
-    steps = sorted(manager.all_steps(), reverse=True)
+def _restore_newest_first(manager: ocp.CheckpointManager, restore_fn, steps: list[int]):
+    """(step, restore_fn(step), failures) of the newest of `steps` that restores, logging
+    each that does not; (None, None, []) without steps. Raises CheckpointError when none
+    restores."""
+    steps = sorted(steps, reverse=True)
     failures = []
     for step in steps:
         try:
@@ -109,11 +109,11 @@ def _restore_newest_first(manager: ocp.CheckpointManager, restore_fn):
     )
 
 
-def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
-    """Moves unrestorable step directories out of orbax's view (kept for inspection)."""
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int], folder: str, why: str) -> None:
+    """Moves step directories out of orbax's view into WORKDIR/`folder` (kept, not deleted)."""
     if not steps or jax.process_index() != 0:
         return
-    root = os.path.join(os.path.dirname(str(manager.directory)), "unrestorable_checkpoints")
+    root = os.path.join(os.path.dirname(str(manager.directory)), folder)
     os.makedirs(root, exist_ok=True)
     for step in steps:
         target = os.path.join(root, str(step))
@@ -122,15 +122,15 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
             suffix += 1
             target = os.path.join(root, f"{step}.{suffix}")
         shutil.move(os.path.join(str(manager.directory), str(step)), target)
-        logging.warning(
-            "moved the unrestorable checkpoint %d to %s (kept, not deleted)", step, target
-        )
+        logging.warning("moved checkpoint %d (%s) to %s (kept, not deleted)", step, why, target)
     manager.reload()
 
 
-def restore_latest(manager: ocp.CheckpointManager, state, iterator):
-    """Restores the newest restorable checkpoint into the shapes/shardings of `state` and
-    into `iterator`; newer, unrestorable ones are set aside (see the module docstring).
+def restore_latest(manager: ocp.CheckpointManager, state, iterator, max_step: int | None = None):
+    """Restores the newest restorable checkpoint (at most `max_step`) into the shapes and
+    shardings of `state` and into `iterator`. Newer, unrestorable ones are set aside (see the
+    module docstring), and so are those after `max_step` (a cohort member saved ahead of the
+    others before a kill: its resumed run writes them again).
 
     Returns the restored state, or None when the directory holds no checkpoint.
     """
@@ -145,10 +145,14 @@ def restore_latest(manager: ocp.CheckpointManager, state, iterator):
             ),
         )
 
-    step, restored, failures = _restore_newest_first(manager, restore)
+    steps = list(manager.all_steps())
+    ahead = [s for s in steps if max_step is not None and s > max_step]
+    _set_aside(manager, ahead, "set_aside_checkpoints", "ahead of the cohort's common step")
+    steps = [s for s in steps if s not in ahead]
+    step, restored, failures = _restore_newest_first(manager, restore, steps)
     if restored is None:
         return None
-    _set_aside(manager, [s for s, _ in failures])
+    _set_aside(manager, [s for s, _ in failures], "unrestorable_checkpoints", "unrestorable")
     return restored["state"]
 
 

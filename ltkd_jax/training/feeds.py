@@ -68,35 +68,53 @@ def _jit(fn: Callable, mesh, compiler_options: dict | None) -> Callable:
 
 
 class DeviceFeed:
-    """The training split uploaded once; batch plans drawn per chunk."""
+    """The training split uploaded once; batch plans drawn per chunk.
+
+    With several `seeds` (a cohort's `per_seed` data), every step builds one batch per seed,
+    each exactly the batch a run with that seed gets: batch arrays gain a leading [D] axis.
+    """
 
     description = "on the device"
 
-    def __init__(self, split: Split, config: ml_collections.ConfigDict, mesh):
+    def __init__(
+        self,
+        split: Split,
+        config: ml_collections.ConfigDict,
+        mesh,
+        seeds: tuple[int, ...] | None = None,
+    ):
         self.mesh = mesh
         self.batch_size = config.batch_size
-        self.seed = config.seed
+        self.seeds = tuple(seeds) if seeds else (config.seed,)
         self.augment = config.data.augment
         self.chunk_steps = config.scan_steps
-        self.sequence = pipeline.index_sequence(
-            split, config.batch_size, config.data.sampler, config.seed, config.num_epochs
-        )
+        self.sequences = [
+            pipeline.index_sequence(
+                split, config.batch_size, config.data.sampler, seed, config.num_epochs
+            )
+            for seed in self.seeds
+        ]
         self.data = device.upload(split.images, split.labels, mesh)
         self.position = device.StepPosition()
 
     def plan(self, t0: int, t1: int) -> dict:
-        """[t1 - t0, B] device arrays: the indices and crops of global batches t0 .. t1 - 1."""
-        return device.plan_batches(
-            self.sequence,
-            t0,
-            t1,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            augment=self.augment,
-        ).to_device(self.mesh)
+        """[t1 - t0, B] device arrays ([t1 - t0, D, B] with D seeds): the indices and crops of
+        global batches t0 .. t1 - 1."""
+        plans = [
+            device.plan_batches(
+                sequence, t0, t1, batch_size=self.batch_size, seed=seed, augment=self.augment
+            )
+            for sequence, seed in zip(self.sequences, self.seeds, strict=True)
+        ]
+        return device.stack_plans(plans).to_device(self.mesh)
+
+    def batch_sharding(self):
+        """The sharding of a built batch: split along its batch axis (after the seed axis)."""
+        leading = (None,) if len(self.seeds) > 1 else ()
+        return sharding.data_sharded(self.mesh, leading)
 
     def compile(self, step: StepFn, compiler_options: dict | None) -> ChunkFn:
-        batch_sharding = sharding.data_sharded(self.mesh)
+        batch_sharding = self.batch_sharding()
         if scans_steps():
             chunk = functools.partial(steps.train_chunk, step=step, batch_sharding=batch_sharding)
             p_chunk = _jit(chunk, self.mesh, compiler_options)
@@ -163,8 +181,14 @@ def uses_device(config: ml_collections.ConfigDict, split: Split) -> bool:
     return bool(d.device_resident) and device.supports(split, d.augment, d.color_jitter)
 
 
-def make_feed(config: ml_collections.ConfigDict, train_split: Split, mesh) -> tuple[Feed, int]:
-    """(feed, uncapped steps per epoch): on the device when the split allows it."""
+def make_feed(
+    config: ml_collections.ConfigDict,
+    train_split: Split,
+    mesh,
+    seeds: tuple[int, ...] | None = None,
+) -> tuple[Feed, int]:
+    """(feed, uncapped steps per epoch): on the device when the split allows it; `seeds`
+    (device feed only) draws one batch per seed at every step."""
     if config.batch_size > len(train_split):
         raise ValueError(
             f"config.batch_size={config.batch_size} exceeds the {len(train_split)} training "
@@ -172,7 +196,7 @@ def make_feed(config: ml_collections.ConfigDict, train_split: Split, mesh) -> tu
         )
     steps_per_epoch = len(train_split) // config.batch_size
     if uses_device(config, train_split):
-        return DeviceFeed(train_split, config, mesh), steps_per_epoch
+        return DeviceFeed(train_split, config, mesh, seeds), steps_per_epoch
     iterator, _ = pipeline.make_train_iterator(
         train_split,
         global_batch_size=config.batch_size,

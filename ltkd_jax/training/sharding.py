@@ -46,8 +46,9 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def data_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P("data"))
+def data_sharded(mesh: jax.sharding.Mesh, leading: tuple = ()) -> NamedSharding:
+    """Split along the batch axis, after `leading` unsharded axes."""
+    return NamedSharding(mesh, P(*leading, "data"))
 
 
 def global_batch(mesh: jax.sharding.Mesh, local_batch: dict) -> dict:
