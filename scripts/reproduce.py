@@ -36,6 +36,7 @@ for path in (REPO, REPO / "scripts"):  # `python scripts/reproduce.py` from a ch
 
 import reproduce_tables as tables  # noqa: E402
 
+from ltkd_jax import methods  # noqa: E402
 from ltkd_jax.config import defaults  # noqa: E402
 
 ARCHIVES = {
@@ -87,7 +88,8 @@ class Run:
 
     @property
     def posthoc(self) -> bool:
-        return self.row.config == "tau_norm_cifar"
+        """A correction of a finished run: evaluated over a tau grid, nothing trained."""
+        return methods.get(self.config.method).kind == methods.CORRECTION
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,8 +123,9 @@ def cli_value(value) -> str:
 def short_schedule(config, epochs: int, steps: int) -> list[str]:
     """Overrides that compress a run's schedule to `epochs` epochs of at most `steps` steps.
 
-    The epoch-valued fields (LR warm-up and decay, DRW switch, DKD warm-up) shrink in the
-    same proportion, so the recipe's phases keep their place; evaluation only at the end.
+    The epoch-valued fields (LR warm-up and decay, and the loss fields the method declares:
+    DRW switch, DKD warm-up) shrink in the same proportion, so the recipe's phases keep their
+    place; evaluation only at the end.
     """
     scale = epochs / config.num_epochs
     decay = tuple(round(d * scale) for d in config.optim.decay_epochs)
@@ -133,11 +136,8 @@ def short_schedule(config, epochs: int, steps: int) -> list[str]:
         f"optim.warmup_epochs={round(config.optim.warmup_epochs * scale)}",
         f"optim.decay_epochs={cli_value(decay)}",
     ]
-    if "drw_epoch" in config.loss:  # the methods that weight by class
-        overrides.append(f"loss.drw_epoch={round(config.loss.drw_epoch * scale)}")
-    if "warmup_epochs" in config.loss:  # DKD
-        overrides.append(f"loss.warmup_epochs={max(1, round(config.loss.warmup_epochs * scale))}")
-    return overrides
+    scaled = methods.scaled_epoch_fields(config, scale)
+    return overrides + [f"loss.{name}={epochs}" for name, epochs in scaled.items()]
 
 
 def plan_table(
@@ -174,7 +174,7 @@ def plan_table(
             argv += [f"--config.{f}" for f in fields]
             parsed, _ = parse_command(argv)
             late = list(extra)
-            if short and row.config != "tau_norm_cifar":
+            if short and methods.get(parsed.method).kind == methods.TRAINING:
                 late = short_schedule(parsed, *short) + late
             if late:
                 argv += [f"--config.{f}" for f in late]

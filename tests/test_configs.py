@@ -5,7 +5,8 @@ import pathlib
 
 import pytest
 
-from ltkd_jax.config import checks, defaults
+from ltkd_jax import methods
+from ltkd_jax.config import checks, defaults, recipes
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
@@ -25,7 +26,7 @@ def test_config_loads_locks_and_validates(path):
     assert config.is_locked
     with pytest.raises(AttributeError):
         config.no_such_field = 1
-    if config.method in ("crt", "tau_norm"):  # start from a finished run: a required path
+    if methods.needs_of(config).init_run:  # starts from a finished run: a required path
         with pytest.raises(ValueError, match="config.init.workdir"):
             checks.validate_config(config)
         config.init.workdir = "/some/finished/run"
@@ -125,3 +126,36 @@ def test_large_scale_configs_take_the_benchmark_as_an_argument():
     )
     with pytest.raises(ValueError, match="no large-scale recipe"):
         _load(CONFIG_DIR / "bkd_large_scale.py", "dataset=cifar100")
+
+
+def test_a_method_carried_onto_another_recipe_brings_what_its_spec_declares(tmp_path):
+    """recipes.with_method (configs/folder.py, scripts/compare.py) reads only the method's
+    Spec: its sampler, head, ensemble size and loss, epoch-counted fields rescaled."""
+    recipe = recipes.folder_config(f"root={tmp_path},epochs=100", "ce")
+    for name, spec in methods.METHODS.items():
+        c = recipes.with_method(recipe, name, "folder")
+        assert (c.method, c.data.name, c.num_epochs, c.optim.schedule) == (
+            name,
+            "folder",
+            100,
+            "cosine",
+        )
+        assert c.data.sampler == spec.sampler
+        assert c.model.head == (spec.head or recipe.model.head), name
+        assert (c.teacher.count, c.teacher.color_jitter_teachers) == (
+            spec.teacher_count,
+            spec.color_jitter_teachers,
+        )
+        for field in spec.epoch_fields:  # 100 of the defaults' 200 epochs
+            assert c.loss[field] == round(spec.config()[field] / 2), (name, field)
+        if methods.needs_of(c).init_run:
+            c.init.workdir = "/a/finished/run"
+        checks.validate_config(c)
+
+
+def test_the_library_never_reads_a_file_under_configs():
+    """configs/ is the user's copy (a wheel install has none): the package only exports the
+    recipes the files there call."""
+    package = pathlib.Path(recipes.__file__).resolve().parents[1]
+    hits = [str(p) for p in package.rglob("*.py") if '"configs"' in p.read_text()]
+    assert not hits

@@ -12,7 +12,6 @@ import json
 import re
 
 import ml_collections
-from ml_collections import config_dict
 
 from ltkd_jax import methods
 from ltkd_jax.methods import base as method_base
@@ -20,12 +19,13 @@ from ltkd_jax.methods import base as method_base
 
 def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     """The BKD/LDAM-DRW CIFAR recipe (docs/recipes.md): ResNet-32, 200 epochs, batch 128,
-    running `method` with its own defaults in `config.loss`. Every field is documented
-    here or in the section builders below; `--print_config` shows the comments."""
+    running `method` with its own recipe (`set_method`, no setting: its loss defaults).
+    Every field is documented here or in the section builders below; `--print_config`
+    shows the comments."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # The training method (ltkd_jax/methods/) or post-hoc correction; its hyper-parameters
-    # are config.loss.
+    # The method (ltkd_jax/methods/): a loss to train, or a correction of a finished run;
+    # its hyper-parameters are config.loss.
     c.method = method
     _add_data(c)
     _add_model(c)
@@ -35,7 +35,7 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     _add_teacher_and_init(c)
     _add_optim(c)
     _add_run(c)
-    return c
+    return set_method(c, method)
 
 
 def _add_data(c: ml_collections.ConfigDict) -> None:
@@ -175,17 +175,33 @@ def teacher_seed(seed: int, index: int) -> int:
 
 
 def loss_section(method: str) -> ml_collections.ConfigDict:
-    """The `config.loss` section of `method` at its defaults; empty for a post-hoc correction
-    (nothing is trained). An unknown name gets an empty section: validate_config reports it."""
+    """The `config.loss` section of `method` at its defaults. An unknown name gets an empty
+    section: validate_config reports it."""
     if method in methods.METHODS:
         return methods.default_config(method)
     return ml_collections.ConfigDict()
 
 
-def set_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
-    """Switches an unlocked config to `method`, with that method's default `config.loss`."""
+def set_method(
+    config: ml_collections.ConfigDict, method: str, setting: methods.Setting | None = None
+) -> ml_collections.ConfigDict:
+    """Switches an unlocked config to `method` with the recipe its `Spec` declares: its
+    `config.loss` (at the values its official code uses in `setting`, else its defaults), its
+    sampler, head (its teachers' too) and ensemble size. Returns `config`."""
     config.method = method
     config.loss = loss_section(method)
+    if method not in methods.METHODS:
+        return config  # validate_config names the unknown method
+    spec = methods.get(method)
+    if setting is not None:
+        config.loss.update(spec.official_settings(setting))
+    config.data.sampler = spec.sampler
+    if spec.head is not None:
+        config.model.head = spec.head
+    config.teacher.count = spec.teacher_count
+    config.teacher.color_jitter_teachers = spec.color_jitter_teachers
+    if spec.head is not None and methods.num_teachers(config):
+        config.teacher.head = spec.head
     return config
 
 
@@ -271,11 +287,6 @@ def parse_arg(arg: str | None, **defaults):
         default = defaults[key]
         out[key] = type(default)(value) if default is not None else value
     return out
-
-
-def placeholder(kind):
-    """A typed empty field that must be set on the command line."""
-    return config_dict.placeholder(kind)
 
 
 def upgrade_saved_config(saved: dict) -> dict:

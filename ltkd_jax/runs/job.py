@@ -1,32 +1,27 @@
-"""The command-line job: stage-1 teachers if the method needs them, then the run (or a
-post-hoc correction of a finished one), its summary and its report."""
+"""The command-line job: stage-1 teachers if the method needs them, then the run (or, for a
+method of kind correction, the correction of a finished run), its summary and its report."""
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
-from ltkd_jax import data
+from ltkd_jax import methods
 from ltkd_jax.deploy import report
-from ltkd_jax.methods import posthoc
-from ltkd_jax.models import cpu_ops
-from ltkd_jax.runs import finished, rundir
-from ltkd_jax.training import evaluation, networks, sharding, trainer
+from ltkd_jax.runs import posthoc, rundir
 from ltkd_jax.training import teachers as teacher_stage
-from ltkd_jax.training.writers import MetricWriter, read_metrics
+from ltkd_jax.training import trainer
+from ltkd_jax.training.writers import read_metrics
 
 
 def check_resume_configs(config: ml_collections.ConfigDict, workdir: str) -> None:
     """`rundir.check_resume_config` for a job's run and the teachers it trains, before any
     stage starts (so a refused student does not first resume its teachers)."""
     rundir.check_resume_config(workdir, config)
-    if config.method in posthoc.POSTHOC or config.teacher.workdir:
+    if config.teacher.workdir:
         return
     for k, teacher_dir in enumerate(teacher_stage.teacher_workdirs(config, workdir)):
         rundir.check_resume_config(teacher_dir, teacher_stage.teacher_config(config, k))
@@ -66,74 +61,14 @@ def format_summary(name: str, summary: dict) -> str:
     )
 
 
-def correct_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluates `config.init.workdir`'s last checkpoint under every tau; returns the best."""
-    if not config.init.workdir:
-        raise ValueError(
-            f"config.method={config.method!r} corrects a finished run: set "
-            "--config.init.workdir to its workdir"
-        )
-    mesh = sharding.make_mesh(config.num_devices)
-    task = data.load_task(config.data)
-    train_split, test_split, val_split = task.train, task.test, task.val
-    num_classes = train_split.num_classes
-    run_config, run_task = finished.read_run_info(config.init.workdir)
-    image_shape = train_split.image_shape
-    finished.check_compatible(
-        "the run to correct",
-        config.init.workdir,
-        run_config,
-        run_task,
-        config,
-        num_classes,
-        image_shape,
-    )
-    teacher = finished.load_frozen(config.init.workdir, run_config, num_classes, image_shape, mesh)
-    mean, std = data.input_stats(config.data, image_shape[-1])
-    options = cpu_ops.compiler_options(networks.cpu_kernels(config))
-    eval_fn = jax.jit(
-        functools.partial(evaluation.eval_step, model=teacher.model, mean=mean, std=std),
-        out_shardings=sharding.replicated(mesh),
-        compiler_options=options,
-    )
-    batch_size = -(-config.eval_batch_size // mesh.devices.size) * mesh.devices.size
-    log_prior = np.log(task.class_counts / task.class_counts.sum()).astype(np.float32)
-    writer = MetricWriter(workdir)
-    writer.trim_after(-1)  # every tau is evaluated again: a rerun replaces the records
-    writer.write_json("config.json", config.to_dict())
-    epoch = summarize_run(config.init.workdir)["final"]["epoch"]
-    best = None
-    for tau in posthoc.tau_grid():
-        variables, offset = teacher.variables, None
-        if config.method == "tau_norm":
-            variables = posthoc.tau_normalized_variables(variables, float(tau))
-        else:
-            offset = jnp.asarray(-tau * log_prior)
-        evaluate = functools.partial(eval_fn, logit_offset=offset)
-        results = evaluation.evaluate(
-            evaluate, variables, test_split, mesh, batch_size, task.class_groups
-        )
-        writer.write_scalars(0, results, split="test", epoch=epoch, tau=float(tau))
-        chooser = results
-        if val_split is not None:
-            chooser = evaluation.evaluate(
-                evaluate, variables, val_split, mesh, batch_size, task.class_groups
-            )
-            writer.write_scalars(0, chooser, split="val", epoch=epoch, tau=float(tau))
-        if best is None or chooser["top1"] > best[2]:
-            best = (float(tau), results, chooser["top1"])
-    writer.close()
-    logging.info("%s: best tau %.1f, top-1 %.4f", config.method, best[0], best[1]["top1"])
-    return {"tau": best[0], "epoch": epoch, **best[1]}
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The command-line job: stage 1 teachers if needed, then the run; prints the results."""
-    if config.method in posthoc.POSTHOC:
-        best = correct_run(config, workdir)
+    if methods.get(config.method).kind == methods.CORRECTION:
+        corrected = summarize_run(config.init.workdir)
+        best = posthoc.correct_run(config, workdir, corrected["final"]["epoch"])
         rundir.write_summary(workdir, {"final": best, "best": best})
         if jax.process_index() == 0:
-            print(format_summary("corrected", summarize_run(config.init.workdir)), flush=True)
+            print(format_summary("corrected", corrected), flush=True)
             name = f"{config.method} tau={best['tau']:g}"
             print(format_summary(name, {"final": best, "best": best}), flush=True)
         return best
