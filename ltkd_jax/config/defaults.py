@@ -81,9 +81,13 @@ def _add_data(c: ml_collections.ConfigDict) -> None:
     # of steps (gather, crop/flip, step) runs in one jitted call; False feeds every batch
     # from the host through grain, as record splits and colour jitter always do.
     c.data.device_resident = True
-    # Mean/std normalisation of the input (dataset_stats); False feeds pixels in [0, 1],
+    # Mean/std normalisation of the input (data.norm_stats); False feeds pixels in [0, 1],
     # as CBD does (docs/recipes.md#cbd).
     c.data.normalize = True
+    # Which mean/std (values in data/augment.py NORM_STATS): auto (the dataset's: ldam for
+    # CIFAR, imagenet for photos and folders, digits) | ldam (the LDAM-DRW / BKD constants) |
+    # cifar100 (CIFAR-100's own, as mdistiller) | imagenet | digits.
+    c.data.norm_stats = "auto"
     # Shot groups by training count (docs/evaluation.md#shot-groups): many > 100, few < 20.
     c.data.many_threshold = 100
     c.data.few_threshold = 20
@@ -104,6 +108,10 @@ def _add_model(c: ml_collections.ConfigDict) -> None:
     c.model.cpu_kernels = "auto"
     # ImageNet-style ResNets: start the last BatchNorm gamma of every block at 0 (CBD's code).
     c.model.zero_init_residual = False
+    # Conv and linear-head kernel init (models/layers.py): ldam (the LDAM-DRW / BKD ResNets:
+    # Kaiming-normal fan_in) | mdistiller (its CIFAR ResNets: Kaiming-normal fan_out convs,
+    # PyTorch's default linear).
+    c.model.weight_init = "ldam"
 
 
 def _add_teacher_and_init(c: ml_collections.ConfigDict) -> None:

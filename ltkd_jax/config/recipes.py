@@ -52,6 +52,11 @@ def cifar_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
         c.optim.lr, c.optim.weight_decay = 0.05, 5e-4
         c.optim.warmup_epochs, c.optim.decay_epochs, c.optim.decay_factor = 0, (150, 180, 210), 0.1
         c.data.eval_groups = "tail33"  # LTKD's tables report the bottom 33% as "tail"
+        # mdistiller/models/cifar/resnet.py: Kaiming-normal fan_out convs, PyTorch's Linear.
+        c.model.weight_init = "mdistiller"
+        if args.dataset == "cifar100":  # mdistiller/dataset/cifar100.py's Normalize
+            c.data.norm_stats = "cifar100"
+        # mdistiller reads no CIFAR-10: there the dataset's (LDAM-DRW) statistics stay.
     return c
 
 
