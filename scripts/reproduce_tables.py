@@ -78,6 +78,23 @@ DISTILLERS = ("kd", "bkd", "dkd", "dukd", "krdistill", "ltkd")
 # `teachers.teacher_config` of the students' config.
 MDISTILLER_TEACHER_ARG = "student=resnet32x4,recipe=mdistiller"
 
+# The reference check reads a row at its best epoch, and says why in every table.
+REFERENCE_EPOCH_WHY = (
+    "The check reads our rows at their best epoch (the highest test top-1 over training), "
+    "because the code behind the references reports that number: LDAM-DRW's cifar_train.py "
+    "and the BKD repository's train_student.py print \"Best Prec@1\", mdistiller's trainer "
+    "keeps best_acc (LTKD has no public code; its author's other KD code builds on "
+    "mdistiller). Which epoch the logit-adjustment paper reports is not known to us; it is "
+    "read the same way. The final epoch is shown beside it."
+)
+# The default CIFAR-10 archive is a JPEG copy; the table says so, and which source each run read.
+CIFAR10_JPEG_NOTE = (
+    "CIFAR-10 is read from ../shared/data/cifar10-jpeg.zip by default: a lossy JPEG "
+    "re-encoding, so accuracies can differ slightly from the papers', whose code reads the "
+    "original pickles. `--archive=/path/to/cifar-10-python.tar.gz` (the official pickles) "
+    "trains on the original pixels; the Data section says what each run read."
+)
+
 LDAM = "LDAM-DRW paper (Cao et al. 2019, Table 2)"
 LOGIT_ADJUST = "logit-adjustment paper (Menon et al. 2021, Table 2)"
 LTKD_DIGEST = "third-party digest of arXiv 2506.18496 (LTKD)"
@@ -131,6 +148,8 @@ TABLES: dict[str, Table] = {
                 Reference("logit_adjust", 43.9, LOGIT_ADJUST, target=1.0),
             ),
             notes=(
+                "DKD: beta 2, mdistiller's value for its ResNet-56 and ResNet-110 teachers "
+                "(res56_res20.yaml, res110_res32.yaml), the ResNet-32 teacher's family.",
                 "KD is the BKD repository's KD row: its CE term is class re-weighted "
                 "(effective number, from epoch 0).",
             ),
@@ -154,6 +173,9 @@ TABLES: dict[str, Table] = {
             notes=(
                 "tail = the bottom 33% of classes by training count, as LTKD reports it.",
                 "KD is vanilla KD with mdistiller's CIFAR weights (0.1 CE + 0.9 KL, T = 4).",
+                "DKD: beta 8 (mdistiller res32x4_res8x4.yaml). Every run normalises with "
+                "CIFAR-100's own mean and std and initialises as mdistiller's ResNets (fan_out "
+                "convs, PyTorch's Linear): docs/recipes.md#mdistiller-cifar-recipe.",
             ),
         ),
         Table(
@@ -173,6 +195,7 @@ TABLES: dict[str, Table] = {
                 Reference("ldam_drw", 77.0, LDAM, target=1.0),
             ),
             notes=(
+                CIFAR10_JPEG_NOTE,
                 "Rows: the losses of the LDAM-DRW code the BKD repository builds on, and its "
                 "KD / BKD, both under the repository's CIFAR-10 DRW rule (weights from epoch 160).",
                 "CIFAR-10-LT IF100 has no few-shot class (fewest: 50 images), so 'few' is n/a.",

@@ -44,7 +44,8 @@ def _add_data(c: ml_collections.ConfigDict) -> None:
     c.data.name = "cifar100"
     # Where prepared tfds data lives; empty means ~/tensorflow_datasets.
     c.data.data_dir = ""
-    # Local zip of the dataset ({train,test}/<class>/<image>); empty means download.
+    # CIFAR: a local zip ({train,test}/<class>/<image>; a JPEG zip is lossy) or the official
+    # pickle tarball (cifar-10-python.tar.gz: the original pixels); empty means download.
     # For 'folder' the user's image tree (folder or zip of <split>/<class>/<image>); for
     # imagenet_lt / places_lt / inat2018 the image root the list files are relative to.
     c.data.archive = ""
