@@ -56,7 +56,10 @@ def define_flags() -> None:
     flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed); one teacher per seed.")
     flags.DEFINE_string("root", "runs/reproduce", "Where the run folders live.")
     flags.DEFINE_string(
-        "archive", "", "Dataset zip; empty = ../shared/data/cifar100-png.zip or cifar10-jpeg.zip."
+        "archive",
+        "",
+        "Dataset zip or official pickle tarball (cifar-10-python.tar.gz: the original pixels); "
+        "empty = ../shared/data/cifar100-png.zip or cifar10-jpeg.zip (lossy JPEG).",
     )
     flags.DEFINE_string("out", "results", "Folder for TABLE.md, TABLE.json, TABLE.png.")
     flags.DEFINE_bool("short", False, "The CPU smoke schedule: few epochs, capped steps.")
