@@ -7,6 +7,7 @@ import pytest
 
 from ltkd_jax import methods
 from ltkd_jax.config import checks, defaults, recipes
+from ltkd_jax.runs import rundir
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
@@ -109,6 +110,14 @@ def test_old_run_configs_upgrade_to_the_method_sections():
     upgraded = defaults.upgrade_saved_config(saved)
     assert "projection_dim" not in upgraded["model"]
     assert upgraded["loss"] == {**defaults.loss_section("kd").to_dict(), "alpha": 0.5}
+    # What runs before data.norm_stats / model.weight_init used: the dataset's statistics
+    # and the LDAM-DRW init, so the mdistiller recipe's values read as a change.
+    assert upgraded["model"]["weight_init"] == "ldam"
+    old_mdistiller = _load(CONFIG_DIR / "kd_cifar.py", "recipe=mdistiller")[1].to_dict()
+    del old_mdistiller["data"]["norm_stats"], old_mdistiller["model"]["weight_init"]
+    now = _load(CONFIG_DIR / "kd_cifar.py", "recipe=mdistiller")[1].to_dict()
+    refused, _ = rundir.config_changes(defaults.upgrade_saved_config(old_mdistiller), now)
+    assert set(refused) == {"data.norm_stats", "model.weight_init"}
 
 
 def test_large_scale_configs_take_the_benchmark_as_an_argument():

@@ -304,10 +304,17 @@ def upgrade_saved_config(saved: dict) -> dict:
     Runs written before every method owned its `config.loss` section kept one shared section
     (unset fields None, meaning "the loss function's default") and `model.projection_dim`.
     The section becomes the method's own fields, None replaced by the default, which is the
-    value the old loss used; the projection width is now derived from the method.
+    value the old loss used; the projection width is now derived from the method. Runs
+    written before `data.norm_stats` and `model.weight_init` used the dataset's statistics
+    and the LDAM-DRW init: their values are written in, so resuming such a run under a recipe
+    that changes them (the mdistiller recipe) is refused instead of switching mid-run.
     """
     out = json.loads(json.dumps(saved))
     out.get("model", {}).pop("projection_dim", None)
+    if isinstance(out.get("data"), dict):
+        out["data"].setdefault("norm_stats", "auto")
+    if isinstance(out.get("model"), dict):
+        out["model"].setdefault("weight_init", "ldam")
     method, old = out.get("method"), out.get("loss")
     if method in methods.METHODS and isinstance(old, dict):
         defaults = methods.default_config(method).to_dict()
