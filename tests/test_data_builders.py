@@ -320,13 +320,17 @@ def test_official_pickle_tarball_as_the_archive_is_lossless_and_recorded(tmp_pat
         np.testing.assert_array_equal(got.labels, labels[split][order])
         np.testing.assert_array_equal(got.images, images[split][order])  # the exact pixels
     source = {"source": "archive:cifar-10-python.tar.gz", "encoding": "png", "lossless": True}
-    assert train.source == test.source == source
-    assert train.subset(np.arange(3)).source == source  # a long-tailed cut keeps it
+    assert train.data_source == test.data_source == source
+    assert train.subset(np.arange(3)).data_source == source  # a long-tailed cut keeps it
 
     jpeg_zip = tmp_path / "tiny.zip"
     write_zip(jpeg_zip, IDS, fmt="JPEG")
     train, *_ = load_dataset("cifar10", data_dir=str(tmp_path / "jpeg"), archive=str(jpeg_zip))
-    assert train.source == {"source": "archive:tiny.zip", "encoding": "jpeg", "lossless": False}
+    assert train.data_source == {
+        "source": "archive:tiny.zip",
+        "encoding": "jpeg",
+        "lossless": False,
+    }
 
 
 def test_a_tarball_that_is_not_the_official_one_is_named(tmp_path):

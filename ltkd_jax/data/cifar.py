@@ -124,13 +124,13 @@ def read_split(builder: builders.LtkdCifar, split: str) -> ArraySplit:
     if all(os.path.exists(p) for p in paths):
         labels, images = (np.load(p) for p in paths)
         if len(labels) == len(images) == num_examples:
-            return ArraySplit(images, labels, len(names), names, source=source)
+            return ArraySplit(images, labels, len(names), names, data_source=source)
         logging.warning("Ignoring stale decoded cache %s", cache_dir)
     images, labels = decode_split(builder, split)
     os.makedirs(cache_dir, exist_ok=True)
     for path, array in zip(paths, (labels, images), strict=True):
         cache.save_atomic(path, array)
-    return ArraySplit(images, labels, len(names), names, source=source)
+    return ArraySplit(images, labels, len(names), names, data_source=source)
 
 
 def decode_split(
@@ -189,5 +189,5 @@ def load_digits(test_fraction: float = 1 / 3, seed: int = 0) -> tuple[ArraySplit
         train_idx.append(idx[~chosen])
     names = tuple(str(c) for c in range(10))
     source = {"source": "sklearn.datasets.load_digits", "encoding": "array", "lossless": True}
-    full = ArraySplit(images, labels, 10, names, source=source)
+    full = ArraySplit(images, labels, 10, names, data_source=source)
     return full.subset(np.concatenate(train_idx)), full.subset(np.concatenate(test_idx))

@@ -96,8 +96,8 @@ def task_splits(splits: DataSplits, d: Any) -> TaskSplits:
     info = {
         "class_names": [longtail.class_name(train, c) for c in range(train.num_classes)],
         "data_fingerprint": train.fingerprint,
-        # CIFAR and digits: where the images came from, lossless or not (ArraySplit.source).
-        "data_source": getattr(train, "source", {}),
+        # CIFAR and digits: where the images came from, lossless or not (ArraySplit).
+        "data_source": getattr(train, "data_source", {}),
         "shot_thresholds": {"many": many, "few": few, "derived": derived},
         "selected_on": selected_on,
         "num_val": 0 if val is None else len(val),
