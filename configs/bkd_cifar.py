@@ -24,6 +24,4 @@ from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    c = recipes.cifar_config(arg, "bkd", temperature=2.0, alpha=1.0)
-    c.loss.class_weighting = recipes.bkd_repo_weighting(c.data.name)
-    return defaults.lock(c)
+    return defaults.lock(recipes.cifar_config(arg, "bkd"))

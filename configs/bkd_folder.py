@@ -20,6 +20,4 @@ from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    c = recipes.folder_config(arg, "bkd")
-    c.loss.class_weighting = "reweight"  # effective-number weights from epoch 0
-    return defaults.lock(c)
+    return defaults.lock(recipes.folder_config(arg, "bkd"))

@@ -24,6 +24,4 @@ from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    c = recipes.benchmark_config(arg, "bkd")
-    c.loss.class_weighting = "reweight"
-    return defaults.lock(c)
+    return defaults.lock(recipes.benchmark_config(arg, "bkd"))

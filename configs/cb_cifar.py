@@ -12,6 +12,4 @@ from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    c = recipes.cifar_config(arg, "cb")
-    c.loss.class_weighting = "reweight"
-    return defaults.lock(c)
+    return defaults.lock(recipes.cifar_config(arg, "cb"))

@@ -24,10 +24,7 @@ def get_config(arg=None):
     args = defaults.parse_arg(",".join(i for i in items if i.startswith("teachers=")), teachers=1)
     rest = ",".join(i for i in items if not i.startswith("teachers="))
     method = "cbd" if args.teachers == 1 else "cbd_ensemble"
-    c = recipes.cifar_config(rest or None, method, alpha=0.4, beta=100.0)
-    c.model.head = c.teacher.head = "cosine"
-    c.data.sampler = "class_balanced"
+    c = recipes.cifar_config(rest or None, method)
     c.teacher.count = args.teachers
-    if args.teachers > 1:  # the last half train with colour jitter + grayscale
-        c.teacher.color_jitter_teachers = args.teachers // 2
+    c.teacher.color_jitter_teachers = args.teachers // 2  # the last half: colour jitter
     return defaults.lock(c)

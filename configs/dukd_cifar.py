@@ -14,5 +14,4 @@ from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    c = recipes.cifar_config(arg, "dukd", temperature=2.0, alpha=1.0, lam=0.5)
-    return defaults.lock(c)
+    return defaults.lock(recipes.cifar_config(arg, "dukd"))

@@ -11,4 +11,4 @@ from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    return defaults.lock(recipes.cifar_config(arg, "focal", gamma=1.0))
+    return defaults.lock(recipes.cifar_config(arg, "focal"))

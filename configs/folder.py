@@ -3,11 +3,12 @@
     python -m ltkd_jax.main --config configs/folder.py:method=dkd,root=/path/to/mydata \
         --workdir runs/dkd_mydata --config.teacher.workdir=runs/ce_mydata
 
-`method` (default ce) is any method with a configs/<method>_cifar.py; its loss settings come
-from there (epoch-counted ones, DRW start and DKD warm-up, scaled to this schedule), the
-data, models and schedule from the folder recipe. The other arguments are ce_folder.py's:
-`root, imb, model, augment, size, epochs`. Without --config.teacher.workdir a distillation
-method first trains its CE teacher into WORKDIR/teacher. docs/own_data.md walks through it.
+`method` (default ce) is any method of ltkd_jax/methods/; it brings its own part of the
+recipe (loss, sampler, head: recipes.with_method; its epoch-counted loss fields, DRW start
+and DKD warm-up, scaled to this schedule), the folder recipe the data, models and schedule.
+The other arguments are ce_folder.py's: `root, imb, model, augment, size, epochs`. Without
+--config.teacher.workdir a distillation method first trains its CE teacher into
+WORKDIR/teacher. docs/own_data.md walks through it.
 """
 
 from ltkd_jax.config import defaults, recipes
@@ -20,4 +21,4 @@ def get_config(arg=None):
     recipe = recipes.folder_config(rest, "ce")
     if method == "ce":
         return defaults.lock(recipe)
-    return defaults.lock(recipes.with_method(recipe, recipes.method_config(method)))
+    return defaults.lock(recipes.with_method(recipe, method, "folder"))

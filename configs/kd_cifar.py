@@ -4,18 +4,21 @@
         --config.teacher.workdir=runs/bkd_c100/teacher \
         --config.data.archive=../shared/data/cifar100-png.zip
 
-Loss: CE + alpha * T^2 * KL(softmax(v/T) || softmax(z/T)), alpha = 1, T = 2, on the BKD
-recipe. The BKD repository's train_student.py forces a class-weighting rule on every loss,
-so its KDLoss uses nn.CrossEntropyLoss(weight=per_cls_weights): the CE term is weighted by
-effective-number weights from epoch 0 on CIFAR-100 and from epoch 160 (DRW) on CIFAR-10.
-That is this config's default under recipe=bkd, so the KD row matches the repository's.
-Plain Hinton KD (unweighted CE) is --config.loss.class_weighting=none; under
-recipe=mdistiller the CE is unweighted.
+    # mdistiller's KD on its recipe: 0.1 CE + 0.9 T^2 KL, T = 4
+    python -m ltkd_jax.main \
+        --config configs/kd_cifar.py:teacher=resnet32x4,student=resnet8x4,recipe=mdistiller \
+        --workdir runs/kd_r32x4_r8x4 --config.data.archive=../shared/data/cifar100-png.zip
+
+Loss: ce_weight * CE + alpha * T^2 * KL(softmax(v/T) || softmax(z/T)), with the official
+values of the recipe (ltkd_jax/methods/kd.py). recipe=bkd (the default): the BKD
+repository's KD row, alpha = 1, T = 2, and a CE term weighted by class as its
+train_student.py forces on every loss (effective-number weights from epoch 0 on CIFAR-100,
+DRW from epoch 160 on CIFAR-10); plain Hinton KD is --config.loss.class_weighting=none.
+recipe=mdistiller: mdistiller's KD, ce_weight 0.1, alpha 0.9, T = 4, unweighted CE.
 """
 
 from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    c = recipes.cifar_config(arg, "kd", bkd_repo_rule=True, temperature=2.0, alpha=1.0)
-    return defaults.lock(c)
+    return defaults.lock(recipes.cifar_config(arg, "kd"))

@@ -20,5 +20,4 @@ from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    c = recipes.cifar_config(arg, "krdistill", temperature=4.0, alpha=1.0, beta=0.0)
-    return defaults.lock(c)
+    return defaults.lock(recipes.cifar_config(arg, "krdistill"))

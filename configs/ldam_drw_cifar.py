@@ -11,8 +11,4 @@ from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    c = recipes.cifar_config(arg, "ldam_drw")
-    c.model.head = "normed"
-    c.loss.class_weighting = "drw"
-    c.loss.drw_epoch = 160
-    return defaults.lock(c)
+    return defaults.lock(recipes.cifar_config(arg, "ldam_drw"))

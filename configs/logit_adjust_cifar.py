@@ -12,4 +12,4 @@ from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    return defaults.lock(recipes.cifar_config(arg, "logit_adjust", tau=1.0))
+    return defaults.lock(recipes.cifar_config(arg, "logit_adjust"))

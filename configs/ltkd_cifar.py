@@ -23,5 +23,4 @@ from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    c = recipes.cifar_config(arg, "ltkd", temperature=4.0, alpha=1.0, beta=1.0)
-    return defaults.lock(c)
+    return defaults.lock(recipes.cifar_config(arg, "ltkd"))

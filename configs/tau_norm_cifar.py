@@ -15,6 +15,4 @@ from ltkd_jax.config import defaults, recipes
 
 
 def get_config(arg=None):
-    c = recipes.cifar_config(arg, "tau_norm")
-    c.init.workdir = defaults.placeholder(str)
-    return defaults.lock(c)
+    return defaults.lock(recipes.cifar_config(arg, "tau_norm"))

@@ -6,13 +6,16 @@ per-class plot.
 
 `--config` is the main job's: a config file with its argument, and `--config.<field>=v`
 overrides (e.g. `--config.num_epochs=2 --config.max_steps_per_epoch=20` for a short CPU
-schedule). Every method trains with that recipe (data, models, schedule) and its own loss
-settings (recipes.with_method, from configs/<method>_cifar.py), in `ROOT/<method>`; a
-finished run is only read, an interrupted one resumes. The teacher is `--teacher_workdir`,
-else the config's teacher.workdir, else one CE teacher trained with the recipe into
-`ROOT/teacher`. CIFAR-100-LT, as in the README:
+schedule). Every method trains with that recipe (data, models, schedule) and the part of the
+recipe it declares itself (loss, sampler, head: recipes.with_method), in `ROOT/<method>`; a
+finished run is only read, an interrupted one resumes. `--recipe` names the official recipe
+`--config` follows (bkd, mdistiller), so methods take their official settings for it (e.g.
+the BKD repository's class-weighted KD); empty: each method's defaults. The teacher is
+`--teacher_workdir`, else the config's teacher.workdir, else one CE teacher trained with the
+recipe into `ROOT/teacher`. CIFAR-100-LT, as in the README:
 
-    python scripts/compare.py --config configs/ce_cifar.py --teacher_workdir=runs/bkd_c100/teacher \
+    python scripts/compare.py --config configs/ce_cifar.py --recipe=bkd \
+        --teacher_workdir=runs/bkd_c100/teacher \
         --config.data.archive=../shared/data/cifar100-png.zip --methods=kd,bkd,dukd,ltkd,dkd
 
 Writes `OUT.md` (top-1, mean per-class accuracy, many / medium / few, final and best
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import os
 
+import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -41,7 +45,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _TEACHER = flags.DEFINE_string(
     "teacher_workdir", "", "A finished teacher run; empty: config.teacher.workdir, else train one."
 )
-_METHODS = flags.DEFINE_list("methods", ["kd", "bkd"], "Methods with a configs/<method>_cifar.py.")
+_METHODS = flags.DEFINE_list("methods", ["kd", "bkd"], "Methods (ltkd_jax/methods/) to compare.")
+_RECIPE = flags.DEFINE_string(
+    "recipe", "", "The official recipe --config follows (bkd, mdistiller); empty: none."
+)
 _ROOT = flags.DEFINE_string("root", "runs/compare", "Where the student runs live.")
 _OUT = flags.DEFINE_string("out", "results/compare", "Output prefix for .md and .png.")
 _COLLECT = flags.DEFINE_bool("collect_only", False, "Only read finished runs; train nothing.")
@@ -51,12 +58,12 @@ flags.mark_flags_as_required(["config"])
 IMBALANCED_TEST_RATIO = 1.5
 
 
-def method_config(recipe, method: str, teacher_dir: str):
-    """The recipe running `method` (its loss settings from configs/<method>_cifar.py)."""
+def method_config(recipe, method: str, teacher_dir: str, recipe_name: str = ""):
+    """The recipe running `method` (`recipes.with_method`); the recipe's own method as it is."""
     if method == recipe.method:
-        config = recipes.with_method(recipe, recipe)
+        config = ml_collections.ConfigDict(recipe.to_dict())
     else:
-        config = recipes.with_method(recipe, recipes.method_config(method))
+        config = recipes.with_method(recipe, method, recipe_name)
     config.teacher.workdir = teacher_dir
     return defaults.lock(config)
 
@@ -162,7 +169,7 @@ def main(argv):
     for method in _METHODS.value:
         workdir = os.path.join(_ROOT.value, method)
         if not _COLLECT.value:
-            config = method_config(recipe, method, teacher_dir)
+            config = method_config(recipe, method, teacher_dir, _RECIPE.value)
             job.check(config, workdir)
             job.run(config, workdir)
         rows.append((method, summarize_run(workdir)))

@@ -36,6 +36,7 @@ for path in (REPO, REPO / "scripts"):  # `python scripts/reproduce.py` from a ch
 
 import reproduce_tables as tables  # noqa: E402
 
+from ltkd_jax import methods  # noqa: E402
 from ltkd_jax.config import defaults  # noqa: E402
 
 ARCHIVES = {
@@ -45,6 +46,8 @@ ARCHIVES = {
 RECORD = "reproduce.json"  # the finished run's provenance, in its workdir
 ATTEMPTS = "reproduce_attempts.jsonl"  # one line per start and per end of a training call
 GROUPS = ("top1", "many", "medium", "few", "tail")
+# Every group at the final epoch (GROUPS) and at the best one (best_<group>): both reported.
+STATS = (*GROUPS, *(f"best_{g}" for g in GROUPS))
 
 
 def define_flags() -> None:
@@ -53,7 +56,10 @@ def define_flags() -> None:
     flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed); one teacher per seed.")
     flags.DEFINE_string("root", "runs/reproduce", "Where the run folders live.")
     flags.DEFINE_string(
-        "archive", "", "Dataset zip; empty = ../shared/data/cifar100-png.zip or cifar10-jpeg.zip."
+        "archive",
+        "",
+        "Dataset zip or official pickle tarball (cifar-10-python.tar.gz: the original pixels); "
+        "empty = ../shared/data/cifar100-png.zip or cifar10-jpeg.zip (lossy JPEG).",
     )
     flags.DEFINE_string("out", "results", "Folder for TABLE.md, TABLE.json, TABLE.png.")
     flags.DEFINE_bool("short", False, "The CPU smoke schedule: few epochs, capped steps.")
@@ -87,7 +93,8 @@ class Run:
 
     @property
     def posthoc(self) -> bool:
-        return self.row.config == "tau_norm_cifar"
+        """A correction of a finished run: evaluated over a tau grid, nothing trained."""
+        return methods.get(self.config.method).kind == methods.CORRECTION
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,8 +128,9 @@ def cli_value(value) -> str:
 def short_schedule(config, epochs: int, steps: int) -> list[str]:
     """Overrides that compress a run's schedule to `epochs` epochs of at most `steps` steps.
 
-    The epoch-valued fields (LR warm-up and decay, DRW switch, DKD warm-up) shrink in the
-    same proportion, so the recipe's phases keep their place; evaluation only at the end.
+    The epoch-valued fields (LR warm-up and decay, and the loss fields the method declares:
+    DRW switch, DKD warm-up) shrink in the same proportion, so the recipe's phases keep their
+    place; evaluation only at the end.
     """
     scale = epochs / config.num_epochs
     decay = tuple(round(d * scale) for d in config.optim.decay_epochs)
@@ -133,11 +141,8 @@ def short_schedule(config, epochs: int, steps: int) -> list[str]:
         f"optim.warmup_epochs={round(config.optim.warmup_epochs * scale)}",
         f"optim.decay_epochs={cli_value(decay)}",
     ]
-    if "drw_epoch" in config.loss:  # the methods that weight by class
-        overrides.append(f"loss.drw_epoch={round(config.loss.drw_epoch * scale)}")
-    if "warmup_epochs" in config.loss:  # DKD
-        overrides.append(f"loss.warmup_epochs={max(1, round(config.loss.warmup_epochs * scale))}")
-    return overrides
+    scaled = methods.scaled_epoch_fields(config, scale)
+    return overrides + [f"loss.{name}={epochs}" for name, epochs in scaled.items()]
 
 
 def plan_table(
@@ -174,7 +179,7 @@ def plan_table(
             argv += [f"--config.{f}" for f in fields]
             parsed, _ = parse_command(argv)
             late = list(extra)
-            if short and row.config != "tau_norm_cifar":
+            if short and methods.get(parsed.method).kind == methods.TRAINING:
                 late = short_schedule(parsed, *short) + late
             if late:
                 argv += [f"--config.{f}" for f in late]
@@ -388,8 +393,8 @@ def wall_time(workdir: str) -> tuple[float | None, list[str]]:
     return total, sorted(set(devices))
 
 
-def write_record(run: Run) -> dict:
-    """The finished run's provenance, from its attempts log."""
+def write_record(run: Run, teacher_dir: str) -> dict:
+    """The finished run's provenance, from its attempts log and its task.json."""
     wall, devices = wall_time(run.workdir)
     attempts = os.path.join(run.workdir, ATTEMPTS)
     first = {}
@@ -408,6 +413,7 @@ def write_record(run: Run) -> dict:
         "device_kind": " + ".join(devices) or "unknown",
         "jax_version": first.get("jax_version", "unknown"),
         "wall_s": wall,
+        "data_source": data_source(run, teacher_dir),
     }
     with open(os.path.join(run.workdir, RECORD), "w") as f:
         json.dump(record, f, indent=2, default=str)
@@ -419,34 +425,52 @@ def write_record(run: Run) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def class_counts(run: Run, teacher_dir: str) -> np.ndarray:
-    """Training images per class: the run's task.json (post-hoc runs: the teacher's)."""
+def task_record(run: Run, teacher_dir: str) -> dict:
+    """The run's task.json (post-hoc runs: the teacher's, whose data they evaluate)."""
     for workdir in (run.workdir, teacher_dir):
         path = os.path.join(workdir, "task.json")
         if os.path.exists(path):
             with open(path) as f:
-                return np.asarray(json.load(f)["class_counts"])
+                return json.load(f)
     raise FileNotFoundError(f"no task.json in {run.workdir} or {teacher_dir}")
 
 
+def class_counts(run: Run, teacher_dir: str) -> np.ndarray:
+    """Training images per class."""
+    return np.asarray(task_record(run, teacher_dir)["class_counts"])
+
+
+def data_source(run: Run, teacher_dir: str) -> dict:
+    """Where the run's images came from, and whether they are the original pixels
+    (`task.json`'s data_source; empty for runs recorded before it was)."""
+    return task_record(run, teacher_dir).get("data_source", {})
+
+
+def _groups(record: dict, table: tables.Table, counts: np.ndarray) -> dict:
+    """Top-1, many / medium / few and, where the table has one, the tail of a test record."""
+    out = {k: record.get(k) for k in ("top1", "many", "medium", "few")}
+    if table.tail_fraction:
+        out["tail"] = tables.group_accuracy(
+            record["per_class_acc"], tables.tail_classes(counts, table.tail_fraction)
+        )
+    return out
+
+
 def run_result(run: Run, table: tables.Table, counts: np.ndarray) -> dict:
-    """Final-epoch accuracies of a finished run (post-hoc runs: the best tau)."""
+    """Accuracies of a finished run at its final epoch and at its best one (the highest
+    test top-1: CIFAR-LT has no validation split); post-hoc runs: the best tau for both."""
     tests = [r for r in read_metrics(run.workdir) if r.get("split") == "test"]
     if run.posthoc:
         tests = tests[-tables.TAU_GRID_SIZE :]
         final = best = max(tests, key=lambda r: r["top1"])
     else:
         final, best = tests[-1], max(tests, key=lambda r: r["top1"])
-    per_class = np.asarray(final["per_class_acc"])
-    out = {k: final.get(k) for k in ("top1", "many", "medium", "few")}
-    if table.tail_fraction:
-        out["tail"] = tables.group_accuracy(
-            per_class, tables.tail_classes(counts, table.tail_fraction)
-        )
+    out = _groups(final, table, counts)
+    out.update({f"best_{k}": v for k, v in _groups(best, table, counts).items()})
     out.update(
-        best_top1=best["top1"],
+        epoch=final.get("epoch"),
         best_epoch=best.get("epoch"),
-        per_class_acc=per_class.tolist(),
+        per_class_acc=list(final["per_class_acc"]),
     )
     if run.posthoc:
         out["tau"] = final["tau"]
@@ -477,11 +501,12 @@ def collect(table: tables.Table, runs: list[Run]) -> dict:
             if os.path.exists(path):
                 with open(path) as f:
                     record = json.load(f)
+                record.setdefault("data_source", data_source(run, teacher_dirs[run.seed]))
             else:
-                record = write_record(run)
+                record = write_record(run, teacher_dirs[run.seed])
             per_run.append({**record, "result": run_result(run, table, counts)})
         stats = {}
-        for group in GROUPS:
+        for group in STATS:
             mean, std = tables.mean_std([p["result"].get(group) for p in per_run])
             stats[group] = {"mean": mean, "std": std}
         rows.append(
@@ -518,15 +543,19 @@ def reference_lines(table: tables.Table, by_key: dict, short: bool) -> list[str]
     lines = [
         "## Against the references",
         "",
-        "| row | ours | reference | source | gap (points) | verdict |",
-        "|---|---|---|---|---|---|",
+        tables.REFERENCE_EPOCH_WHY,
+        "",
+        "| row | ours, best epoch | ours, final epoch | reference | source | gap (points) "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     for ref in table.references:
         row = by_key[ref.key]
-        items = [("top-1", row["stats"]["top1"]["mean"], ref.top1, ref.target)]
+        items = [("top-1", "top1", ref.top1, ref.target)]
         if ref.tail is not None:
-            items.append(("tail", row["stats"]["tail"]["mean"], ref.tail, None))
-        for what, ours, theirs, target in items:
+            items.append(("tail", "tail", ref.tail, None))
+        for what, group, theirs, target in items:
+            ours, final = row["stats"][f"best_{group}"]["mean"], row["stats"][group]["mean"]
             if row["n"] == 0:
                 gap, verdict = "n/a", "not run yet"
             else:
@@ -544,7 +573,8 @@ def reference_lines(table: tables.Table, by_key: dict, short: bool) -> list[str]
                         f"{'above' if diff > 0 else 'below'} the reference"
                     )
             lines.append(
-                f"| {row['label']} {what} | {pct(ours) if row['n'] else 'n/a'} | {theirs:.2f} "
+                f"| {row['label']} {what} | {pct(ours) if row['n'] else 'n/a'} "
+                f"| {pct(final) if row['n'] else 'n/a'} | {theirs:.2f} "
                 f"| {ref.source} | {gap} | {verdict} |"
             )
     return [*lines, ""]
@@ -588,10 +618,36 @@ def table_command(table: tables.Table, seeds, short, extra) -> str:
     return " ".join(parts)
 
 
+def data_lines(results: dict) -> list[str]:
+    """Which data every run read, and a caveat where it was not the original pixels."""
+    sources = {}
+    for row in results["rows"]:
+        for p in row["runs"]:
+            source = p.get("data_source") or {}
+            text = source.get("source", "not recorded (a run from before data_source)")
+            if source.get("encoding"):
+                text += f", stored as {source['encoding'].upper()}"
+            if source.get("lossless") is not None:
+                text += " (lossless)" if source["lossless"] else " (LOSSY)"
+            sources.setdefault(text, []).append(f"{row['key']}/seed{p['seed']}")
+    if not sources:
+        return []
+    lines = ["## Data", ""]
+    lines += [f"- {text}: {len(runs)} runs ({', '.join(runs)})" for text, runs in sources.items()]
+    if any("(LOSSY)" in text for text in sources):
+        lines.append(
+            "- Runs on LOSSY data read a JPEG re-encoding, not the original pixels the "
+            "references' code reads: their accuracies can differ slightly for that reason."
+        )
+    return [*lines, ""]
+
+
 def markdown(table, results, seeds, short, extra) -> str:
     columns = ["top1", "many", "medium", "few"] + (["tail"] if table.tail_fraction else [])
     names = {"top1": "top-1", "tail": f"tail (bottom {table.tail_fraction:.0%})"}
     few = "tail" if table.tail_fraction else "few"
+    best_columns = ["best_top1"] + (["best_tail"] if table.tail_fraction else [])
+    names.update(best_top1="best: top-1", best_tail="best: tail")
     by_key = {r["key"]: r for r in results["rows"]}
     lines = [
         f"# {table.name}: {table.title}",
@@ -599,21 +655,26 @@ def markdown(table, results, seeds, short, extra) -> str:
         schedule_text(short, extra),
         "",
         f"Seeds {', '.join(map(str, seeds))}; n = finished seeds of the row. Accuracy % on "
-        "the balanced test split at the final epoch (tau-norm: the best tau), mean ± sample "
-        "standard deviation over seeds; 'best' is the best epoch's top-1 (a test-set choice, "
-        "for information). many / medium / few: > 100, 20-100, < 20 training images. "
+        "the balanced test split, mean ± sample standard deviation over seeds, at the final "
+        "epoch and at the best epoch ('best': the highest test top-1 over training, a "
+        "test-set choice, as the official CIFAR-LT code makes it; 'best epoch' per seed). "
+        "tau-norm: the best tau for both. many / medium / few: > 100, 20-100, < 20 training "
+        "images. The reference check reads the best epoch (see below). "
         f"Produced by `{table_command(table, seeds, short, extra)}`.",
         "",
         *[f"- {n}" for n in table.notes],
         *([""] if table.notes else []),
-        "| row | n | " + " | ".join(names.get(c, c) for c in columns) + " | best | vs KD: top-1 | "
-        f"vs KD: {names.get(few, few)} |",
-        "|---|---|" + "---|" * (len(columns) + 3),
+        "| row | n | "
+        + " | ".join(names.get(c, c) for c in columns + best_columns)
+        + f" | best epoch | vs KD: top-1 | vs KD: {names.get(few, few)} |",
+        "|---|---|" + "---|" * (len(columns) + len(best_columns) + 3),
     ]
     kd = by_key.get("kd")
     for row in results["rows"]:
-        cells = [mean_pm([p["result"].get(c) for p in row["runs"]])[0] for c in columns]
-        best = mean_pm([p["result"]["best_top1"] for p in row["runs"]])[0]
+        cells = [
+            mean_pm([p["result"].get(c) for p in row["runs"]])[0] for c in columns + best_columns
+        ]
+        epochs = ", ".join(str(p["result"].get("best_epoch")) for p in row["runs"]) or "n/a"
         deltas = ["", ""]
         if row["key"] in tables.DISTILLERS and row["key"] != "kd" and kd and kd["n"] and row["n"]:
             deltas = [
@@ -624,11 +685,12 @@ def markdown(table, results, seeds, short, extra) -> str:
         lines.append(
             f"| {label} | {row['n']} | "
             + " | ".join(cells)
-            + f" | {best} | "
+            + f" | {epochs} | "
             + " | ".join(deltas)
             + " |"
         )
     lines += ["", *reference_lines(table, by_key, bool(short))]
+    lines += data_lines(results)
     lines += against_kd_lines(table, by_key, few)
     lines += [
         "## Runs",
@@ -688,6 +750,8 @@ def write_outputs(table, runs, seeds, out, short, extra) -> dict:
         "seeds": seeds,
         "command": table_command(table, seeds, short, extra),
         "references": [dataclasses.asdict(r) for r in table.references],
+        "reference_epoch": "best",
+        "reference_epoch_why": tables.REFERENCE_EPOCH_WHY,
         "notes": list(table.notes),
         **results,
     }
@@ -731,7 +795,7 @@ def main(argv):
             else:
                 print(f"running {run.command}", flush=True)
                 execute(run, env)
-                write_record(run)
+                write_record(run, os.path.join(os.path.dirname(run.workdir), table.teacher.key))
     write_outputs(table, runs, seeds, f.out, short, extra)
 
 

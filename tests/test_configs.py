@@ -6,7 +6,8 @@ import pathlib
 import pytest
 
 from ltkd_jax import methods
-from ltkd_jax.config import checks, defaults
+from ltkd_jax.config import checks, defaults, recipes
+from ltkd_jax.runs import rundir
 from ltkd_jax.training import sharding
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -27,7 +28,7 @@ def test_config_loads_locks_and_validates(path):
     assert config.is_locked
     with pytest.raises(AttributeError):
         config.no_such_field = 1
-    if config.method in ("crt", "tau_norm"):  # start from a finished run: a required path
+    if methods.needs_of(config).init_run:  # starts from a finished run: a required path
         with pytest.raises(ValueError, match="config.init.workdir"):
             checks.validate_config(config)
         config.init.workdir = "/some/finished/run"
@@ -110,6 +111,14 @@ def test_old_run_configs_upgrade_to_the_method_sections():
     upgraded = defaults.upgrade_saved_config(saved)
     assert "projection_dim" not in upgraded["model"]
     assert upgraded["loss"] == {**defaults.loss_section("kd").to_dict(), "alpha": 0.5}
+    # What runs before data.norm_stats / model.weight_init used: the dataset's statistics
+    # and the LDAM-DRW init, so the mdistiller recipe's values read as a change.
+    assert upgraded["model"]["weight_init"] == "ldam"
+    old_mdistiller = _load(CONFIG_DIR / "kd_cifar.py", "recipe=mdistiller")[1].to_dict()
+    del old_mdistiller["data"]["norm_stats"], old_mdistiller["model"]["weight_init"]
+    now = _load(CONFIG_DIR / "kd_cifar.py", "recipe=mdistiller")[1].to_dict()
+    refused, _ = rundir.config_changes(defaults.upgrade_saved_config(old_mdistiller), now)
+    assert set(refused) == {"data.norm_stats", "model.weight_init"}
 
 
 def test_large_scale_configs_take_the_benchmark_as_an_argument():
@@ -141,3 +150,36 @@ def test_print_config_explains_every_field_and_lists_its_choices(method):
         shown = [line for line in lines if line.startswith(f"{field} = ")]
         if shown:
             assert f"One of: {' | '.join(names)}." in shown[0], field
+
+
+def test_a_method_carried_onto_another_recipe_brings_what_its_spec_declares(tmp_path):
+    """recipes.with_method (configs/folder.py, scripts/compare.py) reads only the method's
+    Spec: its sampler, head, ensemble size and loss, epoch-counted fields rescaled."""
+    recipe = recipes.folder_config(f"root={tmp_path},epochs=100", "ce")
+    for name, spec in methods.METHODS.items():
+        c = recipes.with_method(recipe, name, "folder")
+        assert (c.method, c.data.name, c.num_epochs, c.optim.schedule) == (
+            name,
+            "folder",
+            100,
+            "cosine",
+        )
+        assert c.data.sampler == spec.sampler
+        assert c.model.head == (spec.head or recipe.model.head), name
+        assert (c.teacher.count, c.teacher.color_jitter_teachers) == (
+            spec.teacher_count,
+            spec.color_jitter_teachers,
+        )
+        for field in spec.epoch_fields:  # 100 of the defaults' 200 epochs
+            assert c.loss[field] == round(spec.config()[field] / 2), (name, field)
+        if methods.needs_of(c).init_run:
+            c.init.workdir = "/a/finished/run"
+        checks.validate_config(c)
+
+
+def test_the_library_never_reads_a_file_under_configs():
+    """configs/ is the user's copy (a wheel install has none): the package only exports the
+    recipes the files there call."""
+    package = pathlib.Path(recipes.__file__).resolve().parents[1]
+    hits = [str(p) for p in package.rglob("*.py") if '"configs"' in p.read_text()]
+    assert not hits

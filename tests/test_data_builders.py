@@ -1,9 +1,11 @@
-"""TF-free TFDS builders and load_dataset: tiny generated zips, errors, the real CIFAR archives."""
+"""TF-free TFDS builders and load_dataset: tiny generated zips and pickle tarballs, errors, the
+real CIFAR archives."""
 
 import io
 import os
 import pathlib
 import pickle
+import tarfile
 import zipfile
 
 import numpy as np
@@ -303,3 +305,38 @@ def test_real_cifar10():
     np.testing.assert_array_equal(
         lt.class_counts(), [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     )
+
+
+def test_official_pickle_tarball_as_the_archive_is_lossless_and_recorded(tmp_path):
+    """A local copy of cifar-10-python.tar.gz gives the original pixels, and the split says
+    where they came from (task.json's data_source); a JPEG zip says it is lossy."""
+    images, labels = write_cifar10_pickles(tmp_path / "extracted")
+    tarball = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tmp_path / "extracted" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    train, test, *_ = load_dataset("cifar10", data_dir=str(tmp_path / "tfds"), archive=str(tarball))
+    for split, got in (("train", train), ("test", test)):
+        order = np.argsort(labels[split], kind="stable")  # (label, original order)
+        np.testing.assert_array_equal(got.labels, labels[split][order])
+        np.testing.assert_array_equal(got.images, images[split][order])  # the exact pixels
+    source = {"source": "archive:cifar-10-python.tar.gz", "encoding": "png", "lossless": True}
+    assert train.data_source == test.data_source == source
+    assert train.subset(np.arange(3)).data_source == source  # a long-tailed cut keeps it
+
+    jpeg_zip = tmp_path / "tiny.zip"
+    write_zip(jpeg_zip, IDS, fmt="JPEG")
+    train, *_ = load_dataset("cifar10", data_dir=str(tmp_path / "jpeg"), archive=str(jpeg_zip))
+    assert train.data_source == {
+        "source": "archive:tiny.zip",
+        "encoding": "jpeg",
+        "lossless": False,
+    }
+
+
+def test_a_tarball_that_is_not_the_official_one_is_named(tmp_path):
+    tarball = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(__file__, arcname="something/else.py")
+    with pytest.raises(ValueError, match="has no cifar-10-batches-py/data_batch_1"):
+        load_dataset("cifar10", data_dir=str(tmp_path / "tfds"), archive=str(tarball))
+    assert not (tmp_path / "tfds" / "ltkd_cifar" / "cifar10" / "1.0.0").exists()

@@ -273,8 +273,8 @@ def test_a_one_epoch_folder_run_at_size_32_records_names_val_and_mean_class(
     assert "balanced test split" not in caption.replace("imbalanced test split", "")
 
     # A post-hoc tau is chosen on val too: the best tau is the val argmax, test is reported.
-    posthoc = recipes.with_method(config, config)
-    posthoc.method, posthoc.init.workdir = "posthoc_la", str(workdir)
+    posthoc = recipes.with_method(config, "posthoc_la")
+    posthoc.init.workdir = str(workdir)
     best = job.run(defaults.lock(posthoc), str(tmp_path / "la"))
     records = read_jsonl(str(tmp_path / "la" / "metrics.jsonl"))
     val_top1 = [r["top1"] for r in records if r["split"] == "val"]

@@ -31,14 +31,18 @@ METHOD_OVERRIDES = {
     "cbd_ensemble": {"teacher.count": 2},
 }
 # Every registered method that trains from scratch, a method added later included (cRT
-# starts from a finished run: test_crt_retrains_only_the_classifier).
+# starts from a finished run: test_crt_retrains_only_the_classifier; corrections train
+# nothing: test_posthoc_corrections_evaluate_a_tau_grid).
 TRAINED = [
-    m for m in methods.NAMES if not methods.needs_of(defaults.base_config(m)).frozen_backbone
+    m
+    for m in methods.NAMES
+    if methods.get(m).kind == methods.TRAINING
+    and not methods.needs_of(defaults.base_config(m)).init_run
 ]
 
 
 def student_config(method, teacher_dir, **overrides):
-    head = methods.needs_of(defaults.base_config(method)).head
+    head = methods.get(method).head
     values = {
         "method": method,
         "num_devices": 1,

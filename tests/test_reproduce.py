@@ -250,16 +250,20 @@ def test_wall_time_adds_a_cut_attempt_up_to_the_last_metrics_write(tmp_path):
     assert devices == ["NVIDIA H100", "cpu"]
 
 
-def _fake_results(table, values: dict) -> dict:
-    """Collect-shaped results: one seed per row with the given (top1, few, tail)."""
+def _fake_results(table, values: dict, best: dict | None = None, source=None) -> dict:
+    """Collect-shaped results: one seed per row with the given final (top1, few, tail), and
+    the best epoch's where `best` gives them (else the final ones)."""
     rows = []
     for row in table.all_rows:
         runs = []
-        stats = {g: {"mean": float("nan"), "std": None} for g in reproduce.GROUPS}
+        stats = {g: {"mean": float("nan"), "std": None} for g in reproduce.STATS}
         if row.key in values:
             top1, few, tail = values[row.key]
+            best_top1, best_few, best_tail = (best or {}).get(row.key, values[row.key])
             result = {"top1": top1, "many": 0.6, "medium": 0.4, "few": few, "tail": tail}
-            result.update(best_top1=top1, per_class_acc=[top1] * 100)
+            result.update(best_top1=best_top1, best_many=0.6, best_medium=0.4)
+            result.update(best_few=best_few, best_tail=best_tail, best_epoch=190)
+            result.update(per_class_acc=[top1] * 100)
             runs = [
                 {
                     "seed": 0,
@@ -268,10 +272,11 @@ def _fake_results(table, values: dict) -> dict:
                     "jax_version": "0.10.2",
                     "commit": "abc",
                     "command": "python -m ltkd_jax.main",
+                    "data_source": source or {},
                     "result": result,
                 }
             ]
-            stats = {g: {"mean": result[g], "std": None} for g in reproduce.GROUPS}
+            stats = {g: {"mean": result[g], "std": None} for g in reproduce.STATS}
         rows.append(
             {
                 "key": row.key,
@@ -296,9 +301,9 @@ def test_report_states_the_gap_to_each_reference_and_the_kd_comparison_in_words(
         },
     )
     text = reproduce.markdown(table, results, [0], None, ())
-    assert "| LTKD (reconstruction) top-1 | 48.08 | 51.08 |" in text
+    assert "| LTKD (reconstruction) top-1 | 48.08 | 48.08 | 51.08 |" in text
     assert "misses the 2-point target: 3.00 points below the reference" in text
-    assert "| KD top-1 | 42.48 | 42.48 |" in text and "0.00 points" in text
+    assert "| KD top-1 | 42.48 | 42.48 | 42.48 |" in text and "0.00 points" in text
     assert "BKD: +2.52 points top-1, -1.38 points tail vs KD; does NOT beat KD on both." in text
     assert "LTKD (reconstruction): +5.60 points top-1, +15.83 points tail vs KD; beats KD" in text
     assert "DU-KD/TGLS (reconstruction): not run yet" in text
@@ -315,9 +320,43 @@ def test_report_states_the_gap_to_each_reference_and_the_kd_comparison_in_words(
 def test_report_says_within_target_for_a_close_result():
     table = tables.TABLES["cifar100_lt_if100_r32"]
     text = reproduce.markdown(table, _fake_results(table, {"ce": (0.388, 0.1, 0.1)}), [0], None, ())
-    assert "| CE (the teacher) top-1 | 38.80 | 38.30 |" in text
+    assert "| CE (the teacher) top-1 | 38.80 | 38.80 | 38.30 |" in text
     assert "+0.50 | within the 1-point target |" in text
-    assert "| LDAM-DRW top-1 | n/a | 42.00 |" in text and "not run yet" in text
+    assert "| LDAM-DRW top-1 | n/a | n/a | 42.00 |" in text and "not run yet" in text
+
+
+def test_the_reference_check_reads_the_best_epoch_and_says_why():
+    """The official CIFAR-LT code prints "Best Prec@1": a row is compared at its best epoch,
+    its final epoch shown beside it, and both are in the main table."""
+    table = tables.TABLES["cifar100_lt_if100_r32x4_r8x4"]
+    results = _fake_results(
+        table, {"ltkd": (0.4808, 0.30, 0.2921)}, best={"ltkd": (0.4958, 0.31, 0.2601)}
+    )
+    text = reproduce.markdown(table, results, [0], None, ())
+    assert "| LTKD (reconstruction) top-1 | 49.58 | 48.08 | 51.08 |" in text
+    assert "| -1.50 | within the 2-point target |" in text  # the final epoch's -3.00 would miss
+    assert "| LTKD (reconstruction) tail | 26.01 | 29.21 | 27.21 |" in text
+    assert '"Best Prec@1"' in text and "best_acc" in text  # the reason, in the table itself
+    assert "| best: top-1 | best: tail | best epoch |" in text
+    assert "| 48.08 | 60.00 | 40.00 | 30.00 | 29.21 | 49.58 | 26.01 | 190 |" in text
+
+
+def test_the_cifar10_table_states_the_jpeg_caveat_and_each_runs_data():
+    table = tables.TABLES["cifar10_lt_if100_r32"]
+    assert any("lossy JPEG" in n and "cifar-10-python.tar.gz" in n for n in table.notes)
+    jpeg = {"source": "archive:cifar10-jpeg.zip", "encoding": "jpeg", "lossless": False}
+    text = reproduce.markdown(
+        table, _fake_results(table, {"ce": (0.7, 0, 0)}, source=jpeg), [0], None, ()
+    )
+    assert "lossy JPEG re-encoding" in text  # the note
+    assert "- archive:cifar10-jpeg.zip, stored as JPEG (LOSSY): 1 runs (ce/seed0)" in text
+    assert "not the original pixels" in text
+    pickles = {"source": "archive:cifar-10-python.tar.gz", "encoding": "png", "lossless": True}
+    text = reproduce.markdown(
+        table, _fake_results(table, {"ce": (0.7, 0, 0)}, source=pickles), [0], None, ()
+    )
+    assert "- archive:cifar-10-python.tar.gz, stored as PNG (lossless): 1 runs (ce/seed0)" in text
+    assert "not the original pixels" not in text
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,6 +399,8 @@ def test_digits_table_end_to_end_then_skips_finished_runs(tmp_path):
     assert run["device_kind"] == "cpu" and run["jax_version"] and run["commit"]
     assert run["wall_s"] > 0 and run["config"]["teacher"]["workdir"].endswith("seed0/ce")
     assert 0 <= run["result"]["tail"] <= 1 and len(run["result"]["per_class_acc"]) == 10
+    assert 0 <= run["result"]["best_tail"] <= 1 and run["result"]["best_epoch"] == 2
+    assert run["data_source"]["source"] == "sklearn.datasets.load_digits"
     assert rows["tau_norm"]["runs"][0]["result"]["tau"] in [round(0.1 * k, 1) for k in range(21)]
     text = base.with_suffix(".md").read_text()
     assert "NOT a reproduction" in text and "| BKD | 0 |" in text

@@ -28,7 +28,12 @@ def wheel_python(tmp_path_factory) -> pathlib.Path:
     environment's site-packages through a .pth line (no download), which leaves out this
     environment's editable install of the checkout."""
     root = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", str(root)], REPO)
+    source = root / "source"  # a copy: building writes build/ beside pyproject.toml
+    source.mkdir()
+    for name in ("ltkd_jax", "pyproject.toml", "README.md"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, source / name)
+    _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", str(root)], source)
     (wheel,) = root.glob("ltkd_jax-*.whl")
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], root)

@@ -12,7 +12,6 @@ from ltkd_jax import methods, models
 from ltkd_jax.data import augment, image_builders, longtail, sampling, sources, task
 from ltkd_jax.errors import UserError
 from ltkd_jax.methods import base as method_base
-from ltkd_jax.methods import posthoc
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.training import optim
 
@@ -94,16 +93,18 @@ def field_choices() -> dict[str, tuple]:
     """Every config field whose value must be one of a list of names, with that list: the
     implementing module's own (`--print_config` shows them too)."""
     return {
-        "method": (*methods.NAMES, *posthoc.POSTHOC),
+        "method": tuple(methods.NAMES),
         "data.name": tuple(sources.DATASETS),
         "data.profile": tuple(longtail.PROFILES),
         "data.sampler": tuple(sampling.SAMPLERS),
         "data.augment": tuple(augment.AUGMENTS),
+        "data.norm_stats": tuple(augment.NORM_STATS_CHOICES),
         "data.in_memory": tuple(sources.IN_MEMORY),
         "data.on_corrupt": tuple(image_builders.ON_CORRUPT),
         "data.eval_groups": tuple(task.EVAL_GROUPS),
         "model.name": tuple(models.MODELS),
         "model.head": tuple(models.HEADS),
+        "model.weight_init": tuple(models.WEIGHT_INITS),
         "model.dtype": tuple(models.DTYPES),
         "model.cpu_kernels": tuple(cpu_ops.CPU_KERNELS),
         "optim.schedule": tuple(optim.SCHEDULES),
@@ -132,13 +133,6 @@ def _check_names(config: ml_collections.ConfigDict) -> list[str]:
 def _check_method(config: ml_collections.ConfigDict) -> list[str]:
     """The method's own section and checks (ltkd_jax/methods/<method>.py), and what it needs
     of the model and the run."""
-    if config.method in posthoc.POSTHOC:
-        if not config.init.workdir:
-            return [
-                f"config.method={config.method!r} corrects a finished run; set "
-                "--config.init.workdir to that run's workdir"
-            ]
-        return []
     if config.method not in methods.METHODS:
         return []  # reported by _check_names
     expected, given = set(methods.default_config(config.method)), set(config.loss)
@@ -149,17 +143,17 @@ def _check_method(config: ml_collections.ConfigDict) -> list[str]:
             f"from the method's config (configs/{config.method}_cifar.py) or build it with "
             "ltkd_jax.config.defaults.base_config(method) / set_method"
         ]
-    errors = methods.get(config.method).validate(config)
-    needs = methods.needs_of(config)
-    if needs.head and config.model.head != needs.head:
+    spec = methods.get(config.method)
+    errors = spec.validate(config)
+    if spec.head and config.model.head != spec.head:
         errors.append(
-            f"config.method={config.method!r} needs the {needs.head!r} classifier head; "
-            f"set --config.model.head={needs.head}"
+            f"config.method={config.method!r} needs the {spec.head!r} classifier head; "
+            f"set --config.model.head={spec.head}"
         )
-    if needs.frozen_backbone and not config.init.workdir:
+    if methods.needs_of(config).init_run and not config.init.workdir:
         errors.append(
-            f"config.method={config.method!r} re-trains the classifier of a finished "
-            "run; set --config.init.workdir to that run's workdir"
+            f"config.method={config.method!r} starts from a finished run; "
+            "set --config.init.workdir to that run's workdir"
         )
     if methods.num_teachers(config) > 0:
         errors += _check_choice(config, "teacher.model", config.teacher.model, tuple(models.MODELS))

@@ -12,7 +12,6 @@ import json
 import re
 
 import ml_collections
-from ml_collections import config_dict
 
 from ltkd_jax import methods
 from ltkd_jax.methods import base as method_base
@@ -20,14 +19,15 @@ from ltkd_jax.methods import base as method_base
 
 def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     """The BKD/LDAM-DRW CIFAR recipe (docs/recipes.md): ResNet-32, 200 epochs, batch 128,
-    running `method` with its own defaults in `config.loss`. Every field is documented
-    here or in the section builders below; `--print_config` shows the comments."""
+    running `method` with its own recipe (`set_method`, no setting: its loss defaults).
+    Every field is documented here or in the section builders below; `--print_config`
+    shows the comments."""
     c = ml_collections.ConfigDict()
     # Seeds the initial weights, the sampler order and the augmentation draws (a stage-1
     # teacher k trains with seed + 1000 * (k + 1)).
     c.seed = 0
-    # The training method (ltkd_jax/methods/) or post-hoc correction; its hyper-parameters
-    # are config.loss.
+    # The method (ltkd_jax/methods/): a loss to train, or a correction of a finished run;
+    # its hyper-parameters are config.loss.
     c.method = method
     _add_data(c)
     _add_model(c)
@@ -37,7 +37,7 @@ def base_config(method: str = "ce") -> ml_collections.ConfigDict:
     _add_teacher_and_init(c)
     _add_optim(c)
     _add_run(c)
-    return c
+    return set_method(c, method)
 
 
 def _add_data(c: ml_collections.ConfigDict) -> None:
@@ -48,7 +48,8 @@ def _add_data(c: ml_collections.ConfigDict) -> None:
     c.data.name = "cifar100"
     # Where prepared tfds data lives; empty means ~/tensorflow_datasets.
     c.data.data_dir = ""
-    # Local zip of the dataset ({train,test}/<class>/<image>); empty means download.
+    # CIFAR: a local zip ({train,test}/<class>/<image>; a JPEG zip is lossy) or the official
+    # pickle tarball (cifar-10-python.tar.gz: the original pixels); empty means download.
     # For 'folder' the user's image tree (folder or zip of <split>/<class>/<image>); for
     # imagenet_lt / places_lt / inat2018 the image root the list files are relative to.
     c.data.archive = ""
@@ -96,9 +97,13 @@ def _add_data(c: ml_collections.ConfigDict) -> None:
     # of steps (gather, crop/flip, step) runs in one jitted call; False feeds every batch
     # from the host through grain, as record splits and colour jitter always do.
     c.data.device_resident = True
-    # Mean/std normalisation of the input (dataset_stats); False feeds pixels in [0, 1],
+    # Mean/std normalisation of the input (data.norm_stats); False feeds pixels in [0, 1],
     # as CBD does (docs/recipes.md#cbd).
     c.data.normalize = True
+    # Which mean/std (data/augment.py NORM_STATS): auto (the dataset's: ldam for CIFAR,
+    # imagenet for photos and folders, digits), ldam (the LDAM-DRW / BKD constants),
+    # cifar100 (CIFAR-100's own, as mdistiller), imagenet or digits.
+    c.data.norm_stats = "auto"
     # Shot groups by training images per class (docs/evaluation.md#shot-groups): a class
     # is many-shot above many_threshold, few-shot below few_threshold, medium in between.
     c.data.many_threshold = 100
@@ -125,6 +130,10 @@ def _add_model(c: ml_collections.ConfigDict) -> None:
     c.model.cpu_kernels = "auto"
     # ImageNet-style ResNets: start the last BatchNorm gamma of every block at 0 (CBD's code).
     c.model.zero_init_residual = False
+    # Conv and linear-head kernel init (models/layers.py): ldam (the LDAM-DRW / BKD ResNets:
+    # Kaiming-normal fan_in) | mdistiller (its CIFAR ResNets: Kaiming-normal fan_out convs,
+    # PyTorch's default linear).
+    c.model.weight_init = "ldam"
 
 
 def _add_teacher_and_init(c: ml_collections.ConfigDict) -> None:
@@ -210,17 +219,33 @@ def teacher_seed(seed: int, index: int) -> int:
 
 
 def loss_section(method: str) -> ml_collections.ConfigDict:
-    """The `config.loss` section of `method` at its defaults; empty for a post-hoc correction
-    (nothing is trained). An unknown name gets an empty section: validate_config reports it."""
+    """The `config.loss` section of `method` at its defaults. An unknown name gets an empty
+    section: validate_config reports it."""
     if method in methods.METHODS:
         return methods.default_config(method)
     return ml_collections.ConfigDict()
 
 
-def set_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
-    """Switches an unlocked config to `method`, with that method's default `config.loss`."""
+def set_method(
+    config: ml_collections.ConfigDict, method: str, setting: methods.Setting | None = None
+) -> ml_collections.ConfigDict:
+    """Switches an unlocked config to `method` with the recipe its `Spec` declares: its
+    `config.loss` (at the values its official code uses in `setting`, else its defaults), its
+    sampler, head (its teachers' too) and ensemble size. Returns `config`."""
     config.method = method
     config.loss = loss_section(method)
+    if method not in methods.METHODS:
+        return config  # validate_config names the unknown method
+    spec = methods.get(method)
+    if setting is not None:
+        config.loss.update(spec.official_settings(setting))
+    config.data.sampler = spec.sampler
+    if spec.head is not None:
+        config.model.head = spec.head
+    config.teacher.count = spec.teacher_count
+    config.teacher.color_jitter_teachers = spec.color_jitter_teachers
+    if spec.head is not None and methods.num_teachers(config):
+        config.teacher.head = spec.head
     return config
 
 
@@ -399,21 +424,23 @@ def parse_arg(arg: str | None, **defaults):
     return out
 
 
-def placeholder(kind):
-    """A typed empty field that must be set on the command line."""
-    return config_dict.placeholder(kind)
-
-
 def upgrade_saved_config(saved: dict) -> dict:
     """A run directory's config.json as this version writes it.
 
     Runs written before every method owned its `config.loss` section kept one shared section
     (unset fields None, meaning "the loss function's default") and `model.projection_dim`.
     The section becomes the method's own fields, None replaced by the default, which is the
-    value the old loss used; the projection width is now derived from the method.
+    value the old loss used; the projection width is now derived from the method. Runs
+    written before `data.norm_stats` and `model.weight_init` used the dataset's statistics
+    and the LDAM-DRW init: their values are written in, so resuming such a run under a recipe
+    that changes them (the mdistiller recipe) is refused instead of switching mid-run.
     """
     out = json.loads(json.dumps(saved))
     out.get("model", {}).pop("projection_dim", None)
+    if isinstance(out.get("data"), dict):
+        out["data"].setdefault("norm_stats", "auto")
+    if isinstance(out.get("model"), dict):
+        out["model"].setdefault("weight_init", "ldam")
     method, old = out.get("method"), out.get("loss")
     if method in methods.METHODS and isinstance(old, dict):
         defaults = methods.default_config(method).to_dict()

@@ -1,29 +1,21 @@
 """The recipes the files under `configs/` are built from (docs/recipes.md): the CIFAR-LT
 recipes (BKD's and mdistiller's), the ImageNet-style large-scale recipe, CBD's stage 2, a
-user's image folder, and carrying one method's settings onto another recipe."""
+user's image folder, and carrying a method onto another recipe (`with_method`). A method
+brings its own part of the recipe (sampler, head, loss settings: its `methods.Spec`)."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-from ltkd_jax.config.defaults import base_config, parse_arg
+from ltkd_jax import methods
+from ltkd_jax.config.defaults import base_config, parse_arg, set_method
+from ltkd_jax.methods.base import DEFAULTS_EPOCHS
 
 # Recipes a CIFAR config can follow (the `recipe=` config argument).
 RECIPES = ("bkd", "mdistiller")
 
 
-def bkd_repo_weighting(dataset: str) -> str:
-    """The class-weighting rule the BKD repository forces for every loss (train_student.py):
-    DRW on CIFAR-10, effective-number re-weighting from epoch 0 on CIFAR-100."""
-    return "drw" if dataset == "cifar10" else "reweight"
-
-
-def cifar_config(
-    arg: str | None, method: str, *, bkd_repo_rule: bool = False, **loss
-) -> ml_collections.ConfigDict:
+def cifar_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     """A CIFAR-LT config for `method`, from the `file.py:k=v,...` argument.
 
     Arguments: dataset (cifar10 | cifar100), imb (imbalance factor), student and teacher
@@ -31,9 +23,8 @@ def cifar_config(
     pairs), teacher_workdir (a finished teacher run; empty = train it first into
     WORKDIR/teacher), recipe (bkd = docs/recipes.md#bkd-cifar-recipe, the default, so every
     method is compared on one recipe; mdistiller = docs/recipes.md#mdistiller-cifar-recipe).
-    `loss` sets config.loss fields.
-    `bkd_repo_rule`: under recipe=bkd, weight the loss by class as the BKD repository does
-    for every loss (`bkd_repo_weighting`); other recipes keep config.loss.class_weighting.
+    The method's loss takes the values its official code uses for this recipe, dataset and
+    pair (`methods.Spec.official_settings`).
     """
     args = parse_arg(
         arg,
@@ -52,10 +43,7 @@ def cifar_config(
     c.model.name = args.student
     c.teacher.model = args.teacher
     c.teacher.workdir = args.teacher_workdir
-    for key, value in loss.items():
-        c.loss[key] = value
-    if bkd_repo_rule and args.recipe == "bkd":
-        c.loss.class_weighting = bkd_repo_weighting(args.dataset)
+    set_method(c, method, methods.Setting(args.recipe, args.dataset, args.teacher, args.student))
     if args.recipe == "mdistiller":
         # mdistiller: 240 epochs, batch 64, lr 0.05, x0.1 at 150/180/210, wd 5e-4.
         for section in (c, c.teacher):
@@ -64,6 +52,11 @@ def cifar_config(
         c.optim.lr, c.optim.weight_decay = 0.05, 5e-4
         c.optim.warmup_epochs, c.optim.decay_epochs, c.optim.decay_factor = 0, (150, 180, 210), 0.1
         c.data.eval_groups = "tail33"  # LTKD's tables report the bottom 33% as "tail"
+        # mdistiller/models/cifar/resnet.py: Kaiming-normal fan_out convs, PyTorch's Linear.
+        c.model.weight_init = "mdistiller"
+        if args.dataset == "cifar100":  # mdistiller/dataset/cifar100.py's Normalize
+            c.data.norm_stats = "cifar100"
+        # mdistiller reads no CIFAR-10: there the dataset's (LDAM-DRW) statistics stay.
     return c
 
 
@@ -130,7 +123,7 @@ def large_scale_config(
     c.optim.warmup_epochs = 0
     c.optim.weight_decay = weight_decay
     c.log_every_steps = 100
-    return c
+    return set_method(c, method, methods.Setting("large_scale", dataset, model, model))
 
 
 def cbd_large_scale_config(
@@ -157,11 +150,9 @@ def cbd_large_scale_config(
         dataset, method, model="resnet50", epochs=epochs, weight_decay=weight_decay / 2
     )
     c.model.zero_init_residual = True  # the official blocks' bn_2: gamma_initializer='zeros'
-    c.loss.alpha, c.loss.beta = 0.4, 100.0
     c.data.crop_min_area = 0.05
     c.data.normalize = False
-    c.data.sampler = "cbd_stream"
-    c.model.head = c.teacher.head = "cosine"
+    c.data.sampler = "cbd_stream"  # the official example-stream resampler (input_pipeline.py)
     c.teacher.count = teachers  # seeds seed + 1000, seed + 2000, ... (train.teacher_seed)
     # CBD_ENS = vanilla_seed1/2 + data_aug_seed1/2 (colour jitter + grayscale).
     c.teacher.color_jitter_teachers = teachers // 2
@@ -197,52 +188,19 @@ def folder_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     c.optim.schedule = "cosine"
     c.optim.warmup_epochs = min(5, args.epochs // 2)  # a short smoke run (epochs=1) still decays
     c.optim.weight_decay = 5e-4
-    return c
-
-
-# What a method's own config (configs/<method>_cifar.py) sets beyond the shared recipe:
-# `with_method` carries these, plus the whole `loss` section, onto another recipe.
-METHOD_FIELDS = (
-    "method",
-    "model.head",
-    "teacher.head",
-    "teacher.count",
-    "teacher.color_jitter_teachers",
-    "data.sampler",
-)
-# Loss settings counted in epochs: scaled to the recipe's length by `with_method`.
-EPOCH_FIELDS = ("drw_epoch", "warmup_epochs")
-
-
-def method_config(method: str) -> ml_collections.ConfigDict:
-    """The config of configs/<method>_cifar.py (default argument): a method's loss settings."""
-    configs = pathlib.Path(__file__).resolve().parents[2] / "configs"
-    path = configs / f"{method}_cifar.py"
-    if not path.exists():
-        known = sorted(p.name.removesuffix("_cifar.py") for p in configs.glob("*_cifar.py"))
-        raise ValueError(
-            f"no config for method {method!r} ({path} is missing); choose one of {known}"
-        )
-    spec = importlib.util.spec_from_file_location(f"config_{method}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(None)
+    return set_method(c, method, methods.Setting("folder", c.data.name, args.model, args.model))
 
 
 def with_method(
-    recipe: ml_collections.ConfigDict, method: ml_collections.ConfigDict
+    recipe: ml_collections.ConfigDict, method: str, recipe_name: str = ""
 ) -> ml_collections.ConfigDict:
-    """`recipe` (data, models, schedule) running the method of `method` (a method's config,
-    e.g. `method_config('dkd')`) with its loss settings. Loss settings counted in epochs
-    (DRW start, DKD warm-up) keep their fraction of training: 160 of 200 epochs becomes 80
-    of 100. Returns an unlocked copy; `recipe` is unchanged."""
+    """`recipe` (data, models, schedule) running `method` with the recipe its `methods.Spec`
+    declares (`defaults.set_method`; `recipe_name`, e.g. "bkd", selects the method's official
+    settings for that recipe, empty: none). The loss fields counted in epochs (DRW start,
+    DKD warm-up) keep their fraction of training: 160 of 200 epochs becomes 80 of 100.
+    Returns an unlocked copy; `recipe` is unchanged."""
     c = ml_collections.ConfigDict(recipe.to_dict())
-    for field in METHOD_FIELDS:
-        section, _, name = field.rpartition(".")
-        (c[section] if section else c)[name] = (method[section] if section else method)[name]
-    c.loss = ml_collections.ConfigDict(method.loss.to_dict())
-    scale = recipe.num_epochs / method.num_epochs
-    for name in EPOCH_FIELDS:
-        if name in c.loss:
-            c.loss[name] = int(round(method.loss[name] * scale))
+    setting = methods.Setting(recipe_name, c.data.name, c.teacher.model, c.model.name)
+    set_method(c, method, setting)
+    c.loss.update(methods.scaled_epoch_fields(c, c.num_epochs / DEFAULTS_EPOCHS))
     return c

@@ -16,6 +16,9 @@ class ArraySplit:
     num_classes: int
     class_names: tuple[str, ...] = ()
     fingerprint: str = ""  # Identity of the prepared source data ("" = the dataset name).
+    # Where the images came from and whether they are the original pixels (task.json's
+    # data_source): {"source": ..., "encoding": "png" | "jpeg" | ..., "lossless": bool}.
+    data_source: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.images.dtype != np.uint8:

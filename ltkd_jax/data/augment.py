@@ -33,18 +33,30 @@ IMAGENET_LIKE = ("imagenet_lt", "places_lt", "inat2018", "folder")
 # true std; every LDAM-derived repo uses them, so keep them for parity.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
+# mdistiller/dataset/cifar100.py: transforms.Normalize((0.5071, 0.4865, 0.4409),
+# (0.2673, 0.2564, 0.2762)), the CIFAR-100 train split's own channel mean and std.
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 DIGITS_MEAN = (0.5,)
 DIGITS_STD = (0.5,)
+# config.data.norm_stats -> (mean, std) per channel, in [0, 1] pixel units.
+NORM_STATS = {
+    "ldam": (CIFAR_MEAN, CIFAR_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "digits": (DIGITS_MEAN, DIGITS_STD),
+}
+NORM_STATS_CHOICES = ("auto", *NORM_STATS)  # auto: the dataset's (`dataset_stats`)
 
 
 def dataset_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) per channel, in [0, 1] pixel units, for a dataset name."""
     if name in ("cifar10", "cifar100"):
-        return CIFAR_MEAN, CIFAR_STD
+        return NORM_STATS["ldam"]
     if name == "digits":
-        return DIGITS_MEAN, DIGITS_STD
+        return NORM_STATS["digits"]
     if name in IMAGENET_LIKE:
-        return IMAGENET_MEAN, IMAGENET_STD
+        return NORM_STATS["imagenet"]
     raise ValueError(f"no normalisation statistics for dataset {name!r}")
 
 

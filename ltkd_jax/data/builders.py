@@ -4,12 +4,16 @@ Why a custom builder: TFDS's own `cifar10`/`cifar100` builders yield numpy image
 them needs TensorFlow) and read with `tf.io.gfile`. This builder yields *encoded* image bytes,
 which TFDS stores without TensorFlow.
 
-Two sources, same features:
+Three sources, same features:
 
 * a local zip laid out as `{train,test}/<class>/<NNNN>.(png|jpg)` (the files in
-  `../shared/data/`): member bytes are stored unchanged after a full decode check;
+  `../shared/data/`): member bytes are stored unchanged after a full decode check, so a JPEG
+  zip stays a lossy copy;
 * the official python pickles (https://www.cs.toronto.edu/~kriz/), fetched by TFDS's download
-  manager when online and re-encoded losslessly as PNG with Pillow.
+  manager when online, or a local copy of the official tarball (`cifar-10-python.tar.gz`,
+  `cifar-100-python.tar.gz`) passed as the archive; re-encoded losslessly as PNG with Pillow.
+
+`stored_encoding` tells which kind of image bytes a prepared dataset holds.
 
 Every example carries `id` = its index within its class in the original dataset order, so
 readers can restore the (label, id) order that the LDAM-DRW long-tail generator relies on
@@ -22,9 +26,10 @@ import io
 import os
 import pickle
 import re
+import tarfile
 import zipfile
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -55,6 +60,20 @@ CIFAR100_CLASSES = (
 )  # fmt: skip
 
 _MEMBER_RE = re.compile(r"^(train|test)/([^/]+)/(\d+)\.(png|jpg|jpeg)$", re.IGNORECASE)
+# An archive with one of these suffixes is the official pickle tarball, anything else a zip.
+TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+# Leading bytes of the stored image encodings, and whether each keeps the exact pixels.
+MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
+LOSSLESS = {"png": True, "jpeg": False}
+
+
+def is_tarball(archive: str) -> bool:
+    return archive.lower().endswith(TARBALL_SUFFIXES)
+
+
+def image_encoding(data: bytes) -> str:
+    """'png', 'jpeg' or 'unknown', from an encoded image's leading bytes."""
+    return next((name for magic, name in MAGIC.items() if data.startswith(magic)), "unknown")
 
 
 class LtkdCifarConfig(tfds.core.BuilderConfig):
@@ -198,11 +217,14 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def read_pickle_batches(root: str, files: Sequence[str], label_key: str):
-    """Returns (images uint8 [N, 32, 32, 3], labels int64 [N]) in the official order."""
+def read_pickle_batches(
+    open_batch: Callable[[str], BinaryIO], files: Sequence[str], label_key: str
+):
+    """Returns (images uint8 [N, 32, 32, 3], labels int64 [N]) in the official order;
+    `open_batch(name)` opens one pickle file of the official archive."""
     images, labels = [], []
     for fname in files:
-        with open(os.path.join(root, fname), "rb") as f:
+        with open_batch(fname) as f:
             batch = pickle.load(f, encoding="bytes")
         rows = np.asarray(batch[b"data"], dtype=np.uint8)
         # Each row is 1024 R, 1024 G, 1024 B values, each plane row-major.
@@ -221,14 +243,40 @@ def within_class_ids(labels: np.ndarray) -> np.ndarray:
 
 
 def examples_from_pickles(
-    root: str, files: Sequence[str], label_key: str, split: str
+    open_batch: Callable[[str], BinaryIO], files: Sequence[str], label_key: str, split: str
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yields `(key, example)` from the official pickles, images re-encoded as PNG."""
-    images, labels = read_pickle_batches(root, files, label_key)
+    images, labels = read_pickle_batches(open_batch, files, label_key)
     ids = within_class_ids(labels)
     for image, label, idx in zip(images, labels, ids, strict=True):
         key = f"{split}/{int(label):03d}/{int(idx):05d}"
         yield key, {"image": encode_png(image), "label": int(label), "id": int(idx)}
+
+
+def examples_from_tarball(
+    archive: str, cfg: LtkdCifarConfig, split: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`examples_from_pickles` read straight from the official tarball (nothing extracted)."""
+    try:
+        tar = tarfile.open(archive)
+    except tarfile.TarError as e:
+        raise ValueError(
+            f"{archive!r} is not a readable tar archive ({e}); pass the official "
+            f"{os.path.basename(cfg.url)} or a zip of image folders"
+        ) from e
+    with tar:
+
+        def open_batch(name: str) -> BinaryIO:
+            member = f"{cfg.pickle_dir}/{name}"
+            try:
+                return tar.extractfile(member)
+            except KeyError:
+                raise ValueError(
+                    f"{archive!r} has no {member}: it is not the official "
+                    f"{os.path.basename(cfg.url)} of {cfg.name}"
+                ) from None
+
+        yield from examples_from_pickles(open_batch, cfg.pickle_files[split], cfg.label_key, split)
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,9 +287,9 @@ def examples_from_pickles(
 class LtkdCifar(tfds.core.GeneratorBasedBuilder):
     """CIFAR-10/100 from a local zip or the official pickles, TF-free, for ArrayRecord.
 
-    `archive`: path of a `{train,test}/<class>/<NNNN>.(png|jpg)` zip; None downloads the
-    official data. Features: `image` (32x32x3), `label` (official order), `id` (index of the
-    image within its class in the original order).
+    `archive`: path of a `{train,test}/<class>/<NNNN>.(png|jpg)` zip or of the official
+    pickle tarball; None downloads the official data. Features: `image` (32x32x3), `label`
+    (official order), `id` (index of the image within its class in the original order).
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -275,6 +323,12 @@ class LtkdCifar(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         cfg = self.builder_config
+        if self._archive is not None and is_tarball(self._archive):
+            self.info.metadata["source"] = f"archive:{os.path.basename(self._archive)}"
+            return {
+                s: self._generate_examples(examples_from_tarball(self._archive, cfg, s))
+                for s in SPLITS
+            }
         if self._archive is not None:
             members = index_archive(self._archive, cfg.class_names)  # Fails fast on layout.
             self.info.metadata["source"] = f"archive:{os.path.basename(self._archive)}"
@@ -284,9 +338,13 @@ class LtkdCifar(tfds.core.GeneratorBasedBuilder):
             }
         root = os.path.join(os.fspath(dl_manager.download_and_extract(cfg.url)), cfg.pickle_dir)
         self.info.metadata["source"] = f"download:{cfg.url}"
+
+        def open_batch(name: str) -> BinaryIO:
+            return open(os.path.join(root, name), "rb")
+
         return {
             s: self._generate_examples(
-                examples_from_pickles(root, cfg.pickle_files[s], cfg.label_key, s)
+                examples_from_pickles(open_batch, cfg.pickle_files[s], cfg.label_key, s)
             )
             for s in SPLITS
         }

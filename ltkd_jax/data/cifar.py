@@ -1,6 +1,8 @@
-"""CIFAR-10/100 prepared with TFDS (from the official archive, or a local zip) and decoded
-once into RAM, cached as `.npy` next to the prepared files; and sklearn's digits, the small
-real dataset of the quick-start and the tests."""
+"""CIFAR-10/100 prepared with TFDS (from the official download, a local copy of the official
+pickle tarball, or a local zip of image folders) and decoded once into RAM, cached as `.npy`
+next to the prepared files, each split saying where its images came from and whether they
+are the original pixels (`stored_source`); and sklearn's digits, the small real dataset of
+the quick-start and the tests."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ltkd_jax.data.arrays import ArraySplit
 
 _CACHE_DIRNAME = "ltkd_decoded"  # Inside the TFDS version dir, so it lives and dies with it.
 _ARCHIVE_HINT = {"cifar10": "cifar10-jpeg.zip", "cifar100": "cifar100-png.zip"}
+_TARBALL_HINT = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 
 
 def url_reachable(url: str, timeout: float = 5.0) -> bool:
@@ -43,7 +46,8 @@ def prepare_cifar(
         if not os.path.isfile(archive):
             raise FileNotFoundError(
                 f"{name} archive not found: {archive!r}. Pass an existing zip, e.g. "
-                f"--config.data.archive=/path/to/shared/data/{_ARCHIVE_HINT[name]}."
+                f"--config.data.archive=/path/to/shared/data/{_ARCHIVE_HINT[name]}, or the "
+                f"official {_TARBALL_HINT[name]}."
             )
     if data_dir is not None:
         data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
@@ -88,22 +92,45 @@ def _warn_if_other_source(builder: builders.LtkdCifar, archive: str | None) -> N
         )
 
 
+def stored_source(builder: builders.LtkdCifar) -> dict:
+    """Where the prepared images came from and whether they are the original pixels:
+    {"source": "archive:<file>" | "download:<url>", "encoding": "png" | "jpeg" | "unknown",
+    "lossless": bool | None}, the encoding read off one stored image (data prepared by any
+    version says it)."""
+    import tensorflow_datasets as tfds  # Heavy import; only CIFAR needs it.
+
+    records = tfds.data_source(
+        f"{builders.BUILDER_NAME}/{builder.builder_config.name}",
+        split="test",
+        data_dir=builder.data_dir_root,
+        download=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+    encoding = builders.image_encoding(records[0]["image"])
+    return {
+        "source": (builder.info.metadata or {}).get("source", "unknown"),
+        "encoding": encoding,
+        "lossless": builders.LOSSLESS.get(encoding),
+    }
+
+
 def read_split(builder: builders.LtkdCifar, split: str) -> ArraySplit:
     """Decodes one prepared split into RAM, ordered by (label, id); cached as .npy."""
     names = tuple(builder.info.features["label"].names)
+    source = stored_source(builder)
     num_examples = builder.info.splits[split].num_examples
     cache_dir = os.path.join(builder.data_dir, _CACHE_DIRNAME)
     paths = [os.path.join(cache_dir, f"{split}_{k}.npy") for k in ("labels", "images")]
     if all(os.path.exists(p) for p in paths):
         labels, images = (np.load(p) for p in paths)
         if len(labels) == len(images) == num_examples:
-            return ArraySplit(images, labels, len(names), names)
+            return ArraySplit(images, labels, len(names), names, data_source=source)
         logging.warning("Ignoring stale decoded cache %s", cache_dir)
     images, labels = decode_split(builder, split)
     os.makedirs(cache_dir, exist_ok=True)
     for path, array in zip(paths, (labels, images), strict=True):
         cache.save_atomic(path, array)
-    return ArraySplit(images, labels, len(names), names)
+    return ArraySplit(images, labels, len(names), names, data_source=source)
 
 
 def decode_split(
@@ -161,5 +188,6 @@ def load_digits(test_fraction: float = 1 / 3, seed: int = 0) -> tuple[ArraySplit
         test_idx.append(idx[chosen])
         train_idx.append(idx[~chosen])
     names = tuple(str(c) for c in range(10))
-    full = ArraySplit(images, labels, 10, names)
+    source = {"source": "sklearn.datasets.load_digits", "encoding": "array", "lossless": True}
+    full = ArraySplit(images, labels, 10, names, data_source=source)
     return full.subset(np.concatenate(train_idx)), full.subset(np.concatenate(test_idx))

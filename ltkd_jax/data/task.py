@@ -96,6 +96,8 @@ def task_splits(splits: DataSplits, d: Any) -> TaskSplits:
     info = {
         "class_names": [longtail.class_name(train, c) for c in range(train.num_classes)],
         "data_fingerprint": train.fingerprint,
+        # CIFAR and digits: where the images came from, lossless or not (ArraySplit).
+        "data_source": getattr(train, "data_source", {}),
         "shot_thresholds": {"many": many, "few": few, "derived": derived},
         "selected_on": selected_on,
         "num_val": 0 if val is None else len(val),
@@ -130,8 +132,16 @@ def load_task(d: Any) -> TaskSplits:
 
 
 def input_stats(d: Any, channels: int) -> tuple[tuple, tuple]:
-    """(mean, std) the model normalises its uint8 input with; identity when
-    `config.data.normalize` is off (pixels in [0, 1], as CBD feeds them)."""
-    if d.normalize:
-        return augment.dataset_stats(d.name)
-    return (0.0,) * channels, (1.0,) * channels
+    """(mean, std) the model normalises its uint8 input with: `config.data.norm_stats`
+    (`augment.NORM_STATS`; auto, and runs recorded before the field, the dataset's); identity
+    when `config.data.normalize` is off (pixels in [0, 1], as CBD feeds them)."""
+    if not d.normalize:
+        return (0.0,) * channels, (1.0,) * channels
+    name = d.get("norm_stats", "auto")
+    mean, std = augment.dataset_stats(d.name) if name == "auto" else augment.NORM_STATS[name]
+    if len(mean) != channels:
+        raise ValueError(
+            f"config.data.norm_stats={name!r} has {len(mean)} channels, the images {channels}; "
+            "pick statistics of this data (auto: the dataset's)"
+        )
+    return mean, std

@@ -8,7 +8,8 @@ here, one config file under ``configs/`` and one test module: the registry below
 module of this package by itself.
 
 The trainer reads a method only through this registry: `make`, `needs_of`, `num_teachers`,
-`student_parts`.
+`student_parts`. A registry entry of kind `CORRECTION` (tau-norm, post-hoc logit adjustment)
+corrects a finished run instead of training; the job runs it (``ltkd_jax/runs/posthoc.py``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import ml_collections
 
 from ltkd_jax import models
 from ltkd_jax.methods.base import (
+    CORRECTION,
+    TRAINING,
     LossFn,
     Method,
     ModelOutput,
     Needs,
+    Setting,
     Spec,
     StudentParts,
     Task,
@@ -82,14 +86,25 @@ def teacher_widths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 def student_parts(config: ml_collections.ConfigDict) -> StudentParts:
     """The modules the method adds to the student, from the config alone: a finished run's
     network is rebuilt the same way for evaluation and export."""
-    if config.method not in METHODS:
-        return StudentParts()  # post-hoc corrections and stage-1 teachers train nothing extra
     return get(config.method).student_parts(config, teacher_widths(config))
+
+
+def scaled_epoch_fields(config: ml_collections.ConfigDict, scale: float) -> dict[str, int]:
+    """The method's epoch-counted loss fields (`Spec.epoch_fields`) times `scale`, rounded and
+    at least 1, so a phase that starts late (DRW) or lasts (DKD's warm-up) keeps its place in
+    a shorter or longer schedule."""
+    fields = get(config.method).epoch_fields
+    return {name: max(1, round(config.loss[name] * scale)) for name in fields}
 
 
 def make(config: ml_collections.ConfigDict, task: Task) -> Method:
     """The method of `config` for `task`: its loss, per-epoch context and needs."""
     spec = get(config.method)
+    if spec.kind != TRAINING:
+        raise ValueError(
+            f"config.method={config.method!r} is a {spec.kind} of a finished run, not a loss to "
+            "train; run it through ltkd_jax.runs.job.run"
+        )
     return Method(
         name=config.method,
         loss=spec.make(config, task),
@@ -99,20 +114,24 @@ def make(config: ml_collections.ConfigDict, task: Task) -> Method:
 
 
 __all__ = [
+    "CORRECTION",
     "METHODS",
     "NAMES",
     "LossFn",
     "Method",
     "ModelOutput",
     "Needs",
+    "Setting",
     "Spec",
     "StudentParts",
+    "TRAINING",
     "Task",
     "default_config",
     "get",
     "make",
     "needs_of",
     "num_teachers",
+    "scaled_epoch_fields",
     "student_parts",
     "teacher_widths",
 ]

@@ -3,12 +3,19 @@
 A method module (``ltkd_jax/methods/<name>.py``) holds its pure loss function(s) and a
 ``METHODS`` tuple of `Spec`s, one per name it registers. A `Spec` gives the registry:
 
+- ``kind``: `TRAINING` (the trainer runs its loss) or `CORRECTION` (it corrects a finished
+  run's predictions, nothing is trained; ``correct`` says how, ``runs/posthoc.py`` runs it);
 - ``config()``: the method's own ``config.loss`` section, every field with its default and a
   comment (the command line shows them: ``--print_config``);
+- its whole recipe beyond the loss, whatever the shared recipe (data, model, schedule) it is
+  put on: ``sampler``, ``head``, ``teacher_count`` / ``color_jitter_teachers`` (an
+  ensemble's size), ``epoch_fields`` (the loss fields counted in epochs, rescaled with the
+  schedule) and ``official_settings(setting)`` (the loss values its official code uses in that
+  setting, e.g. DKD's beta per teacher); ``config.defaults.set_method`` applies them;
 - ``validate(config) -> [errors]``: checks run by ``config.checks.validate_config`` before any
   data or teacher is read;
 - ``needs(config) -> Needs``: what the trainer must provide (teachers, their class feature
-  means, a frozen backbone, a particular classifier head);
+  means, a frozen backbone, a finished run to start from);
 - ``student_parts(config, teacher_widths) -> StudentParts``: learnable modules the method
   adds to the student (CBD's projection, KRDistill's regressor), under their own parameter
   subtrees; the backbones know nothing of them;
@@ -44,7 +51,7 @@ class Needs:
     teachers: int = 0  # 0: none; 1: one frozen teacher; -1: config.teacher.count of them
     feature_means: bool = False  # per-class mean teacher features on the training set
     frozen_backbone: bool = False  # only the classifier trains (cRT)
-    head: str | None = None  # the student head the loss assumes
+    init_run: bool = False  # starts from a finished run, config.init.workdir (cRT, corrections)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +77,30 @@ class Task:
     teacher_feature_means: np.ndarray | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """Where a method is run: the shared recipe (``bkd`` and ``mdistiller`` for the CIFAR
+    recipes of docs/recipes.md, ``folder``, ``large_scale``; empty for a user's own), the
+    dataset and the teacher / student architectures. A method's official code may use other
+    loss values in different settings (`Spec.official_settings`)."""
+
+    recipe: str = ""
+    dataset: str = ""
+    teacher: str = ""
+    student: str = ""
+
+
 LossFn = Callable[[ModelOutput, jnp.ndarray, tuple, dict], tuple]
+# (variables, tau, log prior [C]) -> (variables, logit offset [C] or None): a correction of
+# a finished run's network at strength tau.
+CorrectFn = Callable[[dict, float, np.ndarray], tuple]
+
+TRAINING = "training"  # the trainer runs the method's loss
+CORRECTION = "correction"  # a correction of a finished run: nothing is trained
+KINDS = (TRAINING, CORRECTION)
+# The epoch-counted loss defaults (DRW from epoch 160, DKD's 20 warm-up epochs) are those of
+# the 200-epoch BKD recipe: a schedule of E epochs scales them by E / 200.
+DEFAULTS_EPOCHS = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,17 +125,31 @@ def _no_parts(config: ml_collections.ConfigDict, teacher_widths: tuple[int, ...]
     return StudentParts()
 
 
+def _defaults_everywhere(setting: Setting) -> dict:
+    return {}
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """A registry entry; see the module docstring."""
 
     name: str
     config: Callable[[], ml_collections.ConfigDict]
-    make: Callable[[ml_collections.ConfigDict, Task], LossFn]
+    make: Callable[[ml_collections.ConfigDict, Task], LossFn] | None  # None for a CORRECTION
     needs: Callable[[ml_collections.ConfigDict], Needs] = _no_needs
     validate: Callable[[ml_collections.ConfigDict], list[str]] = _no_checks
     student_parts: Callable[[ml_collections.ConfigDict, tuple[int, ...]], StudentParts] = _no_parts
     doc: str = ""  # the method's documentation: its module's docstring
+    kind: str = TRAINING  # KINDS
+    correct: CorrectFn | None = None  # a CORRECTION's change of the run's network
+    # The recipe the method brings to any shared recipe (config.defaults.set_method):
+    sampler: str = "instance"  # config.data.sampler
+    head: str | None = None  # config.model.head and its teachers'; None: the recipe's
+    teacher_count: int = 1  # config.teacher.count: the size of an ensemble (Needs.teachers -1)
+    color_jitter_teachers: int = 0  # config.teacher.color_jitter_teachers
+    epoch_fields: tuple[str, ...] = ()  # config.loss fields counted in epochs
+    # config.loss values the method's official code uses in a setting, beyond config()'s.
+    official_settings: Callable[[Setting], dict] = _defaults_everywhere
 
 
 def loss_kwargs(fn: Callable, config: ml_collections.ConfigDict) -> dict:
@@ -125,6 +169,15 @@ def one_teacher(config: ml_collections.ConfigDict) -> Needs:
 # ---------------------------------------------------------------------------------------
 
 WEIGHTINGS = ("none", "reweight", "drw")
+# The class-weighting fields counted in epochs (a method that has them declares them).
+WEIGHTING_EPOCH_FIELDS = ("drw_epoch",)
+
+
+def bkd_repo_weighting(dataset: str) -> str:
+    """The class-weighting rule the BKD repository forces on every student loss
+    (``train_student.py``): DRW on CIFAR-10, effective-number re-weighting from epoch 0
+    otherwise (CIFAR-100, and our choice for any other data)."""
+    return "drw" if dataset == "cifar10" else "reweight"
 
 
 def add_class_weighting(c: ml_collections.ConfigDict, default: str = "none") -> None:

@@ -88,4 +88,20 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     return loss
 
 
-METHODS = (base.Spec("bkd", config, make, needs=base.one_teacher, validate=validate, doc=__doc__),)
+def official_settings(setting: base.Setting) -> dict:
+    """The weighting rule the official code forces per dataset, whatever the recipe."""
+    return {"class_weighting": base.bkd_repo_weighting(setting.dataset)}
+
+
+METHODS = (
+    base.Spec(
+        "bkd",
+        config,
+        make,
+        needs=base.one_teacher,
+        validate=validate,
+        doc=__doc__,
+        epoch_fields=base.WEIGHTING_EPOCH_FIELDS,
+        official_settings=official_settings,
+    ),
+)

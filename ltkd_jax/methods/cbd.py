@@ -87,12 +87,8 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     return errors
 
 
-def _needs(config: ml_collections.ConfigDict) -> base.Needs:
-    return base.Needs(teachers=1, head="cosine")
-
-
 def _ensemble_needs(config: ml_collections.ConfigDict) -> base.Needs:
-    return base.Needs(teachers=-1, head="cosine")
+    return base.Needs(teachers=-1)
 
 
 def student_parts(
@@ -120,6 +116,9 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     return loss
 
 
+# Teachers and student use the cosine classifier; stage 2 samples class-balanced batches (on
+# CIFAR; the large-scale recipe uses the official example-stream resampler). CBD_ENS is the
+# official vanilla_seed1/2 + data_aug_seed1/2: four teachers, the last two colour-jittered.
 METHODS = tuple(
     base.Spec(
         name,
@@ -129,6 +128,13 @@ METHODS = tuple(
         validate=validate,
         student_parts=student_parts,
         doc=__doc__,
+        sampler="class_balanced",
+        head="cosine",
+        teacher_count=count,
+        color_jitter_teachers=count // 2,
     )
-    for name, needs in (("cbd", _needs), ("cbd_ensemble", _ensemble_needs))
+    for name, needs, count in (
+        ("cbd", base.one_teacher, 1),
+        ("cbd_ensemble", _ensemble_needs, 4),
+    )
 )

@@ -96,11 +96,28 @@ def _make_plain_ce(config: ml_collections.ConfigDict, task: base.Task) -> base.L
 
 
 def _crt_needs(config: ml_collections.ConfigDict) -> base.Needs:
-    return base.Needs(frozen_backbone=True)
+    return base.Needs(frozen_backbone=True, init_run=True)
 
 
 METHODS = (
-    base.Spec("ce", config, _make_ce, validate=base.check_class_weighting, doc=__doc__),
-    base.Spec("cb", _cb_config, _make_ce, validate=_validate_cb, doc=__doc__),
-    base.Spec("crt", _crt_config, _make_plain_ce, needs=_crt_needs, doc=__doc__),
+    base.Spec(
+        "ce",
+        config,
+        _make_ce,
+        validate=base.check_class_weighting,
+        doc=__doc__,
+        epoch_fields=base.WEIGHTING_EPOCH_FIELDS,
+    ),
+    base.Spec(
+        "cb",
+        _cb_config,
+        _make_ce,
+        validate=_validate_cb,
+        doc=__doc__,
+        epoch_fields=base.WEIGHTING_EPOCH_FIELDS,
+    ),
+    # cRT: the classifier-balancing repo's ClassAwareSampler (docs/sampling.md).
+    base.Spec(
+        "crt", _crt_config, _make_plain_ce, needs=_crt_needs, doc=__doc__, sampler="class_balanced"
+    ),
 )

@@ -11,7 +11,11 @@ non-target classes (at temperature T, teacher and student alike)::
 Computed in log space as the two-group case of the KL chain rule
 (``primitives.group_kl``): ``log(1 - p_g) = LSE_{c != g}(z/T) - LSE_c(z/T)``, so no clamp
 before a log is needed. mdistiller counts epochs from 1, so the trainer's 0-based epoch e
-enters as e + 1. CIFAR defaults: ce_weight 1, alpha 1, beta 8, T 4, warm-up 20 epochs.
+enters as e + 1. CIFAR settings (mdistiller ``configs/cifar100/dkd/*.yaml``): ce_weight 1,
+alpha 1, T 4, warm-up 20 epochs, and beta by teacher (`official_settings`): 2 for the ResNet-56 and
+ResNet-110 teachers (``res56_res20.yaml``, ``res110_res32.yaml``), and so for every teacher
+of that 16/32/64-wide ResNet family, ResNet-32 included; 8 for ResNet32x4
+(``res32x4_res8x4.yaml``), the default for any other teacher.
 
 Reference: 46.11% overall / 13.25% tail for ResNet32x4 -> ResNet8x4 on CIFAR-100-LT (as
 reported in LTKD, Kim 2026, per a third-party digest).
@@ -61,7 +65,9 @@ def config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.temperature = 4.0  # T
     c.alpha = 1.0  # weight of TCKD (target class)
-    c.beta = 8.0  # weight of NCKD (non-target classes)
+    # weight of NCKD (non-target classes); the recipes set mdistiller's value for the
+    # teacher (official_settings: 2 for the ResNet-32 family, 8 for ResNet32x4)
+    c.beta = 8.0
     c.ce_weight = 1.0  # weight of the CE term
     c.warmup_epochs = 20  # linear warm-up of the distillation terms, in epochs
     return c
@@ -91,4 +97,33 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     return loss
 
 
-METHODS = (base.Spec("dkd", config, make, needs=base.one_teacher, validate=validate, doc=__doc__),)
+# mdistiller configs/cifar100/dkd/res56_res20.yaml and res110_res32.yaml: BETA 2.0. These
+# teachers are the option-A ResNet-(6n+2) family (16/32/64 channels); mdistiller has no
+# ResNet-32 -> ResNet-32 config, so a ResNet-32 teacher takes its family's value.
+RESNET_FAMILY = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet110")
+RESNET_FAMILY_BETA = 2.0
+# res32x4_res8x4.yaml: BETA 8.0 (= config()'s default, kept for teachers with no config).
+RESNET32X4_BETA = 8.0
+
+
+def official_settings(setting: base.Setting) -> dict:
+    """mdistiller's beta for the teacher of `setting` (module docstring)."""
+    if setting.teacher in RESNET_FAMILY:
+        return {"beta": RESNET_FAMILY_BETA}
+    if setting.teacher == "resnet32x4":
+        return {"beta": RESNET32X4_BETA}
+    return {}
+
+
+METHODS = (
+    base.Spec(
+        "dkd",
+        config,
+        make,
+        needs=base.one_teacher,
+        validate=validate,
+        doc=__doc__,
+        epoch_fields=("warmup_epochs",),
+        official_settings=official_settings,
+    ),
+)

@@ -72,4 +72,13 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     return loss
 
 
-METHODS = (base.Spec("focal", config, make, validate=validate, doc=__doc__),)
+METHODS = (
+    base.Spec(
+        "focal",
+        config,
+        make,
+        validate=validate,
+        doc=__doc__,
+        epoch_fields=base.WEIGHTING_EPOCH_FIELDS,
+    ),
+)

@@ -2,11 +2,15 @@
 
     L = ce_weight * CE(z, y) + alpha * T^2 * batchmean KL(softmax(v/T) || softmax(z/T))
 
-``z`` the student's logits, ``v`` the frozen teacher's. Defaults are the BKD repository's
-``KDLoss`` (``train_student.py``): alpha = 1, T = 2, and, easy to miss, a CE term weighted by
-class with the same rule as the dataset (``configs/kd_cifar.py`` under the BKD recipe:
-effective-number re-weighting on CIFAR-100, DRW on CIFAR-10); ``loss.class_weighting=none``
-is plain Hinton KD. mdistiller's CIFAR setting is ``ce_weight=0.1, alpha=0.9, T=4``.
+``z`` the student's logits, ``v`` the frozen teacher's. Defaults: plain Hinton KD with the
+BKD repository's alpha = 1, T = 2. The official settings per recipe (`official_settings`):
+
+- BKD recipe: the BKD repository's ``KDLoss`` (``train_student.py``), whose CE term is,
+  easy to miss, weighted by class with the rule it forces on every loss (effective-number
+  re-weighting from epoch 0 on CIFAR-100, DRW on CIFAR-10; ``base.bkd_repo_weighting``);
+- mdistiller recipe: mdistiller's KD (``mdistiller/engine/cfg.py``, ``CFG.KD``:
+  TEMPERATURE 4, LOSS.CE_WEIGHT 0.1, LOSS.KD_WEIGHT 0.9): ``T=4, ce_weight=0.1,
+  alpha=0.9``, unweighted CE.
 
 Reference: 42.48% overall / 13.38% tail for ResNet32x4 -> ResNet8x4 on CIFAR-100-LT (as
 reported in LTKD, Kim 2026, per a third-party digest).
@@ -77,4 +81,26 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     return loss
 
 
-METHODS = (base.Spec("kd", config, make, needs=base.one_teacher, validate=validate, doc=__doc__),)
+def official_settings(setting: base.Setting) -> dict:
+    """The BKD repository's KD row under its recipe, mdistiller's KD under its recipe."""
+    if setting.recipe == "bkd":
+        return {"class_weighting": base.bkd_repo_weighting(setting.dataset)}
+    if setting.recipe == "mdistiller":
+        # mdistiller/engine/cfg.py: CFG.KD.TEMPERATURE = 4, CFG.KD.LOSS.CE_WEIGHT = 0.1,
+        # CFG.KD.LOSS.KD_WEIGHT = 0.9.
+        return {"temperature": 4.0, "ce_weight": 0.1, "alpha": 0.9}
+    return {}
+
+
+METHODS = (
+    base.Spec(
+        "kd",
+        config,
+        make,
+        needs=base.one_teacher,
+        validate=validate,
+        doc=__doc__,
+        epoch_fields=base.WEIGHTING_EPOCH_FIELDS,
+        official_settings=official_settings,
+    ),
+)

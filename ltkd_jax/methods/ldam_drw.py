@@ -72,10 +72,6 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     return base.check_class_weighting(config) + base.check_positive(config, "max_margin", "scale")
 
 
-def needs(config: ml_collections.ConfigDict) -> base.Needs:
-    return base.Needs(head="normed")
-
-
 def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     counts = jnp.asarray(task.class_counts)
     hparams = base.loss_kwargs(ldam_loss, config)
@@ -92,4 +88,14 @@ def make(config: ml_collections.ConfigDict, task: base.Task) -> base.LossFn:
     return loss
 
 
-METHODS = (base.Spec("ldam_drw", config, make, needs=needs, validate=validate, doc=__doc__),)
+METHODS = (
+    base.Spec(
+        "ldam_drw",
+        config,
+        make,
+        validate=validate,
+        doc=__doc__,
+        head="normed",
+        epoch_fields=base.WEIGHTING_EPOCH_FIELDS,
+    ),
+)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from ltkd_jax.models import cpu_ops, resnet, resnet_cifar
 from ltkd_jax.models.heads import HEADS
+from ltkd_jax.models.layers import WEIGHT_INITS
 from ltkd_jax.models.network import (
     Network,
     legacy_variables,
@@ -61,6 +62,7 @@ def get_model(
     dtype: Any = jnp.float32,
     ops: str = "xla",
     zero_init_residual: bool = False,
+    weight_init: str = "ldam",
     neck: nn.Module | None = None,
     side: nn.Module | None = None,
 ) -> Network:
@@ -75,6 +77,8 @@ def get_model(
         without CPU kernels (the ImageNet-style ones) always use ``xla``.
       zero_init_residual: the last BatchNorm of every residual block starts with gamma 0 (the
         official CBD code's ``gamma_initializer='zeros'``); post-activation ResNets only.
+      weight_init: the conv and linear-head kernel init, ``ldam`` (the LDAM-DRW / BKD
+        ResNets') or ``mdistiller`` (mdistiller's CIFAR ResNets'): `layers.WEIGHT_INITS`.
       neck: a method's module between pooling and the head (e.g. CBD's Dense + ReLU
         projection); its output is what the head sees and the returned features.
       side: a method's module on the returned features only (e.g. KRDistill's regressor onto
@@ -85,8 +89,18 @@ def get_model(
         raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
     if ops not in cpu_ops.OPS:
         raise ValueError(f"unknown ops {ops!r}; choose one of: {', '.join(cpu_ops.OPS)}")
-    backbone = _backbone(name, dtype=dtype, zero_init_residual=zero_init_residual)
-    network = Network(backbone, num_classes, head=head, dtype=dtype, neck=neck, side=side)
+    backbone = _backbone(
+        name, dtype=dtype, zero_init_residual=zero_init_residual, weight_init=weight_init
+    )
+    network = Network(
+        backbone,
+        num_classes,
+        head=head,
+        dtype=dtype,
+        neck=neck,
+        side=side,
+        weight_init=weight_init,
+    )
     return network.with_ops(ops)
 
 
@@ -111,6 +125,7 @@ def num_params(params: Any) -> int:
 __all__ = [
     "HEADS",
     "MODELS",
+    "WEIGHT_INITS",
     "Network",
     "feature_dim",
     "fold_for_inference",

@@ -4,7 +4,8 @@ Every head is created by `models.Network` under the submodule name ``classifier`
 parameter ``kernel`` of shape [D, C] (plus ``bias`` for ``linear``), so later stages
 (tau-norm, cRT) find it at ``params['classifier']``.
 
-- ``linear``: Dense with bias and PyTorch's init (the default; the BKD / mdistiller heads).
+- ``linear``: Dense with bias and PyTorch's bias init (the default; the BKD / mdistiller
+  heads), its kernel initialised by the model's ``weight_init`` (`layers`).
 - ``normed``: LDAM ``NormedLinear`` (LDAM-DRW ``models/resnet_cifar.py``): cosine between the
   L2-normalised feature and the L2-normalised weight columns, no bias. Outputs cosines in
   [-1, 1]; the LDAM loss applies its own scale s = 30 (LDAM-DRW ``losses.py``).
@@ -75,10 +76,12 @@ def make_head(
     *,
     dtype: Dtype = jnp.float32,
     name: str | None = "classifier",
+    weight_init: str = "ldam",
 ) -> nn.Module:
-    """Build the classifier head called ``head`` (one of :data:`HEADS`)."""
+    """Build the classifier head called ``head`` (one of :data:`HEADS`); ``weight_init``
+    (`layers.WEIGHT_INITS`) sets a linear head's kernel init."""
     if head == "linear":
-        return linear(num_classes, in_features, dtype=dtype, name=name)
+        return linear(num_classes, in_features, dtype=dtype, name=name, weight_init=weight_init)
     if head == "normed":
         return CosineClassifier(
             num_classes, scale=1.0, kernel_init=ldam_kernel_init, dtype=dtype, name=name

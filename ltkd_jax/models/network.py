@@ -48,6 +48,7 @@ class Network(nn.Module):
     dtype: Any = jnp.float32
     neck: nn.Module | None = None  # features -> features the head sees (and returns)
     side: nn.Module | None = None  # head input -> returned features; the head never sees it
+    weight_init: str = "ldam"  # the linear head's kernel init (layers.WEIGHT_INITS)
 
     @property
     def feature_dim(self) -> int:
@@ -80,7 +81,13 @@ class Network(nn.Module):
         features = self.backbone(x, train)
         if self.neck is not None:
             features = self.neck(features)
-        head = make_head(self.head, self.num_classes, features.shape[-1], dtype=self.dtype)
+        head = make_head(
+            self.head,
+            self.num_classes,
+            features.shape[-1],
+            dtype=self.dtype,
+            weight_init=self.weight_init,
+        )
         logits = head(features)
         if self.side is not None:
             features = self.side(features)

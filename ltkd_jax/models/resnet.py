@@ -44,6 +44,7 @@ class Bottleneck(nn.Module):
     width_per_group: int = 64
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
+    weight_init: str = "ldam"  # layers.WEIGHT_INITS
 
     expansion: ClassVar[int] = 4
 
@@ -51,14 +52,15 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         width = int(self.planes * (self.width_per_group / 64.0)) * self.groups
         out_planes = self.planes * self.expansion
-        out = conv(width, 1, 1, self.dtype)(x)
+        init = self.weight_init
+        out = conv(width, 1, 1, self.dtype, weight_init=init)(x)
         out = nn.relu(batch_norm(train, self.dtype)(out))
-        out = conv(width, 3, self.stride, self.dtype, groups=self.groups)(out)
+        out = conv(width, 3, self.stride, self.dtype, groups=self.groups, weight_init=init)(out)
         out = nn.relu(batch_norm(train, self.dtype)(out))
-        out = conv(out_planes, 1, 1, self.dtype)(out)
+        out = conv(out_planes, 1, 1, self.dtype, weight_init=init)(out)
         out = batch_norm(train, self.dtype, zero_scale=self.zero_init_residual)(out)
         if self.stride != 1 or x.shape[-1] != out_planes:
-            x = conv_shortcut(x, out_planes, self.stride, train, self.dtype)
+            x = conv_shortcut(x, out_planes, self.stride, train, self.dtype, weight_init=init)
         return nn.relu(out + x)
 
 
@@ -74,6 +76,7 @@ class ResNet(nn.Module):
     width_per_group: int = 64
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
+    weight_init: str = "ldam"  # layers.WEIGHT_INITS
 
     @property
     def feature_dim(self) -> int:
@@ -89,6 +92,7 @@ class ResNet(nn.Module):
                 self.width_per_group,
                 self.zero_init_residual,
                 self.dtype,
+                self.weight_init,
                 name=f"Bottleneck_{index}",
             )
         if self.block == "basic":
@@ -98,13 +102,15 @@ class ResNet(nn.Module):
                 "B",
                 self.zero_init_residual,
                 self.dtype,
+                weight_init=self.weight_init,
                 name=f"BasicBlock_{index}",
             )
         raise ValueError(f"block={self.block!r}; choose 'basic' or 'bottleneck'")
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = conv(64, 7, 2, self.dtype, name="stem_conv")(x.astype(self.dtype))
+        stem = conv(64, 7, 2, self.dtype, name="stem_conv", weight_init=self.weight_init)
+        x = stem(x.astype(self.dtype))
         x = nn.relu(batch_norm(train, self.dtype, name="stem_bn")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         index = 0

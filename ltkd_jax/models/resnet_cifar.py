@@ -57,6 +57,7 @@ class CifarResNet(nn.Module):
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
     ops: str = "xla"  # cpu_ops.OPS
+    weight_init: str = "ldam"  # layers.WEIGHT_INITS
 
     @property
     def feature_dim(self) -> int:
@@ -66,7 +67,9 @@ class CifarResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         n = _blocks_per_stage(self.depth, 2, "CIFAR ResNet")
         stem = self.widths[0] if self.stem is None else self.stem
-        x = conv(stem, 3, 1, self.dtype, ops=self.ops)(x.astype(self.dtype))
+        x = conv(stem, 3, 1, self.dtype, ops=self.ops, weight_init=self.weight_init)(
+            x.astype(self.dtype)
+        )
         x = nn.relu(batch_norm(train, self.dtype, ops=self.ops)(x))
         index = 0
         for stage, planes in enumerate(self.widths):
@@ -78,6 +81,7 @@ class CifarResNet(nn.Module):
                     self.zero_init_residual,
                     self.dtype,
                     self.ops,
+                    self.weight_init,
                     # The names the former BasicBlockA / BasicBlockB classes were given.
                     name=f"BasicBlock{self.shortcut}_{index}",
                 )(x, train)
@@ -96,17 +100,21 @@ class WideBasicBlock(nn.Module):
     stride: int = 1
     dtype: Dtype = jnp.float32
     ops: str = "xla"
+    weight_init: str = "ldam"  # layers.WEIGHT_INITS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         identity = x.shape[-1] == self.planes and self.stride == 1
+        init = self.weight_init
         pre = nn.relu(batch_norm(train, self.dtype, ops=self.ops)(x))
-        out = conv(self.planes, 3, self.stride, self.dtype, ops=self.ops)(pre)
+        out = conv(self.planes, 3, self.stride, self.dtype, ops=self.ops, weight_init=init)(pre)
         out = nn.relu(batch_norm(train, self.dtype, ops=self.ops)(out))
-        out = conv(self.planes, 3, 1, self.dtype, ops=self.ops)(out)
+        out = conv(self.planes, 3, 1, self.dtype, ops=self.ops, weight_init=init)(out)
         if identity:
             return out + x
-        shortcut = conv(self.planes, 1, self.stride, self.dtype, name="shortcut_conv", ops=self.ops)
+        shortcut = conv(
+            self.planes, 1, self.stride, self.dtype, "shortcut_conv", self.ops, weight_init=init
+        )
         return out + shortcut(pre)
 
 
@@ -122,6 +130,7 @@ class WideResNet(nn.Module):
     zero_init_residual: bool = False  # not applicable: accepted only as False
     dtype: Dtype = jnp.float32
     ops: str = "xla"  # cpu_ops.OPS
+    weight_init: str = "ldam"  # layers.WEIGHT_INITS
 
     @property
     def feature_dim(self) -> int:
@@ -138,11 +147,12 @@ class WideResNet(nn.Module):
             )
         n = _blocks_per_stage(self.depth, 4, "WRN")
         k = self.widen_factor
-        x = conv(16, 3, 1, self.dtype, ops=self.ops)(x.astype(self.dtype))
+        init = self.weight_init
+        x = conv(16, 3, 1, self.dtype, ops=self.ops, weight_init=init)(x.astype(self.dtype))
         for stage, planes in enumerate((16 * k, 32 * k, 64 * k)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                x = WideBasicBlock(planes, stride, self.dtype, self.ops)(x, train)
+                x = WideBasicBlock(planes, stride, self.dtype, self.ops, init)(x, train)
         x = nn.relu(batch_norm(train, self.dtype, ops=self.ops)(x))
         return global_avg_pool(x)
 

@@ -1,5 +1,5 @@
-"""The command-line job: stage-1 teachers if the method needs them, then the run (or a
-post-hoc correction of a finished one), its summary and its report.
+"""The command-line job: stage-1 teachers if the method needs them, then the run (or, for a
+method of kind correction, the correction of a finished run), its summary and its report.
 
 `check(config, workdir)` runs every check that needs no data and writes nothing (the config,
 the paths it names, a resumed run's config and its teachers'); `run(config, workdir)` then
@@ -9,19 +9,15 @@ reads the task once and passes it to every stage.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
-from ltkd_jax import data
+from ltkd_jax import data, methods
 from ltkd_jax.config import checks
 from ltkd_jax.deploy import report
-from ltkd_jax.methods import posthoc
-from ltkd_jax.runs import cohort, finished, rundir, summary
+from ltkd_jax.runs import cohort, finished, posthoc, rundir, summary
 from ltkd_jax.runs import teachers as teacher_stage
-from ltkd_jax.training import evaluation, metrics, networks, sharding, trainer
-from ltkd_jax.training.writers import MetricWriter
+from ltkd_jax.training import sharding, trainer
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -34,54 +30,10 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
     checks.validate_config(config)
     checks.check_run_paths(config)
     rundir.check_resume_config(workdir, config)
-    if config.method in posthoc.POSTHOC or config.teacher.workdir:
+    if config.teacher.workdir:
         return
     for k, teacher_dir in enumerate(teacher_stage.teacher_workdirs(config, workdir)):
         rundir.check_resume_config(teacher_dir, teacher_stage.teacher_config(config, k))
-
-
-def correct_run(config: ml_collections.ConfigDict, workdir: str, task: data.TaskSplits) -> dict:
-    """Evaluates `config.init.workdir`'s last checkpoint under every tau; returns the best."""
-    mesh = sharding.make_mesh(config.num_devices)
-    run = finished.load_init(config, task, mesh)
-    mean, std = data.input_stats(config.data, task.train.image_shape[-1])
-    evaluators = {
-        name: evaluation.make_evaluator(
-            run.model,
-            split,
-            mesh,
-            batch_size=run.batch_size,
-            mean=mean,
-            std=std,
-            compiler_options=networks.compiler_options(config),
-            resident=config.data.device_resident,
-        )
-        for name, split in (("test", task.test), ("val", task.val))
-        if split is not None
-    }
-    log_prior = np.log(task.class_counts / task.class_counts.sum()).astype(np.float32)
-    writer = MetricWriter(workdir)
-    writer.trim_after(-1)  # every tau is evaluated again: a rerun replaces the records
-    writer.write_json("config.json", config.to_dict())
-    epoch = summary.summarize_run(run.workdir)["final"]["epoch"]
-    best = None
-    for tau in posthoc.tau_grid():
-        variables, offset = run.variables, None
-        if config.method == "tau_norm":
-            variables = posthoc.tau_normalized_variables(variables, float(tau))
-        else:
-            offset = jnp.asarray(-tau * log_prior)
-        results = {}
-        for name, evaluate in evaluators.items():
-            counts = evaluate(variables, logit_offset=offset)
-            results[name] = metrics.summarize(counts, task.class_groups)
-            writer.write_scalars(0, results[name], split=name, epoch=epoch, tau=float(tau))
-        chooser = results.get("val", results["test"])  # tau is chosen on val when there is one
-        if best is None or chooser["top1"] > best[2]:
-            best = (float(tau), results["test"], chooser["top1"])
-    writer.close()
-    logging.info("%s: best tau %.1f, top-1 %.4f", config.method, best[0], best[1]["top1"])
-    return {"tau": best[0], "epoch": epoch, **best[1]}
 
 
 def _print_corrected(config: ml_collections.ConfigDict, best: dict) -> None:
@@ -100,8 +52,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | list[dict]:
     if cohort.is_cohort(config):
         return cohort.run(config, workdir)
     task = data.load_task(config.data)  # once, for every stage
-    if config.method in posthoc.POSTHOC:
-        best = correct_run(config, workdir, task)
+    if methods.get(config.method).kind == methods.CORRECTION:
+        best = posthoc.correct_run(config, workdir, task)
         summary.write_summary(workdir, {"final": best, "best": best})
         if jax.process_index() == 0:
             _print_corrected(config, best)

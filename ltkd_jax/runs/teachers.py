@@ -56,7 +56,7 @@ def teacher_config(config: ml_collections.ConfigDict, index: int) -> ml_collecti
     t.optim = _copy(config.optim)
     t.model.name = config.teacher.model
     t.model.head = config.teacher.head
-    for field in ("dtype", "cpu_kernels", "zero_init_residual"):
+    for field in ("dtype", "cpu_kernels", "zero_init_residual", "weight_init"):
         t.model[field] = config.model[field]
     return defaults.lock(t)
 

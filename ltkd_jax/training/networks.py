@@ -89,8 +89,10 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
         neck=parts.neck,
         side=parts.side,
         ops=cpu_ops.model_ops(cpu_kernels(config)),
-        # Runs recorded before the field existed lack it; it only changes the initial state.
+        # Runs recorded before these fields existed lack them; they only change the initial
+        # state.
         zero_init_residual=m.get("zero_init_residual", False),
+        weight_init=m.get("weight_init", "ldam"),
     )
 
 

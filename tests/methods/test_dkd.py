@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_configs import CONFIG_DIR, _load
 
 from ltkd_jax import methods
 from ltkd_jax.config import defaults
@@ -43,6 +44,29 @@ def test_tckd_is_binary_kl_and_epoch_may_be_traced():
     step = jax.jit(lambda e: dkd_loss(Z, labels=Y, teacher_logits=V, epoch=e)[0])
     assert_close(step(jnp.asarray(5)), CE_ZY + 0.25 * DISTILL_ZVY)
     assert_close(step(jnp.asarray(40)), 11.673323)
+
+
+@pytest.mark.parametrize(
+    "arg, beta",
+    [
+        # mdistiller configs/cifar100/dkd/res56_res20.yaml and res110_res32.yaml: BETA 2.0; a
+        # ResNet-32 teacher is of the same family (no res32_res32.yaml exists).
+        ("", 2.0),
+        ("teacher=resnet56,student=resnet20,recipe=mdistiller", 2.0),
+        ("teacher=resnet110,student=resnet32,recipe=mdistiller", 2.0),
+        ("dataset=cifar10", 2.0),
+        # res32x4_res8x4.yaml: BETA 8.0
+        ("teacher=resnet32x4,student=resnet8x4,recipe=mdistiller", 8.0),
+        ("teacher=resnet32x4,student=resnet8x4", 8.0),
+    ],
+)
+def test_dkd_config_takes_mdistillers_values_for_the_teacher(arg, beta):
+    """Every mdistiller CIFAR-100 DKD yaml above: CE_WEIGHT 1.0, ALPHA 1.0, T 4.0, WARMUP 20;
+    BETA by pair."""
+    _, c = _load(CONFIG_DIR / "dkd_cifar.py", arg or None)
+    loss = c.loss
+    assert (loss.ce_weight, loss.alpha, loss.temperature, loss.warmup_epochs) == (1.0, 1.0, 4.0, 20)
+    assert loss.beta == beta
 
 
 @pytest.mark.slow  # one jit per epoch value

@@ -57,8 +57,24 @@ def test_kd_config_is_the_bkd_repo_kd_row_on_cifar100():
 def test_kd_config_variants():
     _, c10 = _load(CONFIG_DIR / "kd_cifar.py", "dataset=cifar10")
     assert c10.loss.class_weighting == "drw"
-    _, mdistiller = _load(CONFIG_DIR / "kd_cifar.py", "recipe=mdistiller")
-    assert mdistiller.loss.class_weighting == "none"
+
+
+@pytest.mark.parametrize(
+    "arg", ["recipe=mdistiller", "teacher=resnet32x4,student=resnet8x4,recipe=mdistiller"]
+)
+def test_kd_config_under_the_mdistiller_recipe_is_mdistillers_kd(arg):
+    """mdistiller/engine/cfg.py: CFG.KD.TEMPERATURE = 4, CFG.KD.LOSS.CE_WEIGHT = 0.1,
+    CFG.KD.LOSS.KD_WEIGHT = 0.9, and an unweighted CE (its KD has no class weights)."""
+    _, c = _load(CONFIG_DIR / "kd_cifar.py", arg)
+    loss = c.loss
+    assert (loss.temperature, loss.ce_weight, loss.alpha) == (4.0, 0.1, 0.9)
+    assert loss.class_weighting == "none"
+    _, bkd_recipe = _load(CONFIG_DIR / "kd_cifar.py")  # the BKD repository's KDLoss: T 2, 1 + 1
+    assert (bkd_recipe.loss.temperature, bkd_recipe.loss.ce_weight, bkd_recipe.loss.alpha) == (
+        2.0,
+        1.0,
+        1.0,
+    )
 
 
 class TestLosses(DistillationProperties):

@@ -28,8 +28,10 @@ def test_without_margin_and_scale_it_is_cross_entropy():
     assert_close(ldam_loss(Z, labels=Y, class_counts=N, max_margin=0.0, scale=1.0)[0], ce)
 
 
-def test_needs_the_normed_head():
+def test_brings_the_normed_head_and_needs_it():
     config = defaults.base_config("ldam_drw")
+    assert config.model.head == "normed"  # the Spec's head, on any recipe
+    config.model.head = "linear"
     with pytest.raises(ValueError, match="--config.model.head=normed"):
         checks.validate_config(config)
 

@@ -8,6 +8,8 @@ import pathlib
 import pkgutil
 
 from ltkd_jax import losses, methods
+from ltkd_jax.config import defaults
+from ltkd_jax.methods import base
 
 HERE = pathlib.Path(__file__).parent
 INFRASTRUCTURE = ("base", "primitives")
@@ -64,3 +66,23 @@ def test_calling_convention():
         assert inspect.getdoc(fn), name
     for fn in [losses.tgls_loss, losses.dukd_loss, losses.krdistill_loss, losses.ltkd_loss]:
         assert "RECONSTRUCTION" in inspect.getdoc(fn)
+
+
+def test_every_spec_declares_its_kind_and_its_epoch_counted_loss_fields():
+    """A loss field counted in epochs that a Spec forgets would not be rescaled when the
+    method is carried onto a shorter schedule (recipes.with_method, reproduce.py --short)."""
+    assert {s.kind for s in methods.METHODS.values()} == set(base.KINDS)
+    for name, spec in methods.METHODS.items():
+        trains = spec.kind == base.TRAINING
+        assert (spec.make is not None, spec.correct is None) == (trains, trains), name
+        counted = {f for f in spec.config() if f.endswith(("_epoch", "_epochs"))}
+        assert set(spec.epoch_fields) == counted, name
+
+
+def test_scaled_epoch_fields_keep_their_fraction_of_training_and_at_least_one_epoch():
+    config = defaults.base_config("dkd")
+    assert methods.scaled_epoch_fields(config, 0.5) == {"warmup_epochs": 10}
+    assert methods.scaled_epoch_fields(config, 0.01) == {"warmup_epochs": 1}  # never 0
+    config = defaults.base_config("ldam_drw")
+    assert methods.scaled_epoch_fields(config, 240 / 200) == {"drw_epoch": 192}
+    assert methods.scaled_epoch_fields(defaults.base_config("lskd"), 0.5) == {}
