@@ -85,6 +85,22 @@ _CONVS = flags.DEFINE_bool(
     "Time the model's convolutions alone (+ ReLU) against PyTorch's convolutions and whole steps: "
     "the ceiling XLA:CPU's convolution kernels put on the step ratios.",
 )
+_COHORT = flags.DEFINE_integer(
+    "cohort",
+    0,
+    "K > 0: time K BKD students against one teacher as one cohort program and as K single "
+    "runs of the same steps (ResNet-32 -> ResNet-32 and ResNet32x4 -> ResNet8x4); prints the "
+    "speedup, per-member images/s and memory per member.",
+)
+_COHORT_PAIRS = flags.DEFINE_list(
+    "cohort_pairs", ["resnet32:resnet32", "resnet32x4:resnet8x4"], "teacher:student pairs."
+)
+_COHORT_FORM = flags.DEFINE_enum(
+    "cohort_form",
+    "auto",
+    ["auto", "vmapped", "one_by_one"],
+    "How a cohort's members run: auto = the trainer's choice for this backend.",
+)
 _INPUT = flags.DEFINE_bool(
     "input",
     False,
@@ -202,10 +218,10 @@ def jax_steps(setting: str, batch: dict, eval_batch: dict) -> dict[str, tuple[Ca
         compiler_options=options,
     )
     start = time.perf_counter()
-    compiled_eval = eval_fn.lower(teacher_vars, eval_batch).compile()
+    compiled_eval = eval_fn.lower(teacher_vars, (), eval_batch).compile()
     compile_s = time.perf_counter() - start
     out[STEPS[2]] = (
-        lambda: jax.block_until_ready(compiled_eval(teacher_vars, eval_batch)),
+        lambda: jax.block_until_ready(compiled_eval(teacher_vars, (), eval_batch)),
         compile_s,
     )
     return out
@@ -515,9 +531,114 @@ def bench_input() -> None:
     subprocess.run([sys.executable, script], check=True)
 
 
+def _cohort_programs(teacher_name: str, student_name: str, k: int, vmapped: bool):
+    """(single step, its state, cohort step, its state, teachers, batch, ctxs): compiled BKD
+    programs of one student and of a cohort of `k`, one teacher (folded on the CPU)."""
+    config = _step_config(_CPU_KERNELS.value[0], "bkd")
+    config.model.name, config.teacher.model = student_name, teacher_name
+    mesh = sharding.make_mesh(1)
+    repl = sharding.replicated(mesh)
+    n = _CLASSES.value
+    batch = sharding.global_batch(mesh, _batches(n)[0])
+    teacher_config = _step_config(_CPU_KERNELS.value[0])
+    teacher_config.model.name = teacher_name
+    teacher_model = networks.build_model(teacher_config, n)
+    schedule = optim.make_schedule(config.optim, 100, 200)
+    tx = optim.make_optimizer(config.optim, schedule)
+    teacher_state = networks.create_train_state(teacher_model, tx, (32, 32, 3), 1, mesh)
+    teacher = networks.Teacher(networks.variables_of(teacher_state), teacher_model)
+    if cpu_ops.cpu_kernels_enabled(_CPU_KERNELS.value[0]):
+        teacher = networks.fold_teacher(teacher)
+    model = networks.build_model(config, n)
+    task = methods.Task(class_counts=_class_counts(n), class_groups=np.zeros(n, np.int32))
+    method = methods.make(config, task)
+    ctx = jax.device_put(method.epoch_context(0), repl)
+    kwargs = dict(schedule=schedule, mean=data.CIFAR_MEAN, std=data.CIFAR_STD)
+    options = cpu_ops.compiler_options(_CPU_KERNELS.value[0])
+    jit = functools.partial(
+        jax.jit, donate_argnums=(0,), out_shardings=(repl, repl), compiler_options=options
+    )
+    single = jit(functools.partial(steps.train_step, method=method, **kwargs))
+    states = [networks.create_train_state(model, tx, (32, 32, 3), s, mesh) for s in range(k)]
+    layout = steps.CohortLayout((tuple(range(k)),), None, vmapped)
+    cohort = jit(
+        functools.partial(steps.cohort_step, layout=layout, member_methods=(method,) * k, **kwargs)
+    )
+    cohort_state = steps.CohortState(
+        (jax.jit(steps.stack_members, out_shardings=repl)(states),),
+        jax.device_put(np.ones(k, bool), repl),
+    )
+    return single, states[0], cohort, cohort_state, (teacher,), batch, ctx, (ctx,) * k
+
+
+def _stepper(compiled, state, teachers, batch, ctx) -> Callable:
+    """A blocking call of one step that carries its (donated) state along."""
+    holder = {"state": state}
+
+    def run():
+        holder["state"], step_metrics = compiled(holder["state"], teachers, batch, ctx)
+        jax.block_until_ready(step_metrics)
+
+    return run
+
+
+def _program_bytes(compiled) -> int:
+    """Arguments + outputs + temporaries of a compiled program (XLA's memory analysis)."""
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+
+
+def bench_cohort() -> None:
+    """K BKD members against one teacher: one cohort program vs K single runs."""
+    k = _COHORT.value
+    form = _COHORT_FORM.value
+    vmapped = jax.default_backend() != "cpu" if form == "auto" else form == "vmapped"
+    print(f"cohort of {k} BKD students, batch {_BATCH.value}, {jax.devices()[0].device_kind}, "
+          f"members {'vmapped' if vmapped else 'one by one'}")  # fmt: skip
+    lines = []
+    for pair in _COHORT_PAIRS.value:
+        teacher_name, student_name = pair.split(":")
+        single, s_state, cohort, c_state, teachers, batch, ctx, ctxs = _cohort_programs(
+            teacher_name, student_name, k, vmapped
+        )
+        single_c = single.lower(s_state, teachers, batch, ctx).compile()
+        cohort_c = cohort.lower(c_state, teachers, batch, ctxs).compile()
+        runners = {
+            "single": _stepper(single_c, s_state, teachers, batch, ctx),
+            "cohort": _stepper(cohort_c, c_state, teachers, batch, ctxs),
+        }
+        rates = alternate(runners, _STEPS.value, _REPEATS.value, 1)
+        single_s = [1 / r for r in rates["single"]]  # seconds per step
+        cohort_s = [1 / r for r in rates["cohort"]]
+        speedups = [k * a / b for a, b in zip(single_s, cohort_s, strict=True)]
+        b = _BATCH.value
+        one_bytes, all_bytes = _program_bytes(single_c), _program_bytes(cohort_c)
+        per_member = (all_bytes - one_bytes) / max(k - 1, 1)
+        print(f"{teacher_name}->{student_name}: single run {b / statistics.median(single_s):.1f} "
+              f"images/s; in the cohort {b / statistics.median(cohort_s):.1f} images/s per "
+              f"member ({k * b / statistics.median(cohort_s):.1f} in all); program memory: "
+              f"{one_bytes / 2**20:.0f} MiB for one student, {all_bytes / 2**20:.0f} MiB for "
+              f"{k}, {per_member / 2**20:.1f} MiB per added member")  # fmt: skip
+        for device, capacity in (("an 80 GB GPU", 80e9), ("this host's RAM", _host_ram())):
+            fits = int((capacity - one_bytes) // per_member) + 1 if per_member > 0 else 0
+            print(f"  members of this pair that fit in {device} by program memory: ~{fits}")
+        lines.append(
+            f"cohort speedup {teacher_name}->{student_name} K={k}: "
+            f"{statistics.median(speedups):.2f}"
+        )
+    print("\n".join(lines))
+    print(f"peak host RSS: {_peak_rss_gib():.2f} GiB")
+
+
+def _host_ram() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def main(argv):
     del argv
-    if _INPUT.value:
+    if _COHORT.value:
+        bench_cohort()
+    elif _INPUT.value:
         bench_input()
     elif _LOOP.value:
         bench_loop()

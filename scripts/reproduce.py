@@ -68,6 +68,12 @@ def define_flags() -> None:
     flags.DEFINE_list("only", [], "Train only these rows (plus their teacher); all = empty.")
     flags.DEFINE_multi_string("set", [], "field=value override for every run's config.")
     flags.DEFINE_bool("dry_run", False, "Print the plan and its device time; run nothing.")
+    flags.DEFINE_bool(
+        "cohorts",
+        True,
+        "Train a seed's rows that share the recipe and the teacher as one cohort: one "
+        "program, the teacher applied once per batch (ltkd_jax/runs/cohort.py).",
+    )
     flags.DEFINE_bool("collect_only", False, "Train nothing; write the tables.")
 
 
@@ -268,10 +274,8 @@ def is_done(run: Run) -> bool:
     return epochs_done(run) >= (1 if run.posthoc else run.config.num_epochs)
 
 
-def estimate(run: Run, device: str) -> float:
-    """Device seconds still needed by the run (0 when finished); NaN where unknown."""
-    if is_done(run):
-        return 0.0
+def _estimate_kwargs(run: Run) -> dict:
+    """`tables.estimate_seconds` keywords for what the run still has to do."""
     c = run.config
     if run.posthoc:
         epochs, evaluations, teacher = 0, tables.TAU_GRID_SIZE, None
@@ -279,8 +283,7 @@ def estimate(run: Run, device: str) -> float:
         epochs = c.num_epochs - epochs_done(run)
         evaluations = max(1, epochs // c.eval_every_epochs)
         teacher = c.teacher.model if run.row.link == "teacher" else None
-    seconds = tables.estimate_seconds(
-        device,
+    return dict(
         dataset=c.data.name,
         imbalance_factor=c.data.imbalance_factor,
         model=c.model.name,
@@ -290,10 +293,104 @@ def estimate(run: Run, device: str) -> float:
         max_steps_per_epoch=c.max_steps_per_epoch,
         evaluations=evaluations,
     )
+
+
+def estimate(run: Run, device: str) -> float:
+    """Device seconds still needed by the run (0 when finished); NaN where unknown."""
+    if is_done(run):
+        return 0.0
+    seconds = tables.estimate_seconds(device, **_estimate_kwargs(run))
     return float("nan") if seconds is None else seconds
 
 
-def print_plan(table: tables.Table, runs: list[Run]) -> str:
+def estimate_batch(batch: list[Run], device: str) -> float:
+    """Device seconds of a batch of `schedule`: one run, or one cohort."""
+    if len(batch) == 1:
+        return estimate(batch[0], device)
+    kwargs = [_estimate_kwargs(r) for r in batch]
+    if tables.train_images(kwargs[0]["dataset"], kwargs[0]["imbalance_factor"]) is None:
+        return float("nan")
+    teacher = next((k for k in kwargs if k["teacher_model"]), None)
+    students = [{**k, "teacher_model": None} for k in kwargs]
+    return tables.estimate_cohort_seconds(device, students=students, teacher=teacher)
+
+
+# ---------------------------------------------------------------------------------------
+# Cohorts
+# ---------------------------------------------------------------------------------------
+
+
+def latest_step(workdir: str) -> int:
+    """The newest checkpoint step of a run folder (0 without one)."""
+    ckpt = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt):
+        return 0
+    return max([int(n) for n in os.listdir(ckpt) if n.isdigit()] + [0])
+
+
+def joins_cohort(run: Run, table: tables.Table) -> bool:
+    """Rows that train from scratch with the seed's teacher or none: not the teacher itself,
+    not a run that starts from a finished one (cRT) or corrects it (tau-norm)."""
+    return not run.posthoc and run.row is not table.teacher and run.row.link != "init"
+
+
+def schedule(runs: list[Run], table: tables.Table, cohorts: bool) -> list[list[Run]]:
+    """The order of execution, in batches: per seed, the teacher, then the rows that share
+    the recipe (and their checkpoint step, so no member starts the others over) as one
+    cohort each, then the rest one by one."""
+    from ltkd_jax.training import trainer  # noqa: PLC0415 - JAX is slow to import
+
+    batches = []
+    for seed in dict.fromkeys(r.seed for r in runs):
+        seed_runs = [r for r in runs if r.seed == seed and not is_done(r)]
+        pending = [r for r in seed_runs if cohorts and joins_cohort(r, table)]
+        batches += [[r] for r in seed_runs if r.row is table.teacher]
+        while pending:
+            group = [pending.pop(0)]
+            for run in list(pending):
+                try:
+                    trainer.check_cohort([r.config for r in (*group, run)])
+                except ValueError:
+                    continue
+                if latest_step(run.workdir) == latest_step(group[0].workdir):
+                    group.append(run)
+                    pending.remove(run)
+            batches.append(group)
+        batches += [
+            [r] for r in seed_runs if r.row is not table.teacher and r not in sum(batches, [])
+        ]
+    return batches
+
+
+def execute_cohort(batch: list[Run], env: dict) -> None:
+    """Trains (or resumes) the runs of a batch as one cohort, each in its own folder, with
+    the seed's teacher; logs the attempt (the cohort's wall time) in every folder."""
+    from ltkd_jax import data  # noqa: PLC0415
+    from ltkd_jax.runs import cohort, job  # noqa: PLC0415
+    from ltkd_jax.runs import teachers as teacher_stage  # noqa: PLC0415
+    from ltkd_jax.training import sharding, trainer  # noqa: PLC0415
+
+    for run in batch:
+        job.check(run.config, run.workdir)
+    first = batch[0].config
+    task = data.load_task(first.data)
+    mesh = sharding.make_mesh(first.num_devices)
+    seed_dir = os.path.dirname(batch[0].workdir)
+    distiller = next((r.config for r in batch if methods.num_teachers(r.config)), None)
+    teachers = ()
+    if distiller is not None:
+        teachers, _ = teacher_stage.prepare_teachers(distiller, seed_dir, task, mesh)
+    members = [trainer.Member(r.config, r.workdir, r.row.key) for r in batch]
+    start = time.time()
+    for run in batch:
+        append_jsonl(os.path.join(run.workdir, ATTEMPTS), {"event": "start", "time": start, **env})
+    cohort.train_members(members, os.path.join(seed_dir, "cohort"), teachers=teachers, task=task)
+    for run in batch:
+        end = {"event": "end", "time": time.time(), "wall_s": time.time() - start}
+        append_jsonl(os.path.join(run.workdir, ATTEMPTS), {**end, "cohort": len(batch)})
+
+
+def print_plan(table: tables.Table, runs: list[Run], batches: list[list[Run]] | None = None) -> str:
     lines = [f"plan for {table.name}: {len(runs)} runs", ""]
     header = f"{'run':<28} {'status':<12} " + " ".join(f"{d + ' s':>9}" for d in tables.COSTS)
     lines.append(header)
@@ -309,7 +406,18 @@ def print_plan(table: tables.Table, runs: list[Run]) -> str:
         lines.append(f"{f'seed{run.seed}/{run.row.key}':<28} {status:<12} {cells}")
         lines.append(f"    {run.command}")
     lines.append("")
+    cohort_totals = {d: sum(estimate_batch(b, d) for b in batches or []) for d in tables.COSTS}
+    for batch in [b for b in batches or [] if len(b) > 1]:
+        names = ", ".join(f"seed{r.seed}/{r.row.key}" for r in batch)
+        lines.append(f"cohort of {len(batch)}: {names}")
     for device, seconds in totals.items():
+        if batches and any(len(b) > 1 for b in batches):
+            left = cohort_totals[device]
+            lines.append(
+                f"estimated {device} device time left with cohorts: {left / 60:.1f} min "
+                f"(members cost {tables.cohort_member_factor(device, 8):.3f} of a run's step "
+                "at 8, the teacher once; see scripts/reproduce_tables.py: unmeasured on a GPU)"
+            )
         cost = tables.COSTS[device]
         left = (
             "unknown (no size for this dataset)"
@@ -782,8 +890,9 @@ def main(argv):
     extra = tuple(f.set)
     runs = plan_table(table, seeds, f.root, f.archive, short=short, extra=extra)
     todo = select(runs, f.only, table)
+    batches = schedule(todo, table, f.cohorts)
     if f.dry_run:
-        print(print_plan(table, todo))
+        print(print_plan(table, todo, batches))
         return
     for run in runs:
         check_same_config(run)
@@ -792,9 +901,14 @@ def main(argv):
         for run in todo:
             if is_done(run):
                 print(f"skipped {run.workdir}: finished", flush=True)
+        for batch in schedule(todo, table, f.cohorts):  # again: a batch may finish the next
+            if len(batch) > 1:
+                print(f"running a cohort of {[r.row.key for r in batch]}", flush=True)
+                execute_cohort(batch, env)
             else:
-                print(f"running {run.command}", flush=True)
-                execute(run, env)
+                print(f"running {batch[0].command}", flush=True)
+                execute(batch[0], env)
+            for run in batch:
                 write_record(run, os.path.join(os.path.dirname(run.workdir), table.teacher.key))
     write_outputs(table, runs, seeds, f.out, short, extra)
 

@@ -339,3 +339,33 @@ def estimate_seconds(
     test = DATASET_SIZES[dataset][2]
     ms = epochs * steps * batch_size * per_image + evaluations * test * cost.eval_ms * scale
     return RUN_OVERHEAD_S + ms / 1000
+
+
+# A cohort's K members (one program, the teacher applied once per batch) cost, per member,
+# this fraction of a single run's student step. h100: unmeasured for cohorts; from the BKD
+# step measured at batch 128 (25.2k images/s) and 1024 (48.0k images/s), K stacked members
+# are assumed to cost like a batch K times larger: 25.2 / 48.0 = 0.525 at K = 8,
+# log-linear in K between 1 and 8. cpu: members run one by one (no gain but the shared
+# teacher), 1.0.
+COHORT_FACTOR_AT_8 = {"h100": 25.2 / 48.0, "cpu": 1.0}
+
+
+def cohort_member_factor(device: str, members: int) -> float:
+    at8 = COHORT_FACTOR_AT_8[device]
+    k = min(max(members, 1), 8)
+    return float(at8 ** (np.log(k) / np.log(8)))
+
+
+def estimate_cohort_seconds(device: str, *, students: list[dict], teacher: dict | None) -> float:
+    """Device seconds of one cohort: each member's student part (`estimate_seconds` without
+    teacher and run overhead) scaled by `cohort_member_factor`, the teacher's forward pass
+    once, and one run overhead. `students` and `teacher` hold `estimate_seconds` keywords."""
+    factor = cohort_member_factor(device, len(students))
+    seconds = RUN_OVERHEAD_S
+    for kwargs in students:
+        seconds += factor * (estimate_seconds(device, **kwargs) - RUN_OVERHEAD_S)
+    if teacher is not None:
+        with_teacher = estimate_seconds(device, **teacher)
+        without = estimate_seconds(device, **{**teacher, "teacher_model": None})
+        seconds += with_teacher - without
+    return seconds

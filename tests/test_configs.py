@@ -28,6 +28,10 @@ def test_config_loads_locks_and_validates(path):
     assert config.is_locked
     with pytest.raises(AttributeError):
         config.no_such_field = 1
+    if "members" in config:  # a cohort: every member is a run config
+        for member in config.members.values():
+            checks.validate_config(member)
+        return
     if methods.needs_of(config).init_run:  # starts from a finished run: a required path
         with pytest.raises(ValueError, match="config.init.workdir"):
             checks.validate_config(config)

@@ -92,10 +92,12 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise UserError(str(e)) from None
     saved = _saved_cohort(workdir)
     names = [m.name for m in members]
-    if saved and (saved["members"] != names or saved["data_mode"] != config.data_mode):
+    new = [n for n in names if saved and n not in saved["members"]]
+    if saved and (new or saved["data_mode"] != config.data_mode):
         raise rundir.WorkdirError(
             f"{workdir} holds a cohort of {saved['members']} ({saved['data_mode']} data); this "
-            f"one is {names} ({config.data_mode}). Pass the same members, or a new --workdir."
+            f"one is {names} ({config.data_mode}). A new member would start the others over: "
+            "run it in a new --workdir (members may be left out)."
         )
     for member in members:
         rundir.check_resume_config(member.workdir, member.config)
@@ -198,9 +200,48 @@ def write_table(workdir: str, members: list[trainer.Member]) -> str:
     return path
 
 
+def train_members(
+    members: list[trainer.Member],
+    workdir: str,
+    *,
+    teachers: tuple,
+    task: data.TaskSplits,
+    data_mode: str = "shared",
+    trained: dict | None = None,
+) -> list[dict]:
+    """Trains the members (each in its own workdir, locked) in one program, then writes their
+    summaries and reports (and those of the `trained` teachers: {workdir: counts}) and the
+    cohort table in `workdir`. Returns the members' summaries."""
+    with contextlib.ExitStack() as stack:
+        for member in members:
+            stack.enter_context(rundir.hold(member.workdir, locking=jax.process_index() == 0))
+            if jax.process_index() == 0:
+                rundir.record_invocation(member.workdir)
+        results = trainer.train_cohort(
+            members,
+            teachers=teachers,
+            task=task,
+            data_mode=data_mode,
+            on_evaluated=lambda step: write_table(workdir, members),
+        )
+    summaries = []
+    for member in members:
+        member_summary = summary.summarize_run(member.workdir)
+        summary.write_summary(member.workdir, member_summary)
+        summaries.append(member_summary)
+    counts = {m.workdir: r.test_counts for m, r in zip(members, results, strict=True)}
+    report.write_training_reports({**(trained or {}), **counts}, task)
+    table = write_table(workdir, members)
+    if jax.process_index() == 0:
+        lines = [summary.format_summary(m.name, s) for m, s in zip(members, summaries, strict=True)]
+        print("\n".join(lines) + f"\ntable: {table}", flush=True)
+    logging.info("cohort of %d members in %s done", len(members), workdir)
+    return summaries
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """The cohort job, after `check`: the teacher (trained once when needed), then every
-    member in one program; writes the members' summaries and reports, and the table."""
+    member in one program (`train_members`)."""
     first = next(iter(config.members.values()))
     task = data.load_task(first.data)  # once, for every stage
     mesh = sharding.make_mesh(first.num_devices)
@@ -211,31 +252,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     members = members_of(config, workdir)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
+        saved = (_saved_cohort(workdir) or {}).get("members", [])
+        names = saved + [m.name for m in members if m.name not in saved]  # left-out ones too
         with open(os.path.join(workdir, COHORT_FILE), "w") as f:
-            names = [m.name for m in members]
             json.dump({"members": names, "data_mode": config.data_mode}, f, indent=2)
-    with contextlib.ExitStack() as stack:
-        for member in members:
-            stack.enter_context(rundir.hold(member.workdir, locking=jax.process_index() == 0))
-            if jax.process_index() == 0:
-                rundir.record_invocation(member.workdir)
-        results = trainer.train_cohort(
-            members,
-            teachers=teachers,
-            task=task,
-            data_mode=config.data_mode,
-            on_evaluated=lambda step: write_table(workdir, members),
-        )
-    summaries = []
-    for member in members:
-        member_summary = summary.summarize_run(member.workdir)
-        summary.write_summary(member.workdir, member_summary)
-        summaries.append(member_summary)
-    counts = {m.workdir: r.test_counts for m, r in zip(members, results, strict=True)}
-    report.write_training_reports({**trained, **counts}, task)
-    table = write_table(workdir, members)
-    if jax.process_index() == 0:
-        lines = [summary.format_summary(m.name, s) for m, s in zip(members, summaries, strict=True)]
-        print("\n".join(lines) + f"\ntable: {table}", flush=True)
-    logging.info("cohort of %d members in %s done", len(members), workdir)
-    return summaries
+    return train_members(
+        members, workdir, teachers=teachers, task=task, data_mode=config.data_mode, trained=trained
+    )
