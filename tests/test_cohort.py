@@ -255,7 +255,7 @@ def test_the_quick_start_cohort_command(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("ce_s0", "kd_s0", "bkd_s0"):
         assert (workdir / name / "summary.json").exists() and (workdir / name / "report").is_dir()
-        assert f"{name}     final (epoch 2)" in proc.stdout
+        assert f"{name:<10} final (epoch 2)" in proc.stdout
     table = (workdir / "cohort.md").read_text()
     assert all(f"| {m} | 1/1 | 2 |" in table for m in METHODS)
     # A new member, which would start the others over, is refused before anything is written.

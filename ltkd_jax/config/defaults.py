@@ -329,7 +329,7 @@ def cohort_config(
     # shared: every member sees the batches of the first member's seed; per_seed: each
     # member its own seed's, exactly as its single run.
     c.data_mode = data_mode
-    c.members = ml_collections.ConfigDict()
+    c.members = ml_collections.ConfigDict(sort_keys=False)  # the members in the order given
     for name, member in members.items():
         m = ml_collections.ConfigDict(member.to_dict())
         for key in [k for k in c.keys() if k not in ("members", "data_mode")]:
