@@ -247,8 +247,8 @@ def check_same_config(run: Run) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        stored = _flatten(defaults.upgrade_saved_config(json.load(f)))
-    wanted = _flatten(json.loads(json.dumps(run.config.to_dict())))
+        stored = defaults.flatten(defaults.upgrade_saved_config(json.load(f)))
+    wanted = defaults.flatten(json.loads(json.dumps(run.config.to_dict())))
     differ = sorted(k for k in stored.keys() & wanted.keys() if stored[k] != wanted[k])
     if differ:
         shown = ", ".join(
@@ -258,16 +258,6 @@ def check_same_config(run: Run) -> None:
             f"{run.workdir} holds a run of another config ({shown}); pass another --root "
             "(or delete that folder) instead of mixing two schedules in one run"
         )
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def is_done(run: Run) -> bool:

@@ -256,11 +256,11 @@ def test_help_and_print_config_exit_0():
     assert out.returncode == 0, out.stderr
     assert "optim.lr = 0.05" in out.stdout
     assert "keep_checkpoints = 2  # the latest N are kept" in out.stdout
-    names = rundir.flatten(tiny_config().to_dict())
+    names = defaults.flatten(tiny_config().to_dict())
     assert all(f"\n{name} = " in "\n" + out.stdout for name in names)
 
 
 def test_field_comments_cover_the_documented_fields():
     comments = defaults.field_comments()
-    assert comments["optim.weight_decay"].startswith("coupled L2")
-    assert comments["data.in_memory"].startswith("auto | yes | no")
+    assert comments["optim.weight_decay"].startswith("Coupled L2")
+    assert comments["data.in_memory"].startswith("Decode the whole dataset into RAM")

@@ -388,6 +388,18 @@ def describe_config(config: ml_collections.ConfigDict) -> str:
     return "\n".join(lines).strip()
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; tuples and lists compared as lists."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, (tuple, list)) else value
+    return out
+
+
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Locks the config so a typo in a field name fails instead of adding a field."""
     config.lock()

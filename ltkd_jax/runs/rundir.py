@@ -202,24 +202,12 @@ def hold(workdir: str, *, locking: bool = True) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------
 
 
-def flatten(tree: Mapping, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}; tuples and lists compared as lists."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = list(value) if isinstance(value, (tuple, list)) else value
-    return out
-
-
 def config_changes(saved: Mapping, current: Mapping) -> tuple[dict, dict]:
     """(refused, accepted): field -> (saved value, current value) for every changed field.
 
     A field present on one side only (a run recorded by an older version) is accepted.
     """
-    old, new = flatten(saved), flatten(current)
+    old, new = defaults.flatten(saved), defaults.flatten(current)
     refused, accepted = {}, {}
     for name in sorted(old.keys() | new.keys()):
         if name not in old or name not in new or old[name] == new[name]:

@@ -79,7 +79,7 @@ def check_cohort(configs: Sequence[ml_collections.ConfigDict]) -> None:
     the teacher section only among
     the members that have a teacher), and train: a method that starts from a finished run
     (cRT) runs on its own."""
-    flat = [_flatten(c.to_dict()) for c in configs]
+    flat = [defaults.flatten(c.to_dict()) for c in configs]
     distils = [methods.num_teachers(c) > 0 for c in configs]
     teacher_ref = next((f for f, d in zip(flat, distils, strict=True) if d), None)
     for k, (other, distil) in enumerate(zip(flat, distils, strict=True)):
@@ -98,16 +98,6 @@ def check_cohort(configs: Sequence[ml_collections.ConfigDict]) -> None:
             )
     if len(configs) > 1 and any(c.init.workdir for c in configs):
         raise ValueError("a method that starts from a finished run (cRT) runs on its own")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = list(value) if isinstance(value, tuple | list) else value
-    return out
 
 
 @dataclasses.dataclass
