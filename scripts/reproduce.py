@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gzip
 import json
 import logging as std_logging
 import os
@@ -60,6 +61,18 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("set", [], "field=value override for every run's config.")
     flags.DEFINE_bool("dry_run", False, "Print the plan and its device time; run nothing.")
     flags.DEFINE_bool("collect_only", False, "Train nothing; write the tables.")
+    flags.DEFINE_list(
+        "priority", [], "Rows trained first after each seed's teacher, in this order."
+    )
+    flags.DEFINE_float(
+        "deadline_s",
+        0.0,
+        "> 0: start no run predicted to end more than this many seconds after the start "
+        "(a device window finishes whole runs); the first run to train always starts.",
+    )
+    flags.DEFINE_string(
+        "cost_device", "", "tables.COSTS entry that --deadline_s predicts with; empty = by backend."
+    )
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -199,17 +212,68 @@ def select(runs: list[Run], only: list[str], table: tables.Table) -> list[Run]:
     return [r for r in runs if r.row.key in keep]
 
 
+def prioritise(runs: list[Run], priority: list[str], table: tables.Table) -> list[Run]:
+    """Per seed: the teacher, then the `priority` rows in that order, then the rest."""
+    unknown = sorted(set(priority) - {r.key for r in table.all_rows})
+    if unknown:
+        raise ValueError(f"--priority names rows {unknown} that {table.name} does not have")
+    rank = {key: i for i, key in enumerate([table.teacher.key, *priority])}
+    seeds = list(dict.fromkeys(r.seed for r in runs))
+    return sorted(
+        runs, key=lambda r: (seeds.index(r.seed), rank.get(r.row.key, len(rank)))
+    )  # sorted() is stable: the table's order among the rest
+
+
+class Deadline:
+    """Which runs a window of `seconds` still has time for, finishing whole runs.
+
+    A run is predicted to take its cost-model estimate times the ratio of measured to
+    estimated seconds of the runs trained so far in this process (1 before any). The first
+    run to train always starts (nothing to calibrate on yet; the window's `timeout` is the
+    hard stop); a seed whose teacher is deferred defers all its runs.
+    """
+
+    def __init__(self, seconds: float, clock=time.monotonic):
+        self.seconds, self.clock, self.start = seconds, clock, clock()
+        self.estimated = self.measured = 0.0
+        self.trained = 0
+        self.deferred: list[str] = []
+
+    @property
+    def scale(self) -> float:
+        return self.measured / self.estimated if self.estimated > 0 else 1.0
+
+    def allows(self, estimate_s: float) -> tuple[bool, float, float]:
+        """(start it?, predicted seconds, seconds left)."""
+        left = self.seconds - (self.clock() - self.start)
+        predicted = estimate_s * self.scale
+        if self.seconds <= 0 or self.trained == 0:
+            return True, predicted, left
+        return predicted == predicted and predicted <= left, predicted, left
+
+    def record(self, estimate_s: float, wall_s: float) -> None:
+        self.trained += 1
+        if estimate_s == estimate_s and estimate_s > 0:  # a NaN estimate calibrates nothing
+            self.estimated += estimate_s
+            self.measured += wall_s
+
+
 # ---------------------------------------------------------------------------------------
 # Status of a run folder
 # ---------------------------------------------------------------------------------------
 
 
 def read_metrics(workdir: str) -> list[dict]:
+    """The run's metrics records; a run imported from a device window keeps them as
+    `metrics.jsonl.gz` (scripts/gpu_tables.py)."""
     path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    if os.path.exists(path):
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if os.path.exists(path + ".gz"):
+        with gzip.open(path + ".gz", "rt") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    return []
 
 
 def epochs_done(run: Run) -> int:
@@ -722,14 +786,47 @@ def main(argv):
         check_same_config(run)
     if not f.collect_only:
         env = environment()
-        for run in todo:
-            if is_done(run):
-                print(f"skipped {run.workdir}: finished", flush=True)
-            else:
-                print(f"running {run.command}", flush=True)
-                execute(run, env)
-                write_record(run)
+        train_all(table, prioritise(todo, f.priority, table), env, f.deadline_s, f.cost_device)
     write_outputs(table, runs, seeds, f.out, short, extra)
+
+
+def train_all(table, todo: list[Run], env: dict, deadline_s: float, cost_device: str) -> None:
+    """Trains the unfinished runs in order; under a deadline only those predicted to fit."""
+    device = cost_device or ("cpu" if env["device_kind"].lower().startswith("cpu") else "h100")
+    window = Deadline(deadline_s)
+    skipped_seeds = set()
+    for run in todo:
+        if is_done(run):
+            print(f"skipped {run.workdir}: finished", flush=True)
+            continue
+        if run.seed in skipped_seeds:
+            window.deferred.append(run.workdir)
+            print(f"deferred {run.workdir}: its teacher is deferred", flush=True)
+            continue
+        estimate_s = estimate(run, device)
+        fits, predicted, left = window.allows(estimate_s)
+        if not fits:
+            window.deferred.append(run.workdir)
+            if run.row is table.teacher:
+                skipped_seeds.add(run.seed)
+            print(
+                f"deferred {run.workdir}: predicted {predicted:.0f} s ({device} estimate x "
+                f"{window.scale:.2f}), {left:.0f} s left of --deadline_s",
+                flush=True,
+            )
+            continue
+        print(f"running {run.command}", flush=True)
+        started = time.monotonic()
+        execute(run, env)
+        window.record(estimate_s, time.monotonic() - started)
+        write_record(run)
+    if deadline_s > 0:
+        print(
+            f"window: trained {window.trained} runs in {window.clock() - window.start:.0f} s "
+            f"(measured / {device} estimate = {window.scale:.2f}); deferred "
+            f"{len(window.deferred)}: {' '.join(window.deferred) or '-'}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
