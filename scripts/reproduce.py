@@ -386,11 +386,18 @@ def print_plan(table: tables.Table, runs: list[Run]) -> str:
 
 
 def git_commit() -> str:
+    """HEAD (+dirty); where there is no git (a device window's copy), $LTKD_JAX_COMMIT."""
+
     def git(*args):
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        except OSError:
+            return ""
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    commit = git("rev-parse", "HEAD") or "unknown"
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return os.environ.get("LTKD_JAX_COMMIT", "unknown")
     return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
@@ -432,8 +439,8 @@ def wall_time(workdir: str) -> tuple[float | None, list[str]]:
         return None, []
     with open(path) as f:
         events = [json.loads(line) for line in f if line.strip()]
-    metrics = os.path.join(workdir, "metrics.jsonl")
-    last_write = os.path.getmtime(metrics) if os.path.exists(metrics) else 0.0
+    metrics = [os.path.join(workdir, n) for n in ("metrics.jsonl", "metrics.jsonl.gz")]
+    last_write = max([os.path.getmtime(m) for m in metrics if os.path.exists(m)] + [0.0])
     total, devices, start = 0.0, [], None
     for event in events:
         if event["event"] == "start":
