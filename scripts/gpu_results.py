@@ -514,22 +514,26 @@ def environment(commit: str) -> dict:
         "host": platform.node(),
         "cpus": os.cpu_count(),
     }
-    try:
-        query = "name,driver_version,memory.total,compute_cap"
-        done = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-        name, driver, memory, cap = (c.strip() for c in done.stdout.splitlines()[0].split(","))
-        env.update(gpu_name=name, driver=driver, gpu_memory=memory, compute_cap=cap)
-        header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
-        m = re.search(r"CUDA Version:\s*([\d.]+)", header)
-        env["cuda"] = m.group(1) + " (driver)" if m else None
-    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
-        env["gpu_name"] = None
+    env["gpu_name"] = None
+    fields = ("name", "driver_version", "memory.total", "compute_cap")
+    for keep in (4, 3):  # an older driver may not know compute_cap
+        try:
+            done = subprocess.run(
+                ["nvidia-smi", f"--query-gpu={','.join(fields[:keep])}", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            cells = [c.strip() for c in done.stdout.splitlines()[0].split(",")]
+            keys = ("gpu_name", "driver", "gpu_memory", "compute_cap")
+            env.update(zip(keys[:keep], cells, strict=True))
+            header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30)
+            m = re.search(r"CUDA Version:\s*([\d.]+)", header.stdout)
+            env["cuda"] = m.group(1) + " (driver)" if m else None
+            break
+        except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+            continue
     for name in (
         "jax",
         "jaxlib",
