@@ -24,6 +24,7 @@ here (`env` and `profile` import what they inspect), so the report is written an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -51,17 +52,19 @@ _ABSL = re.compile(r"^[IWEF](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6})\s")
 # ---------------------------------------------------------------------------------------
 
 
-def open_stage(path: str) -> pathlib.Path:
-    """The folder of a check: `path` itself, or `gpu_check.tar.gz` unpacked to a temp dir."""
+@contextlib.contextmanager
+def open_stage(path: str):
+    """The folder of a check: `path` itself, or its `gpu_check.tar.gz` unpacked into a
+    temporary folder for the duration of the `with`."""
     p = pathlib.Path(path)
     if p.is_dir() and (p / "gpu_check.tar.gz").exists() and not (p / "phases.jsonl").exists():
         p = p / "gpu_check.tar.gz"  # the device tool's OUT folder
     if p.is_dir():
-        return p
-    dest = pathlib.Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    with tarfile.open(p) as tar:
-        tar.extractall(dest, filter="data")
-    return dest
+        yield p
+        return
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp, tarfile.open(p) as tar:
+        tar.extractall(tmp, filter="data")
+        yield pathlib.Path(tmp)
 
 
 def read_json(path: pathlib.Path) -> dict | None:
@@ -675,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "profile":
         rest = args.main_args[1:] if args.main_args[:1] == ["--"] else args.main_args
         return profile(args.trace_dir, rest)
-    result = collect(open_stage(args.source))
+    with open_stage(args.source) as stage:
+        result = collect(stage)
     if args.verb == "check":
         missed = [t for t in result["targets"] if t["met"] is not True]
         for t in missed:

@@ -94,7 +94,8 @@ def test_report_reads_the_tarball_and_marks_a_tiny_run(tmp_path):
     subprocess.run(
         ["tar", "czf", str(tmp_path / "gpu_check.tar.gz"), "-C", str(stage), "."], check=True
     )
-    result = gpu_results.collect(gpu_results.open_stage(str(tmp_path)))  # the OUT folder
+    with gpu_results.open_stage(str(tmp_path)) as stage:  # the OUT folder
+        result = gpu_results.collect(stage)
     text = gpu_results.markdown(result)
     assert "**TINY smoke run" in text and "Not measured (the bench phase did not finish)" in text
     assert [t["met"] for t in result["targets"]][:2] == [None, None]
