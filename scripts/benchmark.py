@@ -29,9 +29,12 @@ its convolutions, so `convs / PyTorch step` bounds the step ratio XLA's kernels 
 device-resident epochs and once fed by grain from the host; next to the pure jitted steps
 (one `loop/pure ratio` line per loop) and the PyTorch loop with a DataLoader and the BKD
 repo's transforms. It ends with the peak host RSS and, where the backend reports it, the
-peak device memory. `--input` times the ImageNet-style input pipeline alone (JPEG decode +
-random-resized crop + flip at 224, images/s per host with 0, 1, 2 grain workers; see
-`scripts/benchmark_input.py` for its own options).
+peak device memory. `--loop_feeds` picks the loops, `--json` writes the numbers to a file;
+`--archive`, `--imbalance_factor` and `--data_dir` choose the data (the GPU machine's already
+long-tailed zip takes `--imbalance_factor=1`, see `scripts/gpu_check.sh`). `--input` times
+the ImageNet-style input pipeline alone (JPEG decode + random-resized crop + flip at 224,
+images/s per host with 0, 1, 2 grain workers; see `scripts/benchmark_input.py` for its own
+options).
 """
 
 from __future__ import annotations
@@ -76,7 +79,19 @@ _LOOP = flags.DEFINE_bool("loop", False, "Time whole training loops on CIFAR-100
 _ARCHIVE = flags.DEFINE_string(
     "archive", "../shared/data/cifar100-png.zip", "CIFAR-100 zip for --loop."
 )
+_IMBALANCE = flags.DEFINE_float(
+    "imbalance_factor",
+    100.0,
+    "data.imbalance_factor for --loop (1 for an already long-tailed zip).",
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "data.data_dir for --loop; empty = the default.")
 _LOOP_STEPS = flags.DEFINE_integer("loop_steps", 60, "Timed steps per loop (after warm-up).")
+_LOOP_FEEDS = flags.DEFINE_list(
+    "loop_feeds",
+    ["resident", "grain"],
+    "--loop variants: resident (device-resident epochs), grain.",
+)
+_JSON = flags.DEFINE_string("json", "", "--loop: also write the numbers to this JSON file.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps per logged window in --loop.")
 _TORCH_WORKERS = flags.DEFINE_integer("torch_workers", 1, "DataLoader workers in --loop.")
 _CONVS = flags.DEFINE_bool(
@@ -422,6 +437,8 @@ def _loop_config(method: str, resident: bool, workdir_teacher: str = ""):
     """Two epochs of --loop_steps steps: the first compiles, the second is timed."""
     c = defaults.base_config(method)
     c.data.archive = _ARCHIVE.value
+    c.data.imbalance_factor = _IMBALANCE.value
+    c.data.data_dir = _DATA_DIR.value
     c.data.device_resident = resident
     c.model.cpu_kernels = _CPU_KERNELS.value[0]
     c.model.name = c.teacher.model = _MODEL.value
@@ -493,7 +510,14 @@ def _device_memory() -> str:
 def bench_loop() -> None:
     """In-loop vs pure-step images/s, for the device-resident and the grain-fed loop."""
     ref = _import_torch() if _TORCH.value else None
-    variants = {"ltkd_jax device-resident": True, "ltkd_jax grain feed": False}
+    feeds = {
+        "resident": ("ltkd_jax device-resident", True),
+        "grain": ("ltkd_jax grain feed", False),
+    }
+    unknown = sorted(set(_LOOP_FEEDS.value) - set(feeds))
+    if unknown or not _LOOP_FEEDS.value:
+        raise app.UsageError(f"--loop_feeds: choose from {sorted(feeds)}, not {unknown}")
+    variants = dict(feeds[f] for f in _LOOP_FEEDS.value)
     rates: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as root:
         for _ in range(_REPEATS.value):
@@ -523,6 +547,50 @@ def bench_loop() -> None:
             ratio = statistics.median(run[k] for run in rates[name]) / statistics.median(pure[k])
             print(f"{loop} {name} loop/pure ratio: {ratio:.2f}")
     print(f"host memory: peak RSS {_peak_rss_gib():.2f} GiB; {_device_memory()}")
+    if _JSON.value:
+        _write_loop_json(_JSON.value, rates, pure, ref)
+
+
+def _torch_info(ref) -> dict | None:
+    return None if ref is None else {"version": ref.torch.__version__, "device": str(ref.DEVICE)}
+
+
+def _write_loop_json(path: str, rates: dict, pure: tuple, ref) -> None:
+    """--loop's numbers, per repeat: {loop: {variant: [images/s]}} and loop / pure ratios."""
+    import json
+
+    loops = {}
+    for k, loop in enumerate(("ce", "bkd")):
+        loops[loop] = {"pure step": list(pure[k])}
+        loops[loop] |= {name: [run[k] for run in runs] for name, runs in rates.items()}
+    ratios = {
+        loop: {
+            name: statistics.median(r) / statistics.median(v["pure step"])
+            for name, r in v.items()
+            if name not in ("pure step", "pytorch")
+        }
+        for loop, v in loops.items()
+    }
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    record = {
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "jax_version": jax.__version__,
+        "model": _MODEL.value,
+        "batch": _BATCH.value,
+        "loop_steps": _LOOP_STEPS.value,
+        "pure_steps": _STEPS.value,
+        "repeats": _REPEATS.value,
+        "images_per_sec": loops,
+        "loop_over_pure": ratios,
+        "torch": _torch_info(ref),
+        "peak_rss_gib": _peak_rss_gib(),
+        "device_peak_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
+    }
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"wrote {path}")
 
 
 def bench_input() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gzip
 import json
 import logging as std_logging
 import os
@@ -75,6 +76,18 @@ def define_flags() -> None:
         "program, the teacher applied once per batch (ltkd_jax/runs/cohort.py).",
     )
     flags.DEFINE_bool("collect_only", False, "Train nothing; write the tables.")
+    flags.DEFINE_list(
+        "priority", [], "Rows trained first after each seed's teacher, in this order."
+    )
+    flags.DEFINE_float(
+        "deadline_s",
+        0.0,
+        "> 0: start no run predicted to end more than this many seconds after the start "
+        "(a device window finishes whole runs); the first run to train always starts.",
+    )
+    flags.DEFINE_string(
+        "cost_device", "", "tables.COSTS entry that --deadline_s predicts with; empty = by backend."
+    )
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -213,17 +226,68 @@ def select(runs: list[Run], only: list[str], table: tables.Table) -> list[Run]:
     return [r for r in runs if r.row.key in keep]
 
 
+def prioritise(runs: list[Run], priority: list[str], table: tables.Table) -> list[Run]:
+    """Per seed: the teacher, then the `priority` rows in that order, then the rest."""
+    unknown = sorted(set(priority) - {r.key for r in table.all_rows})
+    if unknown:
+        raise ValueError(f"--priority names rows {unknown} that {table.name} does not have")
+    rank = {key: i for i, key in enumerate([table.teacher.key, *priority])}
+    seeds = list(dict.fromkeys(r.seed for r in runs))
+    return sorted(
+        runs, key=lambda r: (seeds.index(r.seed), rank.get(r.row.key, len(rank)))
+    )  # sorted() is stable: the table's order among the rest
+
+
+class Deadline:
+    """Which runs a window of `seconds` still has time for, finishing whole runs.
+
+    A run is predicted to take its cost-model estimate times the ratio of measured to
+    estimated seconds of the runs trained so far in this process (1 before any). The first
+    run to train always starts (nothing to calibrate on yet; the window's `timeout` is the
+    hard stop); a seed whose teacher is deferred defers all its runs.
+    """
+
+    def __init__(self, seconds: float, clock=time.monotonic):
+        self.seconds, self.clock, self.start = seconds, clock, clock()
+        self.estimated = self.measured = 0.0
+        self.trained = 0
+        self.deferred: list[str] = []
+
+    @property
+    def scale(self) -> float:
+        return self.measured / self.estimated if self.estimated > 0 else 1.0
+
+    def allows(self, estimate_s: float) -> tuple[bool, float, float]:
+        """(start it?, predicted seconds, seconds left)."""
+        left = self.seconds - (self.clock() - self.start)
+        predicted = estimate_s * self.scale
+        if self.seconds <= 0 or self.trained == 0:
+            return True, predicted, left
+        return predicted == predicted and predicted <= left, predicted, left
+
+    def record(self, estimate_s: float, wall_s: float) -> None:
+        self.trained += 1
+        if estimate_s == estimate_s and estimate_s > 0:  # a NaN estimate calibrates nothing
+            self.estimated += estimate_s
+            self.measured += wall_s
+
+
 # ---------------------------------------------------------------------------------------
 # Status of a run folder
 # ---------------------------------------------------------------------------------------
 
 
 def read_metrics(workdir: str) -> list[dict]:
+    """The run's metrics records; a run imported from a device window keeps them as
+    `metrics.jsonl.gz` (scripts/gpu_tables.py)."""
     path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    if os.path.exists(path):
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if os.path.exists(path + ".gz"):
+        with gzip.open(path + ".gz", "rt") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    return []
 
 
 def epochs_done(run: Run) -> int:
@@ -428,11 +492,18 @@ def print_plan(table: tables.Table, runs: list[Run], batches: list[list[Run]] | 
 
 
 def git_commit() -> str:
+    """HEAD (+dirty); where there is no git (a device window's copy), $LTKD_JAX_COMMIT."""
+
     def git(*args):
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        except OSError:
+            return ""
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    commit = git("rev-parse", "HEAD") or "unknown"
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return os.environ.get("LTKD_JAX_COMMIT", "unknown")
     return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
@@ -474,8 +545,8 @@ def wall_time(workdir: str) -> tuple[float | None, list[str]]:
         return None, []
     with open(path) as f:
         events = [json.loads(line) for line in f if line.strip()]
-    metrics = os.path.join(workdir, "metrics.jsonl")
-    last_write = os.path.getmtime(metrics) if os.path.exists(metrics) else 0.0
+    metrics = [os.path.join(workdir, n) for n in ("metrics.jsonl", "metrics.jsonl.gz")]
+    last_write = max([os.path.getmtime(m) for m in metrics if os.path.exists(m)] + [0.0])
     total, devices, start = 0.0, [], None
     for event in events:
         if event["event"] == "start":
@@ -891,16 +962,52 @@ def main(argv):
         for run in todo:
             if is_done(run):
                 print(f"skipped {run.workdir}: finished", flush=True)
-        for batch in schedule(todo, table, f.cohorts):  # again: a batch may finish the next
-            if len(batch) > 1:
-                print(f"running a cohort of {[r.row.key for r in batch]}", flush=True)
-                execute_cohort(batch, env)
-            else:
-                print(f"running {batch[0].command}", flush=True)
-                execute(batch[0], env)
-            for run in batch:
-                write_record(run, os.path.join(os.path.dirname(run.workdir), table.teacher.key))
+        batches = schedule(prioritise(todo, f.priority, table), table, f.cohorts)
+        train_all(table, batches, env, f.deadline_s, f.cost_device)
     write_outputs(table, runs, seeds, f.out, short, extra)
+
+
+def train_all(table, batches: list[list[Run]], env: dict, deadline_s: float, cost_device: str):
+    """Trains the batches of `schedule` (one run, or a cohort) in order; under a deadline
+    only those predicted to fit."""
+    device = cost_device or ("cpu" if env["device_kind"].lower().startswith("cpu") else "h100")
+    window = Deadline(deadline_s)
+    skipped_seeds = set()
+    for batch in batches:
+        names = " ".join(r.workdir for r in batch)
+        if batch[0].seed in skipped_seeds:
+            window.deferred.append(names)
+            print(f"deferred {names}: its teacher is deferred", flush=True)
+            continue
+        estimate_s = estimate_batch(batch, device)
+        fits, predicted, left = window.allows(estimate_s)
+        if not fits:
+            window.deferred.append(names)
+            if batch[0].row is table.teacher:
+                skipped_seeds.add(batch[0].seed)
+            print(
+                f"deferred {names}: predicted {predicted:.0f} s ({device} estimate x "
+                f"{window.scale:.2f}), {left:.0f} s left of --deadline_s",
+                flush=True,
+            )
+            continue
+        started = time.monotonic()
+        if len(batch) > 1:
+            print(f"running a cohort of {[r.row.key for r in batch]}", flush=True)
+            execute_cohort(batch, env)
+        else:
+            print(f"running {batch[0].command}", flush=True)
+            execute(batch[0], env)
+        window.record(estimate_s, time.monotonic() - started)
+        for run in batch:
+            write_record(run, os.path.join(os.path.dirname(run.workdir), table.teacher.key))
+    if deadline_s > 0:
+        print(
+            f"window: trained {window.trained} batches in {window.clock() - window.start:.0f} s "
+            f"(measured / {device} estimate = {window.scale:.2f}); deferred "
+            f"{len(window.deferred)}: {' '.join(window.deferred) or '-'}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
