@@ -261,9 +261,12 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        # Compute in x's dtype, as Flax does: float32 parameters of a float64 model get their
+        # gradients back in float32 (through the casts), not in float64.
+        scale, bias = scale.astype(x.dtype), bias.astype(x.dtype)
         if self.use_running_average:
-            inv = lax.rsqrt(ra_var.value + self.epsilon) * scale
-            return ((x - ra_mean.value) * inv + bias).astype(self.dtype)
+            inv = lax.rsqrt(ra_var.value.astype(x.dtype) + self.epsilon) * scale
+            return ((x - ra_mean.value.astype(x.dtype)) * inv + bias).astype(self.dtype)
         y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
         if not self.is_initializing():
             m = self.momentum
