@@ -19,6 +19,11 @@ per-channel reductions, which XLA:CPU emits as slow loop nests. Hence:
 
 `ops` names the implementation a model is built with: ``"xla"`` (Flax's own layers),
 ``"cpu"`` (the kernels above) or ``"folded"`` (inference only; convs carry the folded BN).
+
+Accuracy: the same function as Flax's layers (float64 agreement to ~1e-15), and in float32
+the GEMM sums are as accurate as Flax's reductions against float64 (the one-GEMM weight
+gradient often more); tests/test_cpu_ops.py bounds both by the sums' lengths, and
+results/cpu_ops_precision.md has the measurements.
 """
 
 from __future__ import annotations
@@ -261,9 +266,12 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        # Compute in x's dtype, as Flax does: float32 parameters of a float64 model get their
+        # gradients back in float32 (through the casts), not in float64.
+        scale, bias = scale.astype(x.dtype), bias.astype(x.dtype)
         if self.use_running_average:
-            inv = lax.rsqrt(ra_var.value + self.epsilon) * scale
-            return ((x - ra_mean.value) * inv + bias).astype(self.dtype)
+            inv = lax.rsqrt(ra_var.value.astype(x.dtype) + self.epsilon) * scale
+            return ((x - ra_mean.value.astype(x.dtype)) * inv + bias).astype(self.dtype)
         y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
         if not self.is_initializing():
             m = self.momentum
