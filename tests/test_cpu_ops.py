@@ -516,7 +516,7 @@ def _train(
 
     The train step's math (training/steps.py train_step, optim.make_optimizer: coupled weight decay,
     momentum), computed in `dtype` throughout: CE, or with `teacher` = (model, variables) KD
-    from that frozen teacher, folded when the CPU kernels are on (as stage1 folds it).
+    from that frozen teacher, folded when the CPU kernels are on (as runs/teachers.py folds it).
     """
     model = models.get_model(name, 10, ops=cpu_ops.model_ops(setting), dtype=dtype)
     variables = _init(name, size)
