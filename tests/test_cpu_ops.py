@@ -576,7 +576,7 @@ def test_train_steps_cpu_kernels_on_and_off_match_in_float64():
 @slow
 def test_distillation_steps_cpu_kernels_on_and_off_match_in_float64():
     """Two KD steps of ResNet-8 from a frozen ResNet-8 teacher (folded when the kernels are
-    on, as stage1 folds it), batch 16."""
+    on, as runs/teachers.py folds it), batch 16."""
     teacher = models.get_model("resnet8", 10, dtype=jnp.float64)
     with jax.enable_x64(True):
         variables = _f64(_perturbed_stats(_init("resnet8", 32)))
