@@ -177,9 +177,9 @@ def main(argv):
         ):
             from ltkd_jax.runs import job
 
-            job.check_resume_configs(config, workdir)
+            overridden = job.check_resume_configs(config, workdir)
             if primary:
-                rundir.record_invocation(workdir)
+                rundir.record_invocation(workdir, overrides=overridden)
             logging.info(
                 "JAX %s, process %d/%d, devices: %s",
                 jax.__version__,

@@ -121,10 +121,16 @@ def _add_teacher_and_init(c: ml_collections.ConfigDict) -> None:
     # How many of an ensemble's teachers (the last ones) train with colour jitter + grayscale
     # (data.color_jitter), as the official CBD_ENS data-aug teachers.
     c.teacher.color_jitter_teachers = 0
+    # A teacher run that has not reached its configured steps, or that a live process holds
+    # (run.lock), is refused (runs/finished.py); True distils from it anyway, with a warning
+    # in the summary.
+    c.teacher.allow_unfinished = False
 
     # A finished run whose weights start this one (cRT, tau-norm, post-hoc adjustment).
     c.init = ml_collections.ConfigDict()
     c.init.workdir = ""
+    # As teacher.allow_unfinished, for the init run.
+    c.init.allow_unfinished = False
 
 
 def _add_optim(c: ml_collections.ConfigDict) -> None:
@@ -160,6 +166,11 @@ def _add_run(c: ml_collections.ConfigDict) -> None:
     c.num_devices = 0  # 0 = every device JAX sees; n = the first n (a data-parallel mesh)
     c.progress_bar = True
     c.keep_checkpoints = 2  # the latest N are kept, plus the best by top-1
+    # Comma-separated fields a resumed run may change although its checkpoints were trained
+    # with another value, e.g. "optim.lr" to resume after a non-finite loss with a lower
+    # rate (runs/rundir.py RESUME_OVERRIDABLE lists them); recorded in invocations.jsonl and
+    # the summary.
+    c.resume_overrides = ""
 
 
 TEACHER_SEED_STRIDE = 1000

@@ -22,27 +22,38 @@ from ltkd_jax.training import teachers as teacher_stage
 from ltkd_jax.training.writers import MetricWriter, read_metrics
 
 
-def check_resume_configs(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_resume_configs(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """`rundir.check_resume_config` for a job's run and the teachers it trains, before any
-    stage starts (so a refused student does not first resume its teachers)."""
-    rundir.check_resume_config(workdir, config)
+    stage starts (so a refused student does not first resume its teachers). Returns the
+    changes config.resume_overrides let through, of the run or of a teacher."""
+    overridden = rundir.check_resume_config(workdir, config)
     if config.method in posthoc.POSTHOC or config.teacher.workdir:
-        return
+        return overridden
     for k, teacher_dir in enumerate(teacher_stage.teacher_workdirs(config, workdir)):
-        rundir.check_resume_config(teacher_dir, teacher_stage.teacher_config(config, k))
+        teacher = teacher_stage.teacher_config(config, k)
+        overridden = {**rundir.check_resume_config(teacher_dir, teacher), **overridden}
+    return overridden
 
 
-def summarize_run(workdir: str) -> dict:
+def summarize_run(workdir: str, final_step: int | None = None) -> dict:
     """Final and best test results of a run, read from its metrics file (the current
     records only: those a resume replayed are dropped).
 
     "best" is the test record of the evaluation with the highest top-1 on the val split
     when the run has one (`selected_on` says which split chose it), else on test.
+    `final_step`: the step the run ended at; a metrics file without its test record is an
+    error rather than a summary of an earlier epoch (the trainer writes a lost one again).
     """
     records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     tests = [r for r in records if r["split"] == "test"]
     if not tests:
         raise ValueError(f"no evaluation recorded in {workdir}/metrics.jsonl")
+    if final_step is not None and tests[-1]["step"] != final_step:
+        raise ValueError(
+            f"{workdir}/metrics.jsonl has no test record of the final step {final_step} (its "
+            f"last is step {tests[-1]['step']}); rerun the same command: it evaluates the "
+            "final checkpoint again and writes the record"
+        )
     vals = [r for r in records if r["split"] == "val"]
     if vals:
         chosen = max(vals, key=lambda r: r["top1"])["step"]
@@ -73,6 +84,9 @@ def correct_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"config.method={config.method!r} corrects a finished run: set "
             "--config.init.workdir to its workdir"
         )
+    finished.check_finished(
+        config.init.workdir, "the init run", "init", config.init.allow_unfinished
+    )
     mesh = sharding.make_mesh(config.num_devices)
     task = data.load_task(config.data)
     train_split, test_split, val_split = task.train, task.test, task.val
@@ -127,11 +141,20 @@ def correct_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"tau": best[0], "epoch": epoch, **best[1]}
 
 
+def with_notes(summary: dict, workdir: str, warnings: list[str]) -> dict:
+    """The summary plus what its reader must know about how it was reached: unfinished
+    teacher / init runs used anyway, and the fields resumes changed (resume_overrides,
+    from invocations.jsonl)."""
+    notes = {"warnings": warnings, "resume_overrides": rundir.recorded_overrides(workdir)}
+    return {**summary, **{key: value for key, value in notes.items() if value}}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The command-line job: stage 1 teachers if needed, then the run; prints the results."""
+    warnings = finished.allowed_unfinished(config)  # as the inputs are when read
     if config.method in posthoc.POSTHOC:
         best = correct_run(config, workdir)
-        rundir.write_summary(workdir, {"final": best, "best": best})
+        rundir.write_summary(workdir, with_notes({"final": best, "best": best}, workdir, warnings))
         if jax.process_index() == 0:
             print(format_summary("corrected", summarize_run(config.init.workdir)), flush=True)
             name = f"{config.method} tau={best['tau']:g}"
@@ -140,9 +163,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     teachers = teacher_stage.prepare_teachers(config, workdir)
     stage = "stage 2, the student" if teachers else "training"
     logging.info("%s: %s in %s", stage, config.method, workdir)
-    trainer.train_and_evaluate(config, workdir, teachers=teachers)
-    summary = summarize_run(workdir)
-    rundir.write_summary(workdir, summary)
+    state = trainer.train_and_evaluate(config, workdir, teachers=teachers)
+    summary = summarize_run(workdir, final_step=int(state.step))
+    rundir.write_summary(workdir, with_notes(summary, workdir, warnings))
     teacher_dirs = teacher_stage.teacher_workdirs(config, workdir)
     trained_here = [] if config.teacher.workdir else teacher_dirs
     report.write_training_reports([*trained_here, workdir])  # WORKDIR/report/, labels, ...

@@ -32,6 +32,15 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
 
 
+def saved_steps(workdir: str) -> list[int]:
+    """The committed checkpoint steps of a run directory, ascending, read from the directory
+    names (orbax writes a step under a temporary name and renames it when complete)."""
+    ckpt = checkpoint_dir(workdir)
+    if not os.path.isdir(ckpt):
+        return []
+    return sorted(int(name) for name in os.listdir(ckpt) if name.isdigit())
+
+
 def make_manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
     """A manager keeping the latest `keep` checkpoints plus the best one by test top-1."""
     policy = checkpoint_managers.AnyPreservationPolicy(

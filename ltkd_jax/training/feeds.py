@@ -20,6 +20,7 @@ import grain
 import jax
 import ml_collections
 
+from ltkd_jax.config import checks
 from ltkd_jax.data import device, pipeline
 from ltkd_jax.data.sources import Split
 from ltkd_jax.training import sharding
@@ -94,11 +95,7 @@ def uses_device(config: ml_collections.ConfigDict, split: Split) -> bool:
 
 def make_feed(config: ml_collections.ConfigDict, train_split, mesh):
     """(feed, uncapped steps per epoch): on the device when the split allows it."""
-    if config.batch_size > len(train_split):
-        raise ValueError(
-            f"config.batch_size={config.batch_size} exceeds the {len(train_split)} training "
-            "images; lower it"
-        )
+    checks.check_batch_fits(config.batch_size, len(train_split), f"of {config.data.name}")
     steps_per_epoch = len(train_split) // config.batch_size
     if uses_device(config, train_split):
         return DeviceFeed(train_split, config, mesh), steps_per_epoch
