@@ -12,6 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from ltkd_jax import data, methods
 from ltkd_jax.config import checks
@@ -27,6 +28,7 @@ from ltkd_jax.training import (
     progress,
     sharding,
     steps,
+    writers,
 )
 from ltkd_jax.training.writers import MetricWriter
 
@@ -147,18 +149,51 @@ def _task_record(run: _Run) -> dict:
     }
 
 
-def _evaluate_and_save(run: _Run, state, t1: int, evaluators, writer, manager) -> None:
-    """Test (and val) results of the state after step t1; an asynchronous checkpoint."""
+def _evaluate(run: _Run, state, t1: int, evaluators, writer, splits=("test", "val")) -> dict:
+    """Writes the `splits` records of the state after step t1; returns the results that
+    choose the best checkpoint (val's when there is a val split, else test's)."""
     epoch = t1 // run.steps_per_epoch
     results = None
     for split, evaluate in zip(("test", "val"), evaluators, strict=True):
-        if evaluate is not None:  # val, when there is one, chooses the best checkpoint
+        if evaluate is not None and split in splits:
             results = metrics.summarize(
                 evaluate(networks.variables_of(state)), run.task.class_groups
             )
             writer.write_scalars(t1, results, epoch=epoch, split=split)
+    return results
+
+
+def _evaluate_and_save(run: _Run, state, t1: int, evaluators, writer, manager) -> None:
+    """Test (and val) results of the state after step t1; an asynchronous checkpoint."""
+    results = _evaluate(run, state, t1, evaluators, writer)
+    writer.sync()  # the records are on disk before the checkpoint that covers them
     # Asynchronous: the next chunk runs while orbax writes this one.
     checkpointing.save(manager, t1, state, run.feed.checkpoint_item(t1), {"top1": results["top1"]})
+
+
+def _evaluate_again_if_lost(run: _Run, state, evaluators, writer) -> None:
+    """A restored checkpoint at an evaluated step whose records are missing from
+    metrics.jsonl (a torn or lost line) is evaluated again, so the records, and the summary
+    read from them, are complete."""
+    step = int(state.step)
+    if step == 0 or not _evaluates_after(run, step):
+        return
+    wanted = tuple(s for s, e in zip(("test", "val"), evaluators, strict=True) if e is not None)
+    lost = writers.missing_splits(writer.path, step, wanted) if writer.active else []
+    if jax.process_count() > 1:  # evaluation is collective: process 0's file decides for all
+        flags = multihost_utils.broadcast_one_to_all(np.array([s in lost for s in wanted]))
+        lost = [s for s, flag in zip(wanted, flags, strict=True) if flag]
+    if not lost:
+        return
+    logging.warning(
+        "metrics.jsonl in %s has no %s record of step %d (a torn or lost line): evaluating "
+        "that checkpoint again",
+        run.workdir,
+        "/".join(lost),
+        step,
+    )
+    _evaluate(run, state, step, evaluators, writer, splits=tuple(lost))
+    writer.sync()
 
 
 def _evaluates_after(run: _Run, t1: int) -> bool:
@@ -197,6 +232,7 @@ def _train_loop(run: _Run, state, teachers, train_fn, evaluators, writer, manage
             _evaluate_and_save(run, state, t1, evaluators, writer, manager)
         if t1 < total and progress.any_process_stopping():  # at a chunk's end
             if manager.latest_step() != t1:
+                writer.sync()
                 checkpointing.save(manager, t1, state, run.feed.checkpoint_item(t1), None)
             raise rundir.Preempted(t1, run.workdir)
     return state
@@ -231,6 +267,7 @@ def train_and_evaluate(
         )
         for split in (run.data.test, run.data.val)
     )
+    _evaluate_again_if_lost(run, state, evaluators, writer)
     bar = progress.progress_bar(config, run.total_steps, start_step)
     try:
         state = _train_loop(run, state, teachers, train_fn, evaluators, writer, manager, bar)
