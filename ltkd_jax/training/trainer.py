@@ -215,6 +215,7 @@ def _train_loop(run: _Run, state, teachers, train_fn, evaluators, writer, manage
     total = run.total_steps
     windows = progress.chunks(int(state.step), total, run.steps_per_epoch, size)
     for n, (t0, t1) in enumerate(windows):
+        checkpointing.raise_if_save_failed(manager, state)  # stop at once, not a chunk later
         ctx = run.method.epoch_context(t0 // run.steps_per_epoch)
         ctx = jax.device_put(ctx, sharding.replicated(run.mesh))
         started = time.perf_counter()
@@ -254,6 +255,7 @@ def train_and_evaluate(
     schedule = optim.make_schedule(config.optim, run.steps_per_epoch, config.num_epochs)
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
     state = _initial_state(run, model, schedule, manager)
+    checkpointing.warn_if_short_of_space(workdir, state, config.keep_checkpoints)
     start_step = int(state.step)
     writer.trim_after(start_step)  # records after the restored checkpoint are replayed
     writer.write_json("task.json", _task_record(run))
@@ -273,11 +275,10 @@ def train_and_evaluate(
         state = _train_loop(run, state, teachers, train_fn, evaluators, writer, manager, bar)
     finally:
         bar.close()
-        manager.wait_until_finished()
+        checkpointing.finish(manager, state)  # a failed save: SaveError, the last good kept
         writer.close()
     if start_step >= run.total_steps:
         logging.info("run in %s is already complete (step %d)", workdir, start_step)
-    manager.close()
     return state
 
 
