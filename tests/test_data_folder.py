@@ -2,6 +2,7 @@
 
 import io
 import os
+import shutil
 import zipfile
 
 import numpy as np
@@ -160,6 +161,11 @@ def test_empty_class_folders_under_train_are_named_before_any_data(tmp_path, wra
         with pytest.raises(errors.UserError) as error:
             checks.check_run_paths(config)  # before the lock, run.log or any decoding
         assert "2 class folder(s) under train/ hold no images: ['owl', 'yak']" in str(error.value)
+    shutil.rmtree(root / top / "train" / "owl")  # test/owl without any train/owl folder
+    shutil.rmtree(root / top / "train" / "yak")
+    config = tiny_config(**{"data.name": "folder", "data.root": str(root)})
+    with pytest.raises(errors.UserError, match=r"'test' has class folders missing from train"):
+        checks.check_run_paths(config)
         store = image_index.ImageStore(str(source))
         with pytest.raises(errors.UserError, match="hold no images"):  # the loading path too
             image_index.folder_index(store.list_files(), store.list_dirs())

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO_ROOT, SHARED_DATA
 from tiny import tiny_config
 
-from ltkd_jax import data
+from ltkd_jax import data, errors
 from ltkd_jax.config import defaults
 from ltkd_jax.runs import job
 from ltkd_jax.training import checkpointing, trainer
@@ -131,8 +131,10 @@ def test_records_are_on_disk_before_the_checkpoint_that_covers_them(tmp_path, mo
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     config = tiny_config(**{"optim.lr": 1e30, "optim.warmup_epochs": 0})
-    with pytest.raises(FloatingPointError, match="non-finite training metrics"):
+    with pytest.raises(FloatingPointError, match="non-finite training metrics") as error:
         trainer.train_and_evaluate(config, str(tmp_path))
+    assert isinstance(error.value, errors.UserError)  # the command line: one line, exit 2
+    assert "nothing is kept" in str(error.value)  # it used to claim a checkpoint was kept
 
 
 @pytest.mark.slow

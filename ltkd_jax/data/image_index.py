@@ -149,7 +149,7 @@ def folder_index(files: Sequence[str], dirs: Sequence[str] = ()) -> ImageIndex:
     for split, items in by_split.items():
         unknown = sorted({c for _, c in items} - set(label_of))
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"split {split!r} has class folders missing from train: {unknown[:5]}. Every "
                 "class needs training images; add them or remove those folders."
             )

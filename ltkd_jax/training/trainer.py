@@ -222,7 +222,7 @@ def _train_loop(run: _Run, state, teachers, train_fn, evaluators, writer, manage
         state, chunk_metrics = train_fn(state, teachers, ctx, t0, t1)
         chunk_metrics = jax.device_get(chunk_metrics)  # the one host sync of the chunk
         seconds = time.perf_counter() - started
-        progress.check_finite(t0, chunk_metrics, run.workdir)
+        progress.check_finite(t0, chunk_metrics, run.workdir, manager.latest_step())
         log.add(t0, chunk_metrics, seconds)
         if n < 2 and t1 < total:  # the first chunk holds the compile: an upper bound
             estimate = progress.time_estimate(seconds / (t1 - t0), total - t1)
