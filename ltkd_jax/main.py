@@ -53,7 +53,8 @@ jax.config.parse_flags_with_absl()
 USAGE_EXIT_CODE = 2
 _HELP = ("-h", "-?", "-help", "--help", "-helpshort", "--helpshort")
 
-# Known-harmless third-party messages: (source path fragment, message start).
+# Third-party messages that are harmless, or that our own message for the same checkpoint
+# repeats with its fix: (source path fragment, message start).
 _HARMLESS = (
     ("/orbax/", "Given directory is read only"),  # every read-only (teacher) load
     ("/orbax/", "Requested `tracked_metric`; did not provide metrics"),  # preemption save
@@ -62,13 +63,14 @@ _HARMLESS = (
     ("/orbax/", "Metadata file does not exist"),
     # An unreadable checkpoint's metadata: the error that follows names the directory.
     ("/orbax/", "Failed to get item metadata from directory"),
+    ("/orbax/", "Failed to json parse Metadata file"),
     ("/tensorflow_datasets/", "OpenCV is not installed"),  # PIL decodes our images
 )
 
 
 class _QuietLibraries(logging_std.Filter):
     """Drops the INFO chatter of orbax and grain (a dozen lines per checkpoint), the
-    known-harmless warnings in `_HARMLESS`, and the tracebacks orbax's background threads log
+    messages in `_HARMLESS`, and the tracebacks orbax's background threads log
     for a failed save or read: orbax raises that failure again in the main thread, where
     it becomes one message (training/checkpointing.py). Every other warning is kept."""
 

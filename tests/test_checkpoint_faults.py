@@ -3,6 +3,7 @@ orbax's background noise. Quick: no training; the same faults on real runs are i
 tests/test_fault_injection.py."""
 
 import errno
+import json
 import logging
 import shutil
 import sys
@@ -50,6 +51,13 @@ def test_a_failed_read_gives_its_innermost_readable_reason():
     reason = checkpointing._reason(_tensorstore_error())
     assert reason.startswith('ValueError: OUT_OF_RANGE: Error reading "params.w/0"')
     assert "bound method" not in reason and "value of size 10" in reason
+    try:  # json raises its JSONDecodeError `from None`: its StopIteration is no reason
+        try:
+            json.loads('{"tree_metadata": ')
+        except ValueError as e:
+            raise RuntimeError("Failed to read the metadata") from e
+    except RuntimeError as e:
+        assert checkpointing._reason(e).startswith("JSONDecodeError: Expecting value")
 
 
 def test_out_of_disk_is_one_message_naming_path_bytes_and_what_is_kept(tmp_path, monkeypatch):

@@ -100,6 +100,25 @@ def test_resume_accepts_and_logs_safe_changes(tmp_path, caplog):
     assert "config.num_epochs=9 (was 2)" in caplog.text
 
 
+def test_a_lower_rate_after_a_nan_resumes_only_when_named_in_resume_overrides(tmp_path):
+    _saved_run(tmp_path, tiny_config())
+    lower = {"optim.lr": 0.01}
+    with pytest.raises(rundir.WorkdirError, match="config.optim.lr: saved 0.05, now 0.01"):
+        rundir.check_resume_config(str(tmp_path), tiny_config(**lower))
+    allowed = tiny_config(resume_overrides="optim.lr", **lower)
+    assert rundir.check_resume_config(str(tmp_path), allowed) == {"optim.lr": (0.05, 0.01)}
+    both = tiny_config(resume_overrides="optim.lr", seed=3, **lower)
+    with pytest.raises(rundir.WorkdirError, match="config.seed: saved 0, now 3") as error:
+        rundir.check_resume_config(str(tmp_path), both)  # the others are still refused
+    assert "optim.lr" not in str(error.value)
+    record = rundir.record_invocation(str(tmp_path), ["main"], overrides={"optim.lr": (0.05, 0.01)})
+    assert record["resume_overrides"] == {"optim.lr": [0.05, 0.01]}
+    (recorded,) = rundir.recorded_overrides(str(tmp_path))
+    assert recorded["fields"] == {"optim.lr": [0.05, 0.01]}
+    summary = job.with_notes({"final": {}}, str(tmp_path), [])
+    assert summary["resume_overrides"] == [recorded] and "warnings" not in summary
+
+
 def test_a_ce_runs_unused_distillation_fields_may_change(tmp_path):
     """A stage-1 teacher copies the student's loss fields; they do not touch its checkpoints."""
     _saved_run(tmp_path, tiny_config())

@@ -70,6 +70,9 @@ def make_manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp
         read_only=read_only,
         create=not read_only,
         save_interval_steps=0 if read_only else 1,
+        # A save killed mid-write leaves its temporary directory: removed when the run
+        # resumes (it was never committed, so nothing is lost), its space freed.
+        cleanup_tmp_directories=not read_only,
     )
     return ocp.CheckpointManager(
         checkpoint_dir(workdir), options=options, item_names=("state", "data")
@@ -85,12 +88,14 @@ class SaveError(UserError):
 
 
 def _chain(error: BaseException) -> list[BaseException]:
-    """The error and its causes, outermost first."""
+    """The error and its causes, outermost first (a context raised `from None` is not a
+    cause: json's StopIteration behind its JSONDecodeError)."""
     out, seen = [], set()
     while error is not None and id(error) not in seen:
         out.append(error)
         seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        hidden = error.__suppress_context__
+        error = error.__cause__ or (None if hidden else error.__context__)
     return out
 
 
