@@ -64,6 +64,7 @@ def test_out_of_disk_is_one_message_naming_path_bytes_and_what_is_kept(tmp_path,
     root = tmp_path / "checkpoints"
     for name in ("3", "6", "9.orbax-checkpoint-tmp"):  # 9 was being written when space ran out
         (root / name).mkdir(parents=True)
+    (root / "6" / "arrays").write_bytes(bytes(6000))  # the size a checkpoint takes, measured
     free = 114_688
     monkeypatch.setattr(shutil, "disk_usage", lambda path: types.SimpleNamespace(free=free))
     full = OSError(errno.ENOSPC, "No space left on device")
@@ -71,7 +72,7 @@ def test_out_of_disk_is_one_message_naming_path_bytes_and_what_is_kept(tmp_path,
         checkpointing.save(_manager(root, full), 12, STATE, None, None)
     message = str(error.value)
     assert f"saving checkpoint 9 in {root} failed (no space left on the device" in message
-    assert f"a checkpoint needs about {STATE_BYTES:,} bytes, {free:,} bytes are free" in message
+    assert f"a checkpoint needs about 6,000 bytes, {free:,} bytes are free" in message
     assert "The last good checkpoint, step 6, is kept" in message
     assert "rerun the same command to resume" in message
 
@@ -99,6 +100,13 @@ def test_a_short_disk_is_warned_about_before_training(tmp_path, monkeypatch, cap
     assert f"up to 4 checkpoints of about {STATE_BYTES:,} bytes" in caplog.text
     caplog.clear()
     disk(4 * STATE_BYTES)
+    with caplog.at_level(logging.WARNING):
+        checkpointing.warn_if_short_of_space(str(tmp_path), STATE, keep=2)
+    assert caplog.text == ""
+    # A resumed run: the checkpoints on disk take part of what it needs.
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "3" / "arrays").write_bytes(bytes(STATE_BYTES))
+    disk(3 * STATE_BYTES)
     with caplog.at_level(logging.WARNING):
         checkpointing.warn_if_short_of_space(str(tmp_path), STATE, keep=2)
     assert caplog.text == ""
