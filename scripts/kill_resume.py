@@ -11,11 +11,13 @@ Arguments after `--` go to `python -m ltkd_jax.main` (default job: configs/quick
 teacher then a BKD student). The uninterrupted run goes first and sets the kill windows: its
 start-up (launch to the first training record) and its seconds per epoch. Each kill is one of
 
-  start-up  uniform in [0, start-up) after a (re)start: imports, data, restore, compile;
+  start-up  uniform in [0, start-up) after a (re)start: imports, data, restore, compile (the
+            first kill, before any checkpoint, is one);
   save      as soon as a checkpoint is being written (orbax's temporary directory appears);
   progress  once the job reaches a target step, plus up to one epoch; the targets are spread
-            over both stages in order (the switch between stages is one of them), so the
-            kills follow the job through training, evaluation and the stage change;
+            in order over both stages past the first checkpoint (the switch between stages
+            is one of them), so the kills follow the job through training, evaluation and
+            the stage change;
   reports   the last kill: after the final evaluation, while reports and summary are written.
 
 Progress is read from the job's own log lines, so the windows follow a slow machine. Each kill
@@ -198,12 +200,28 @@ def wait_for(watched: Watched, condition, timeout_s: float) -> bool:
     return False
 
 
-def kill_plan(kills: int, total_steps: int, rng: random.Random) -> list[tuple[str, int]]:
-    """(kind, target step) per kill: progress, save and start-up kills in turn, progress
-    targets spread over the job in order, and the last kill during the reports."""
-    kinds = [("progress", "save", "progress", "start-up")[i % 4] for i in range(kills - 1)]
-    targets = iter(sorted(rng.randrange(1, total_steps) for _ in kinds))
-    return [(k, next(targets)) for k in kinds] + [("reports", total_steps)]
+def kill_plan(kills: int, job: Job, first: int, rng: random.Random) -> list[tuple[str, int]]:
+    """(kind, target step) per kill: a start-up kill of the fresh run; then progress, save
+    and start-up kills in turn, the progress targets spread in order over the job from step
+    `first` (past its first checkpoint), each later stage's start among them; last, a kill
+    during the reports."""
+    kinds = [("progress", "save", "progress", "start-up")[i % 4] for i in range(kills - 2)]
+    count = kinds.count("progress")
+    starts = job.offsets[1:-1][:count]
+    spread = [rng.randrange(first, job.total) for _ in range(count - len(starts))]
+    targets = iter(sorted([*starts, *spread]))
+    planned = [(k, next(targets) if k == "progress" else 0) for k in kinds]
+    return [("start-up", 0), *planned, ("reports", job.total)][:kills]
+
+
+def first_target(job: Job) -> int:
+    """The first step a progress kill may aim at: one epoch after the first stage's first
+    evaluation, so its checkpoint is committed (saves take well under an epoch)."""
+    run = job.runs()[0]
+    with open(os.path.join(run, "task.json")) as f:
+        per_epoch = json.load(f)["steps_per_epoch"]
+    tests = [r["step"] for r in raw_records(run) if r["split"] == "test"]
+    return min(tests[0] + per_epoch, job.total - 1)
 
 
 def _after(watched: Watched, seconds: float, timeout_s: float) -> bool:
@@ -222,7 +240,8 @@ def kill_once(watched: Watched, kind: str, target: int, job: Job, timing, rng, t
     elif kind == "reports":
         reporting = lambda: any("] report of " in t for t in texts())  # noqa: E731
         hit = wait_for(watched, reporting, timeout_s)
-        hit = hit and _after(watched, rng.uniform(0, timing["reports_s"]), timeout_s)
+        # Within the first half of the reference's tail: a resumed run may report faster.
+        hit = hit and _after(watched, rng.uniform(0, timing["reports_s"] / 2), timeout_s)
     else:  # somewhere in the epoch after the target step
         reached = lambda: job.progress(texts())[0] >= target  # noqa: E731
         hit = wait_for(watched, reached, timeout_s)
@@ -348,7 +367,7 @@ def main() -> int:
             flush=True,
         )
         cmd = command(killed, extra, args.config)
-        for kind, target in kill_plan(args.kills, job.total, rng):
+        for kind, target in kill_plan(args.kills, job, first_target(ref_job), rng):
             watched = Watched(cmd, log, env)
             if not kill_once(watched, kind, target, job, timing, rng, args.timeout_s):
                 code = watched.finish()

@@ -231,12 +231,16 @@ def test_the_kill_harness_on_the_quickstart_job(tmp_path):
     out = subprocess.run(
         cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800, env=_env()
     )
+    print(out.stdout)  # the kills and their phases (pytest -s shows them)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads(out.stdout[out.stdout.index("\n{") :])
-    assert report["identical"] and report["kills"] == 12, out.stdout
-    assert report["after_first_checkpoint"] >= 10, out.stdout
-    started = {p: n for p, n in report["phases"].items() if not p.startswith("start-up")}
-    assert sum(started.values()) >= 8, out.stdout  # only start-up kills may land in start-up
+    assert report["identical"], out.stdout
+    # The first kill hits the fresh run's start-up; the last may find the job done.
+    assert report["kills"] >= 11 and report["after_first_checkpoint"] >= 10, out.stdout
+    phases = report["phases"]
+    assert phases.get("saving a checkpoint", 0) >= 1 and phases.get("training and evaluation")
+    started = {p: n for p, n in phases.items() if not p.startswith("start-up")}
+    assert sum(started.values()) >= 7, out.stdout  # only start-up kills may land in start-up
 
 
 def test_resume_with_another_config_is_refused_before_anything_is_written(reference, tmp_path):

@@ -51,6 +51,19 @@ def test_progress_and_phase_follow_the_log_over_both_stages(tmp_path):
     assert job.phase(lines[:1]).startswith("start-up")  # a dead save's leftovers
 
 
+def test_the_plan_starts_fresh_spreads_progress_past_the_first_checkpoint_and_ends_in_reports(
+    tmp_path,
+):
+    job = harness.Job(str(tmp_path), ["teacher", "."], [70, 70])
+    plan = harness.kill_plan(12, job, first=42, rng=harness.random.Random(0))
+    kinds = [kind for kind, _ in plan]
+    assert len(plan) == 12 and kinds[0] == "start-up" and kinds[-1] == "reports"
+    assert {"progress", "save", "start-up"} <= set(kinds[1:-1])
+    targets = [target for kind, target in plan if kind == "progress"]
+    assert targets == sorted(targets) and 70 in targets  # the student's start is a target
+    assert all(42 <= t < 140 for t in targets)
+
+
 def test_every_difference_a_kill_can_leave_is_reported(tmp_path):
     records = [
         {"step": 7, "split": "train", "loss": 1.0, "images_per_sec": 100.0},
