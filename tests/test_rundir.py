@@ -294,9 +294,22 @@ def test_an_unfinished_teacher_is_refused_naming_the_step_reached_and_the_fix(tm
     assert finished.allowed_unfinished(allowed) == []
 
 
+# The lock as `rundir.acquire` takes it, without importing ltkd_jax (a quick test).
+FLOCK_HOLDER = (
+    "import fcntl, json, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+    "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, json.dumps({'pid': os.getpid()}).encode()); "
+    "print('held', flush=True); time.sleep(60)"
+)
+
+
 def test_a_teacher_that_a_live_process_holds_is_refused(tmp_path):
     teacher = _teacher_run(tmp_path / "teacher", steps=(3, 6))
-    holder = _start_holder(teacher)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FLOCK_HOLDER, str(teacher / rundir.LOCK_NAME)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
     try:
         with pytest.raises(errors.UserError) as error:
             checks.check_run_paths(tiny_config(method="kd", **{"teacher.workdir": str(teacher)}))
