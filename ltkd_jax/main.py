@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging as logging_std
 import os
 import sys
+import threading
 import traceback
 
 import jax
@@ -96,6 +97,12 @@ def _quiet_unraisable(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+def _quiet_thread_errors(args) -> None:
+    """threading.excepthook without them (a background thread failing at shutdown)."""
+    if not any(text in str(args.exc_value) for text in _HARMLESS_UNRAISABLE):
+        threading.__excepthook__(args)
+
+
 class _NoTpuProbe(logging_std.Filter):
     """jax logs the failed probe of every absent backend (TPU on a CPU / GPU machine)."""
 
@@ -168,6 +175,7 @@ def _set_up_logging() -> list[logging_std.Filter]:
     handler.python_handler.stream = _TqdmStream()
     logging_std.getLogger("jax._src.xla_bridge").addFilter(_NoTpuProbe())
     sys.unraisablehook = _quiet_unraisable
+    threading.excepthook = _quiet_thread_errors
     return filters
 
 

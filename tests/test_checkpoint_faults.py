@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 import sys
+import threading
 import types
 
 import numpy as np
@@ -128,6 +129,10 @@ def test_orbax_background_noise_is_dropped_and_other_problems_are_kept(monkeypat
     other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
     cli._quiet_unraisable(other)
     assert seen == [other]
+    monkeypatch.setattr(threading, "__excepthook__", seen.append)
+    cli._quiet_thread_errors(types.SimpleNamespace(exc_value=ImportError("sys.meta_path is None")))
+    cli._quiet_thread_errors(other)
+    assert seen == [other, other]
     quiet = cli._QuietLibraries()
     record = logging.LogRecord("absl", logging.ERROR, "/x/orbax/future.py", 1, "failed", (), None)
     assert quiet.filter(record)  # an orbax error without a traceback is kept
