@@ -97,16 +97,19 @@ def test_truncated_latest_checkpoint_and_torn_metrics_line(reference, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir, ignore=shutil.ignore_patterns("run.lock"))
     # Step 12's largest array file cut in half, as a kill on a file system without atomic
-    # renames leaves it; and a half-written metrics line.
+    # renames leaves it; and the metrics file of a machine crash before it reached the disk:
+    # everything after step 9 gone, the step-9 test record (the restored step's) torn.
     files = [p for p in (workdir / "checkpoints" / "12").rglob("*") if p.is_file()]
     biggest = max(files, key=lambda p: p.stat().st_size)
     os.truncate(biggest, biggest.stat().st_size // 2)
-    with open(workdir / "metrics.jsonl", "a") as f:
-        f.write('{"step": 12, "split": "te')
+    lines = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if '"step": 9, "epoch": 3, "split": "test"' in line)
+    (workdir / "metrics.jsonl").write_text("".join(lines[:at]) + lines[at][:40])
     out = run(workdir)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "checkpoint 12 in" in out.stderr and "cannot be restored" in out.stderr
     assert "torn last line" in out.stderr
+    assert "no test record of step 9 (a torn or lost line): evaluating" in out.stderr
     assert (workdir / "unrestorable_checkpoints" / "12").is_dir()  # set aside, not deleted
     assert_same_run(workdir, reference)  # resumed from step 9, bit for bit
 
