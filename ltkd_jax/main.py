@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging as logging_std
 import os
 import sys
+import threading
 import traceback
 
 import jax
@@ -54,24 +55,53 @@ jax.config.parse_flags_with_absl()
 USAGE_EXIT_CODE = 2
 _HELP = ("-h", "-?", "-help", "--help", "-helpshort", "--helpshort")
 
-# Known-harmless third-party messages: (source path fragment, message start).
+# Third-party messages that are harmless, or that our own message for the same checkpoint
+# repeats with its fix: (source path fragment, message start).
 _HARMLESS = (
     ("/orbax/", "Given directory is read only"),  # every read-only (teacher) load
     ("/orbax/", "Requested `tracked_metric`; did not provide metrics"),  # preemption save
+    # A teacher's parameter names are read from its `state` item, whose directory never
+    # holds the step's metadata file (training/checkpointing.py saved_param_names).
+    ("/orbax/", "Metadata file does not exist"),
+    # An unreadable checkpoint's metadata: the error that follows names the directory.
+    ("/orbax/", "Failed to get item metadata from directory"),
+    ("/orbax/", "Failed to json parse Metadata file"),
     ("/tensorflow_datasets/", "OpenCV is not installed"),  # PIL decodes our images
 )
 
 
 class _QuietLibraries(logging_std.Filter):
-    """Drops the INFO chatter of orbax and grain (a dozen lines per checkpoint) and the
-    known-harmless warnings in `_HARMLESS`; every other warning is kept."""
+    """Drops the INFO chatter of orbax and grain (a dozen lines per checkpoint), the
+    messages in `_HARMLESS`, and the tracebacks orbax's background threads log
+    for a failed save or read: orbax raises that failure again in the main thread, where
+    it becomes one message (training/checkpointing.py). Every other warning is kept."""
 
     def filter(self, record: logging_std.LogRecord) -> bool:
         path = record.pathname.replace(os.sep, "/")
         if any(part in path and record.getMessage().startswith(msg) for part, msg in _HARMLESS):
             return False
+        if "/orbax/" in path and record.exc_info:
+            return False
         noisy = any(part in path for part in ("/orbax/", "/grain/"))
         return record.levelno >= logging_std.WARNING or not noisy
+
+
+# Raised in tensorstore / orbax threads that deliver a result after the event loop that
+# asked for it closed (an aborted read or save, or the interpreter shutting down); the
+# failure itself reaches the main thread.
+_HARMLESS_UNRAISABLE = ("Event loop is closed", "sys.meta_path is None")
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """sys.unraisablehook without the `_HARMLESS_UNRAISABLE` tracebacks."""
+    if not any(text in str(unraisable.exc_value) for text in _HARMLESS_UNRAISABLE):
+        sys.__unraisablehook__(unraisable)
+
+
+def _quiet_thread_errors(args) -> None:
+    """threading.excepthook without them (a background thread failing at shutdown)."""
+    if not any(text in str(args.exc_value) for text in _HARMLESS_UNRAISABLE):
+        threading.__excepthook__(args)
 
 
 class _NoTpuProbe(logging_std.Filter):
@@ -145,6 +175,8 @@ def _set_up_logging() -> list[logging_std.Filter]:
         handler.addFilter(f)
     handler.python_handler.stream = _TqdmStream()
     logging_std.getLogger("jax._src.xla_bridge").addFilter(_NoTpuProbe())
+    sys.unraisablehook = _quiet_unraisable
+    threading.excepthook = _quiet_thread_errors
     return filters
 
 
@@ -170,7 +202,7 @@ def main(argv):
             )
         from ltkd_jax.runs import job  # after distributed init: importing may touch the backend
 
-        job.check(config, workdir)  # before anything is written
+        overridden = job.check(config, workdir)  # before anything is written
         # Process 0 locks; without --distributed this asks no backend (a refused run is fast).
         primary = not _DISTRIBUTED.value or jax.process_index() == 0
         with (
@@ -178,7 +210,7 @@ def main(argv):
             rundir.log_to_file(workdir, tuple(filters), enabled=primary),
         ):
             if primary:
-                rundir.record_invocation(workdir)
+                rundir.record_invocation(workdir, overrides=overridden)
             logging.info(
                 "JAX %s, process %d/%d, devices: %s",
                 jax.__version__,

@@ -150,7 +150,7 @@ def test_print_config_explains_every_field_and_lists_its_choices(method):
     assert {"data.name", "model.name", "optim.lr"} <= fields
     silent = [line for line in lines if "  # " not in line or not line.split("  # ", 1)[1]]
     assert not silent, silent
-    for field, names in checks.field_choices().items():
+    for field, names in defaults.field_choices().items():
         shown = [line for line in lines if line.startswith(f"{field} = ")]
         if shown:
             assert f"One of: {' | '.join(names)}." in shown[0], field

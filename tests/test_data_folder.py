@@ -2,6 +2,7 @@
 
 import io
 import os
+import shutil
 import zipfile
 
 import numpy as np
@@ -9,8 +10,10 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import REPO_ROOT
 from PIL import Image
+from tiny import tiny_config
 
-from ltkd_jax import data
+from ltkd_jax import data, errors
+from ltkd_jax.config import checks
 from ltkd_jax.data import image_index
 from ltkd_jax.runs import job
 
@@ -130,6 +133,53 @@ def test_corrupt_images_are_named_and_nothing_is_written(tree, tmp_path):
 def test_layout_errors_say_what_to_fix(files, message):
     with pytest.raises(ValueError, match=message):
         image_index.folder_index(sorted(files))
+
+
+def _touch_tree(root, files, folders=()):
+    for rel in files:
+        os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
+        open(os.path.join(root, rel), "wb").close()
+    for rel in folders:
+        os.makedirs(os.path.join(root, rel), exist_ok=True)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_empty_class_folders_under_train_are_named_before_any_data(tmp_path, wrapped):
+    """docs/own_data.md: a class without training images stops the run, naming it; an empty
+    folder used to vanish from the index (and with test images, to give a traceback)."""
+    top = "mydata/" if wrapped else ""
+    files = [f"{top}train/cat/1.jpg", f"{top}test/cat/1.jpg", f"{top}test/owl/1.jpg"]
+    root = tmp_path / "tree"
+    _touch_tree(root, files, [f"{top}train/owl", f"{top}train/yak"])
+    (root / top / "train" / "yak" / "notes.txt").write_text("no image here")
+    archive = tmp_path / "tree.zip"
+    with zipfile.ZipFile(archive, "w") as zf:  # zip -r stores folder entries too
+        for path in sorted(root.rglob("*")):
+            zf.write(path, path.relative_to(root).as_posix() + ("/" if path.is_dir() else ""))
+    for source in (root, archive):
+        config = tiny_config(**{"data.name": "folder", "data.root": str(source)})
+        with pytest.raises(errors.UserError) as error:
+            checks.check_run_paths(config)  # before the lock, run.log or any decoding
+        assert "2 class folder(s) under train/ hold no images: ['owl', 'yak']" in str(error.value)
+    shutil.rmtree(root / top / "train" / "owl")  # test/owl without any train/owl folder
+    shutil.rmtree(root / top / "train" / "yak")
+    config = tiny_config(**{"data.name": "folder", "data.root": str(root)})
+    with pytest.raises(errors.UserError, match=r"'test' has class folders missing from train"):
+        checks.check_run_paths(config)
+        store = image_index.ImageStore(str(source))
+        with pytest.raises(errors.UserError, match="hold no images"):  # the loading path too
+            image_index.folder_index(store.list_files(), store.list_dirs())
+
+
+def test_a_batch_larger_than_the_folder_is_refused_before_any_data(tmp_path):
+    files = [f"{split}/{c}/{i}.png" for split in ("train", "test") for c in "ab" for i in range(3)]
+    _touch_tree(tmp_path, files)
+    config = tiny_config(**{"data.name": "folder", "data.root": str(tmp_path)})  # batch 32
+    with pytest.raises(errors.UserError) as error:
+        checks.check_run_paths(config)
+    assert f"config.batch_size=32 exceeds the 6 training images under {tmp_path}/train" in str(
+        error.value
+    )
 
 
 def test_missing_root_names_the_field():

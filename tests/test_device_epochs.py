@@ -8,6 +8,7 @@ import pytest
 from test_train import params_of
 from tiny import tiny_config
 
+from ltkd_jax import errors
 from ltkd_jax.data import device, load_digits, make_train_iterator, pipeline
 from ltkd_jax.training import feeds, progress, sharding, trainer
 from ltkd_jax.training.writers import read_jsonl
@@ -136,3 +137,10 @@ def test_non_finite_guard_names_the_first_bad_step_of_a_chunk():
     assert progress.first_non_finite(10, {"loss": np.ones(3)}) is None
     with pytest.raises(FloatingPointError, match="at step 12: "):
         progress.check_finite(10, chunk, "/tmp/run")
+    # One message (a UserError: exit 2, no traceback) that says what is kept and the way on.
+    with pytest.raises(errors.UserError) as error:
+        progress.check_finite(10, chunk, "/tmp/run", kept=9)
+    assert "The checkpoint of step 9 in /tmp/run/checkpoints is kept" in str(error.value)
+    assert "--config.resume_overrides=optim.lr" in str(error.value)
+    with pytest.raises(errors.UserError, match="No checkpoint was saved before it: nothing is"):
+        progress.check_finite(10, chunk, "/tmp/run", kept=None)

@@ -14,7 +14,7 @@ from tiny import tiny_config
 
 from ltkd_jax import errors
 from ltkd_jax.config import checks, defaults
-from ltkd_jax.runs import rundir
+from ltkd_jax.runs import finished, job, rundir
 from ltkd_jax.training import writers
 
 # ---------------------------------------------------------------------------------------
@@ -98,6 +98,25 @@ def test_resume_accepts_and_logs_safe_changes(tmp_path, caplog):
     with caplog.at_level("INFO", logger="absl"):
         rundir.check_resume_config(str(tmp_path), safe)
     assert "config.num_epochs=9 (was 2)" in caplog.text
+
+
+def test_a_lower_rate_after_a_nan_resumes_only_when_named_in_resume_overrides(tmp_path):
+    _saved_run(tmp_path, tiny_config())
+    lower = {"optim.lr": 0.01}
+    with pytest.raises(rundir.WorkdirError, match="config.optim.lr: saved 0.05, now 0.01"):
+        rundir.check_resume_config(str(tmp_path), tiny_config(**lower))
+    allowed = tiny_config(resume_overrides="optim.lr", **lower)
+    assert rundir.check_resume_config(str(tmp_path), allowed) == {"optim.lr": (0.05, 0.01)}
+    both = tiny_config(resume_overrides="optim.lr", seed=3, **lower)
+    with pytest.raises(rundir.WorkdirError, match="config.seed: saved 0, now 3") as error:
+        rundir.check_resume_config(str(tmp_path), both)  # the others are still refused
+    assert "optim.lr" not in str(error.value)
+    record = rundir.record_invocation(str(tmp_path), ["main"], overrides={"optim.lr": (0.05, 0.01)})
+    assert record["resume_overrides"] == {"optim.lr": [0.05, 0.01]}
+    (recorded,) = rundir.recorded_overrides(str(tmp_path))
+    assert recorded["fields"] == {"optim.lr": [0.05, 0.01]}
+    summary = job.with_notes({"final": {}}, str(tmp_path), [])
+    assert summary["resume_overrides"] == [recorded] and "warnings" not in summary
 
 
 def test_a_ce_runs_unused_distillation_fields_may_change(tmp_path):
@@ -208,6 +227,102 @@ def test_missing_run_paths_are_reported_before_any_data():
 
 
 @pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"method": "kd", "teacher.num_epochs": 0}, "config.teacher.num_epochs=0 must be >= 1"),
+        ({"optim.weight_decay": -1e-4}, "config.optim.weight_decay=-0.0001 must be >= 0"),
+        ({"optim.momentum": 1.0}, "config.optim.momentum=1.0 must be in [0, 1)"),
+        ({"log_every_steps": 0}, "config.log_every_steps=0 must be >= 1"),
+        ({"keep_checkpoints": 0}, "config.keep_checkpoints=0 must be >= 1"),
+        ({"seed": -1}, "config.seed=-1 must be >= 0"),
+        ({"data.val_fraction": 1.0}, "config.data.val_fraction=1.0 must be in [0, 1)"),
+        ({"data.few_threshold": 60}, "few_threshold=60 is above config.data.many_threshold=50"),
+        ({"resume_overrides": "model.name"}, "a resume may override only ['optim.lr']"),
+    ],
+)
+def test_every_number_is_validated_naming_its_own_field(overrides, expected):
+    with pytest.raises(errors.UserError, match="invalid config") as error:
+        checks.validate_config(tiny_config(**overrides))
+    assert expected in str(error.value)
+
+
+def test_a_teachers_epochs_are_not_checked_when_it_is_given():
+    checks.validate_config(
+        tiny_config(method="kd", **{"teacher.num_epochs": 0, "teacher.workdir": "/t"})
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Teacher and init runs: finished and not in use
+# ---------------------------------------------------------------------------------------
+
+
+def _teacher_run(workdir, steps=(3,), num_epochs=2, steps_per_epoch=3):
+    """A run directory as a finished-run check reads it: config, task, checkpoint names."""
+    _saved_run(workdir, tiny_config(num_epochs=num_epochs))
+    for step in steps:
+        (workdir / "checkpoints" / str(step)).mkdir(parents=True, exist_ok=True)
+    (workdir / "task.json").write_text(json.dumps({"steps_per_epoch": steps_per_epoch}))
+    return workdir
+
+
+def test_an_unfinished_teacher_is_refused_naming_the_step_reached_and_the_fix(tmp_path):
+    teacher = _teacher_run(tmp_path / "teacher", steps=(3,))  # stopped at 3 of 2 x 3 steps
+    config = tiny_config(method="kd", **{"teacher.workdir": str(teacher)})
+    with pytest.raises(errors.UserError) as error:
+        checks.check_run_paths(config)
+    message = str(error.value)
+    assert (
+        f"the teacher in {teacher} is unfinished: its latest checkpoint is step 3 of 6" in message
+    )
+    assert "--config.teacher.allow_unfinished=true" in message
+    with pytest.raises(errors.UserError, match="step 3 of 6"):  # the loading path too
+        finished.check_finished(str(teacher), "the teacher", "teacher", allow=False)
+    init = tiny_config(method="crt", **{"init.workdir": str(teacher), "model.head": "linear"})
+    with pytest.raises(errors.UserError, match="the init run in .* is unfinished"):
+        checks.check_run_paths(init)
+    allowed = tiny_config(
+        method="kd", **{"teacher.workdir": str(teacher), "teacher.allow_unfinished": True}
+    )
+    checks.check_run_paths(allowed)
+    (warning,) = finished.allowed_unfinished(allowed)
+    assert "step 3 of 6" in warning and "used anyway" in warning
+    summary = job.with_notes({"final": {}}, str(tmp_path), [warning])
+    assert summary["warnings"] == [warning]
+    (teacher / "checkpoints" / "6").mkdir()  # finished now
+    checks.check_run_paths(config)
+    assert finished.allowed_unfinished(allowed) == []
+
+
+# The lock as `rundir.acquire` takes it, without importing ltkd_jax (a quick test).
+FLOCK_HOLDER = (
+    "import fcntl, json, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+    "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, json.dumps({'pid': os.getpid()}).encode()); "
+    "print('held', flush=True); time.sleep(60)"
+)
+
+
+def test_a_teacher_that_a_live_process_holds_is_refused(tmp_path):
+    teacher = _teacher_run(tmp_path / "teacher", steps=(3, 6))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FLOCK_HOLDER, str(teacher / rundir.LOCK_NAME)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    try:
+        with pytest.raises(errors.UserError) as error:
+            checks.check_run_paths(tiny_config(method="kd", **{"teacher.workdir": str(teacher)}))
+        assert rundir.live_holder(str(teacher))["pid"] == holder.pid  # probed, not taken
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"is in use by a running process (pid {holder.pid} on host" in str(error.value)
+    assert rundir.live_holder(str(teacher)) is None  # the kernel dropped the dead one's lock
+    checks.check_run_paths(tiny_config(method="kd", **{"teacher.workdir": str(teacher)}))
+
+
+@pytest.mark.parametrize(
     "args, expected",
     [
         (
@@ -222,6 +337,11 @@ def test_missing_run_paths_are_reported_before_any_data():
         # Another method with other hyper-parameters: start from its own config.
         (["--config.method=dkd"], "the method was changed after the config was built"),
         (["--config.loss.rebalance=batch"], "holds only the config's own method's"),
+        # A stage-1 teacher's field, named as the user wrote it, before run.lock is written.
+        (
+            ["--config=tests/tiny.py:kd", "--config.teacher.num_epochs=0"],
+            "config.teacher.num_epochs=0 must be >= 1",
+        ),
     ],
 )
 @pytest.mark.slow

@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -11,11 +13,11 @@ import pytest
 from conftest import REPO_ROOT, SHARED_DATA
 from tiny import tiny_config
 
-from ltkd_jax import data
+from ltkd_jax import data, errors
 from ltkd_jax.config import defaults
 from ltkd_jax.runs.summary import summarize_run
 from ltkd_jax.training import checkpointing, trainer
-from ltkd_jax.training.writers import read_jsonl
+from ltkd_jax.training.writers import MetricWriter, read_jsonl
 
 CIFAR100_ZIP = SHARED_DATA / "cifar100-png.zip"
 TEST_SIZE = len(data.load_dataset("digits")[1])
@@ -85,10 +87,57 @@ def test_finished_run_is_not_retrained(reference_run):
     assert_trees_close(params_of(again), params_of(reference), rtol=0, atol=0)
 
 
+def test_a_lost_final_record_is_evaluated_again_and_the_summary_is_complete(
+    reference_run, tmp_path
+):
+    """Issue 25: a finished run whose last metrics line was torn (a machine crash before
+    the line reached the disk) used to lose its final test record for good, and the summary
+    then reported an earlier epoch as final."""
+    workdir, _ = reference_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("run.lock"))
+    path = copy / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["split"] == "test" and json.loads(lines[-1])["step"] == 6
+    path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    trainer.train_and_evaluate(tiny_config(), str(copy))
+    assert read_jsonl(str(path)) == read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert summarize_run(str(copy), final_step=6)["final"]["epoch"] == 2
+    path.write_text("".join(lines[:-1]))  # without the fix: the summary refuses
+    with pytest.raises(ValueError, match="no test record of the final step 6"):
+        summarize_run(str(copy), final_step=6)
+
+
+def test_records_are_on_disk_before_the_checkpoint_that_covers_them(tmp_path, monkeypatch):
+    events = []
+    path = tmp_path / "metrics.jsonl"
+    writer = MetricWriter(str(tmp_path), tensorboard=False)
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_size)))
+    monkeypatch.setattr(
+        checkpointing, "save", lambda *args: events.append(("save", path.stat().st_size))
+    )
+    monkeypatch.setattr(trainer.metrics, "summarize", lambda results, groups: {"top1": 0.5})
+    state = types.SimpleNamespace(params={}, batch_stats={})
+    cohort = types.SimpleNamespace(
+        steps_per_epoch=3,
+        data=types.SimpleNamespace(class_groups=None),
+        feed=types.SimpleNamespace(checkpoint_item=lambda step: None),
+        layout=types.SimpleNamespace(member=lambda state, k: state),
+    )
+    runs = [types.SimpleNamespace(writer=writer, manager=None)]
+    evaluators = [{"test": lambda variables, teachers: None}]
+    trainer._evaluate_and_save(cohort, runs, state, (), 3, evaluators)
+    writer.close()
+    size = path.stat().st_size
+    assert size > 0 and events == [("fsync", size), ("save", size)]
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     config = tiny_config(**{"optim.lr": 1e30, "optim.warmup_epochs": 0})
-    with pytest.raises(FloatingPointError, match="non-finite training metrics"):
+    with pytest.raises(FloatingPointError, match="non-finite training metrics") as error:
         trainer.train_and_evaluate(config, str(tmp_path))
+    assert isinstance(error.value, errors.UserError)  # the command line: one line, exit 2
+    assert "nothing is kept" in str(error.value)  # it used to claim a checkpoint was kept
 
 
 @pytest.mark.slow

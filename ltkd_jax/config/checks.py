@@ -9,11 +9,10 @@ import os
 import ml_collections
 
 from ltkd_jax import methods, models
-from ltkd_jax.data import augment, image_builders, longtail, sampling, sources, task
+from ltkd_jax.config import defaults
+from ltkd_jax.data import image_index, task
 from ltkd_jax.errors import UserError
 from ltkd_jax.methods import base as method_base
-from ltkd_jax.models import cpu_ops
-from ltkd_jax.training import optim
 
 
 def _check_choice(config, field: str, value, choices) -> list[str]:
@@ -40,19 +39,39 @@ def _check_data_sources(d: ml_collections.ConfigDict) -> list[str]:
     return errors
 
 
+def _check_folder_index(config: ml_collections.ConfigDict) -> list[str]:
+    """What the folder's file index tells before any image is decoded: empty class folders
+    under train/ and a batch larger than train/ (the long-tailed cut and a val_fraction can
+    only shrink it; the trainer checks the exact count)."""
+    root = os.path.expanduser(config.data.archive)
+    if config.data.name != "folder" or not root or not os.path.exists(root):
+        return []  # an absent root is reported where the data is read
+    store = image_index.ImageStore(root)
+    try:
+        index = image_index.folder_index(store.list_files(), store.list_dirs())
+        where = f"under {store.root}/train"
+        task.check_batch_fits(config.batch_size, len(index.splits["train"]), where)
+    except UserError as e:
+        return [str(e)]
+    return []
+
+
 def check_run_paths(config: ml_collections.ConfigDict) -> None:
     """The paths a user must pass: data.root of a 'folder' dataset, and teacher.workdir /
-    init.workdir, which must be finished runs. The command line checks them before any data
-    is read (validate_config does not: configs are validated before a user passes paths)."""
+    init.workdir, which must be finished runs not in use (`finished.check_finished`). The
+    command line checks them before any data is read or any file written (validate_config
+    does not: configs are validated before a user passes paths)."""
+    from ltkd_jax.runs import finished  # reads checkpoints: imported when paths are checked
+
     errors = []
     if config.data.name == "folder" and not config.data.archive:
         errors.append(
             "config.data.root is empty: dataset 'folder' reads your image tree from there; pass "
             "--config.data.root=/path/to/tree (<split>/<class>/<image>, a folder or a zip)"
         )
-    for field in ("teacher.workdir", "init.workdir"):
-        section, name = field.split(".")
-        for path in (p.strip() for p in config[section][name].split(",") if p.strip()):
+    errors += _check_folder_index(config)
+    for field, what, section in finished.INPUT_RUNS:
+        for path in finished.input_workdirs(config, field):
             if "://" in path:
                 continue  # object stores: reported when read
             missing = [
@@ -69,6 +88,11 @@ def check_run_paths(config: ml_collections.ConfigDict) -> None:
                     f"config.{field}: {path} is not a finished ltkd_jax run (no {missing[0]}); "
                     "pass the --workdir of a finished run"
                 )
+            elif not config[section].allow_unfinished:
+                try:
+                    finished.check_finished(path, what, section, allow=False)
+                except UserError as e:
+                    errors.append(f"config.{field}: {e}")
     if errors:
         raise UserError("invalid config:\n  - " + "\n  - ".join(errors))
 
@@ -89,31 +113,6 @@ def _check_warmup(config: ml_collections.ConfigDict, trains_teachers: bool) -> l
     ]
 
 
-def field_choices() -> dict[str, tuple]:
-    """Every config field whose value must be one of a list of names, with that list: the
-    implementing module's own (`--print_config` shows them too)."""
-    return {
-        "method": tuple(methods.NAMES),
-        "data.name": tuple(sources.DATASETS),
-        "data.profile": tuple(longtail.PROFILES),
-        "data.sampler": tuple(sampling.SAMPLERS),
-        "data.augment": tuple(augment.AUGMENTS),
-        "data.norm_stats": tuple(augment.NORM_STATS_CHOICES),
-        "data.in_memory": tuple(sources.IN_MEMORY),
-        "data.on_corrupt": tuple(image_builders.ON_CORRUPT),
-        "data.eval_groups": tuple(task.EVAL_GROUPS),
-        "model.name": tuple(models.MODELS),
-        "model.head": tuple(models.HEADS),
-        "model.weight_init": tuple(models.WEIGHT_INITS),
-        "model.dtype": tuple(models.DTYPES),
-        "model.cpu_kernels": tuple(cpu_ops.CPU_KERNELS),
-        "optim.schedule": tuple(optim.SCHEDULES),
-        "teacher.model": tuple(models.MODELS),
-        "teacher.head": tuple(models.HEADS),
-        "loss.class_weighting": tuple(method_base.WEIGHTINGS),
-    }
-
-
 def _value(config: ml_collections.ConfigDict, field: str):
     section, _, name = field.rpartition(".")
     return (config[section] if section else config)[name]
@@ -124,7 +123,7 @@ def _check_names(config: ml_collections.ConfigDict) -> list[str]:
     the method has one, the loss's by the method)."""
     return [
         error
-        for field, names in field_choices().items()
+        for field, names in defaults.field_choices().items()
         if not field.startswith(("teacher.", "loss."))
         for error in _check_choice(config, field, _value(config, field), names)
     ]
@@ -166,24 +165,81 @@ def _trains_teachers(config: ml_collections.ConfigDict) -> bool:
     return methods.num_teachers(config) > 0
 
 
+def _check_optim(o: ml_collections.ConfigDict) -> list[str]:
+    """The optimiser's numbers (training/optim.py): a negative decay or a momentum of 1 or
+    more trains, but not as any recipe means it to."""
+    errors = []
+    if o.lr <= 0:
+        errors.append(f"config.optim.lr={o.lr} must be > 0")
+    if o.weight_decay < 0:
+        errors.append(
+            f"config.optim.weight_decay={o.weight_decay} must be >= 0 (0 = none; the CIFAR "
+            "recipe uses 2e-4)"
+        )
+    if not 0 <= o.momentum < 1:
+        errors.append(f"config.optim.momentum={o.momentum} must be in [0, 1) (0 = plain SGD)")
+    if o.decay_factor <= 0:
+        errors.append(f"config.optim.decay_factor={o.decay_factor} must be > 0, e.g. 0.1")
+    if o.warmup_epochs < 0:
+        errors.append(f"config.optim.warmup_epochs={o.warmup_epochs} must be >= 0 (0 = none)")
+    if any(e < 0 for e in o.decay_epochs):
+        errors.append(f"config.optim.decay_epochs={tuple(o.decay_epochs)} must be epochs >= 0")
+    return errors
+
+
+def _check_counts(config: ml_collections.ConfigDict) -> list[str]:
+    """Fields that count or seed something, each with its lower bound."""
+    d = config.data
+    bounds = [
+        ("batch_size", config.batch_size, 1, ""),
+        ("eval_batch_size", config.eval_batch_size, 1, ""),
+        ("num_epochs", config.num_epochs, 1, ""),
+        ("eval_every_epochs", config.eval_every_epochs, 1, ""),
+        ("log_every_steps", config.log_every_steps, 1, ""),
+        ("keep_checkpoints", config.keep_checkpoints, 1, " (a resume restores the latest)"),
+        ("max_steps_per_epoch", config.max_steps_per_epoch, 0, " (0 = no cap)"),
+        ("scan_steps", config.scan_steps, 0, " (0 = a whole epoch)"),
+        ("num_devices", config.num_devices, 0, " (0 = all devices)"),
+        ("seed", config.seed, 0, " (numpy seeds are non-negative)"),
+        ("data.lt_seed", d.lt_seed, 0, " (numpy seeds are non-negative)"),
+        ("data.num_workers", d.num_workers, 0, " (0 = in the main process)"),
+        ("data.few_threshold", d.few_threshold, 0, ""),
+        ("teacher.count", config.teacher.count, 1, ""),
+    ]
+    if _trains_teachers(config):  # stage 1 trains them for this many epochs
+        bounds.append(("teacher.num_epochs", config.teacher.num_epochs, 1, ""))
+    errors = [
+        f"config.{field}={value} must be >= {low}{note}"
+        for field, value, low, note in bounds
+        if value < low
+    ]
+    if d.few_threshold > d.many_threshold:
+        errors.append(
+            f"config.data.few_threshold={d.few_threshold} is above config.data.many_threshold="
+            f"{d.many_threshold}; few < few_threshold <= many_threshold < many (e.g. 20, 100)"
+        )
+    if not 0 <= d.val_fraction < 1:
+        errors.append(
+            f"config.data.val_fraction={d.val_fraction} must be in [0, 1), e.g. 0.1 (0 = none)"
+        )
+    unknown = sorted(set(defaults.override_names(config)) - defaults.RESUME_OVERRIDABLE)
+    if unknown:
+        errors.append(
+            f"config.resume_overrides names {unknown}; a resume may override only "
+            f"{sorted(defaults.RESUME_OVERRIDABLE)} (config/defaults.py RESUME_OVERRIDABLE)"
+        )
+    return errors
+
+
 def _check_numbers(config: ml_collections.ConfigDict) -> list[str]:
     """Counts and sizes of the run."""
-    errors = []
+    errors = _check_counts(config) + _check_optim(config.optim)
     d = config.data
     if d.imbalance_factor < 1:
         errors.append(
             f"config.data.imbalance_factor={d.imbalance_factor} must be >= 1 (1 = balanced, 100 = "
             "head class 100x the tail); pass e.g. --config.data.imbalance_factor=100"
         )
-    if config.scan_steps < 0:
-        errors.append(f"config.scan_steps={config.scan_steps} must be >= 0 (0 = a whole epoch)")
-    for field in ("batch_size", "eval_batch_size", "num_epochs", "eval_every_epochs"):
-        if config[field] < 1:
-            errors.append(f"config.{field}={config[field]} must be a positive integer")
-    if config.num_devices < 0:
-        errors.append("config.num_devices must be >= 0 (0 = all devices)")
-    if config.optim.lr <= 0:
-        errors.append(f"config.optim.lr={config.optim.lr} must be > 0")
     if not 0 <= config.teacher.color_jitter_teachers <= config.teacher.count:
         errors.append(
             f"config.teacher.color_jitter_teachers={config.teacher.color_jitter_teachers} must "

@@ -13,8 +13,11 @@ import re
 
 import ml_collections
 
-from ltkd_jax import methods
+from ltkd_jax import methods, models
+from ltkd_jax.data import augment, image_builders, longtail, sampling, sources, task
 from ltkd_jax.methods import base as method_base
+from ltkd_jax.models import cpu_ops
+from ltkd_jax.training import optim
 
 
 def base_config(method: str = "ce") -> ml_collections.ConfigDict:
@@ -74,7 +77,7 @@ def _add_data(c: ml_collections.ConfigDict) -> None:
     # Smallest crop area of the 'imagenet' random-resized crop: 0.08 torchvision, 0.05 CBD.
     c.data.crop_min_area = 0.08
     # Largest / smallest class of the long-tailed training subset taken from the data
-    # (1 = the data as it is; docs/data.md#long-tailed-subsets).
+    # (1 = the data as it is; docs/data.md#long-tailed-cifar-subsets).
     c.data.imbalance_factor = 100.0
     # How class sizes fall from the head to the tail: exp (n_max * IF^(-c / (C - 1)), the
     # LDAM-DRW profile) or step (half the classes at n_max, half at n_max / IF).
@@ -154,11 +157,17 @@ def _add_teacher_and_init(c: ml_collections.ConfigDict) -> None:
     # How many of an ensemble's teachers (the last ones) train with colour jitter + grayscale
     # (data.color_jitter), as the official CBD_ENS data-aug teachers.
     c.teacher.color_jitter_teachers = 0
+    # A teacher run that has not reached its configured steps, or that a live process holds
+    # (run.lock), is refused (runs/finished.py); True distils from it anyway, with a warning
+    # in the summary.
+    c.teacher.allow_unfinished = False
 
     c.init = ml_collections.ConfigDict()
     # The workdir of a finished run whose weights start this one (cRT) or which a post-hoc
     # correction evaluates (tau_norm, posthoc_la).
     c.init.workdir = ""
+    # As teacher.allow_unfinished, for the init run.
+    c.init.allow_unfinished = False
 
 
 def _add_optim(c: ml_collections.ConfigDict) -> None:
@@ -204,6 +213,24 @@ def _add_run(c: ml_collections.ConfigDict) -> None:
     # A tqdm progress bar on the console (log lines then go above it).
     c.progress_bar = True
     c.keep_checkpoints = 2  # the latest N are kept, plus the best by top-1
+    # Comma-separated fields a resumed run may change although its checkpoints were trained
+    # with another value, e.g. "optim.lr" to resume after a non-finite loss with a lower
+    # rate (RESUME_OVERRIDABLE below lists them); recorded in invocations.jsonl and
+    # the summary.
+    c.resume_overrides = ""
+
+
+# Fields a resumed run may change when `config.resume_overrides` names them: the recovery
+# from a non-finite loss (a lower rate from the last good checkpoint). The learning rate is
+# an argument of the schedule, not part of the optimiser state, so the checkpoints restore
+# as they are (training/optim.py).
+RESUME_OVERRIDABLE = frozenset({"optim.lr"})
+
+
+def override_names(config) -> list[str]:
+    """The fields `config.resume_overrides` names (comma-separated)."""
+    text = config.get("resume_overrides", "") or ""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 TEACHER_SEED_STRIDE = 1000
@@ -359,15 +386,38 @@ def _describe_cohort(config: ml_collections.ConfigDict) -> str:
     return "\n".join(lines)
 
 
+def field_choices() -> dict[str, tuple]:
+    """Every config field whose value must be one of a list of names, with that list: the
+    implementing module's own (`--print_config` shows them too)."""
+    return {
+        "method": tuple(methods.NAMES),
+        "data.name": tuple(sources.DATASETS),
+        "data.profile": tuple(longtail.PROFILES),
+        "data.sampler": tuple(sampling.SAMPLERS),
+        "data.augment": tuple(augment.AUGMENTS),
+        "data.norm_stats": tuple(augment.NORM_STATS_CHOICES),
+        "data.in_memory": tuple(sources.IN_MEMORY),
+        "data.on_corrupt": tuple(image_builders.ON_CORRUPT),
+        "data.eval_groups": tuple(task.EVAL_GROUPS),
+        "model.name": tuple(models.MODELS),
+        "model.head": tuple(models.HEADS),
+        "model.weight_init": tuple(models.WEIGHT_INITS),
+        "model.dtype": tuple(models.DTYPES),
+        "model.cpu_kernels": tuple(cpu_ops.CPU_KERNELS),
+        "optim.schedule": tuple(optim.SCHEDULES),
+        "teacher.model": tuple(models.MODELS),
+        "teacher.head": tuple(models.HEADS),
+        "loss.class_weighting": tuple(method_base.WEIGHTINGS),
+    }
+
+
 def describe_config(config: ml_collections.ConfigDict) -> str:
     """Every field as `name = value  # comment`, with its choices where it has a list; a
     cohort's shared fields, then each member's own."""
-    from ltkd_jax.config import checks  # noqa: PLC0415 - checks builds on this module
-
     if "members" in config:
         return _describe_cohort(config)
     comments = {**field_comments(config.method), **_section_comments()}
-    choices = checks.field_choices()
+    choices = field_choices()
     lines = []
 
     def walk(node, prefix):

@@ -10,6 +10,8 @@ import threading
 import zipfile
 from collections.abc import Sequence
 
+from ltkd_jax.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
@@ -43,6 +45,20 @@ class ImageStore:
                 rel = os.path.relpath(dirpath, self.root)
                 names += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in filenames]
         return sorted(n for n in names if _is_image_name(n))
+
+    def list_dirs(self) -> list[str]:
+        """Every folder, as a '/'-separated path relative to the root, sorted; a zip lists
+        the folder entries it stores (an empty folder exists in a zip only as one)."""
+        if self.is_zip:
+            with zipfile.ZipFile(self.root) as zf:
+                names = [n.rstrip("/") for n in zf.namelist() if n.endswith("/")]
+        else:
+            names = []
+            for dirpath, dirnames, _ in os.walk(self.root):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                rel = os.path.relpath(dirpath, self.root)
+                names += [d if rel == "." else f"{rel}/{d}".replace(os.sep, "/") for d in dirnames]
+        return sorted(n for n in names if "__MACOSX" not in n)
 
     def read(self, path: str) -> bytes:
         if not self.is_zip:
@@ -83,15 +99,28 @@ class ImageIndex:
         return len(self.class_names)
 
 
-def folder_index(files: Sequence[str]) -> ImageIndex:
+def _empty_train_classes(rows: list[list[str]], dirs: Sequence[str], wrapper: str) -> list[str]:
+    """Class folders under train/ that hold no image file (docs/own_data.md: a class needs
+    training images)."""
+    prefix = f"{wrapper}/train/" if wrapper else "train/"
+    folders = {d[len(prefix) :] for d in dirs if d.startswith(prefix)}
+    with_images = {r[1] for r in rows if r[0] == "train"}
+    return sorted(f for f in folders if "/" not in f and f not in with_images)
+
+
+def folder_index(files: Sequence[str], dirs: Sequence[str] = ()) -> ImageIndex:
     """Index of a `<split>/<class>/<image>` layout; class ids = sorted train class folders.
 
     A single wrapping folder (`mydata/train/...`, as zips often have) is accepted. The tree
-    needs a `train` split; every other split's classes must appear in train.
+    needs a `train` split; every other split's classes must appear in train. `dirs` (the
+    store's folders) lets an empty class folder under train/ be named (UserError) instead of
+    silently dropped.
     """
     files = list(files)
     rows = [f.split("/") for f in files]
+    wrapper = ""
     if rows and all(len(r) == 4 for r in rows) and len({r[0] for r in rows}) == 1:
+        wrapper = rows[0][0]
         rows = [r[1:] for r in rows]  # A single wrapping folder: parse below it.
     layout = "<split>/<class>/<image>, e.g. train/cat/001.jpg and test/cat/101.jpg"
     stray = [f for f, r in zip(files, rows, strict=True) if len(r) != 3]
@@ -107,12 +136,20 @@ def folder_index(files: Sequence[str]) -> ImageIndex:
         by_split.setdefault(split, []).append((path, cls))
     if "train" not in by_split:
         raise ValueError(f"no 'train' folder among {sorted(by_split)}; expected {layout}")
+    empty = _empty_train_classes(rows, dirs, wrapper)
+    if empty:
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        raise UserError(
+            f"{len(empty)} class folder(s) under train/ hold no images: {empty[:10]}{more}. "
+            "Every class needs training images: add some, or remove those folders (from "
+            "every split)."
+        )
     class_names = tuple(sorted({c for _, c in by_split["train"]}))
     label_of = {c: i for i, c in enumerate(class_names)}
     for split, items in by_split.items():
         unknown = sorted({c for _, c in items} - set(label_of))
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"split {split!r} has class folders missing from train: {unknown[:5]}. Every "
                 "class needs training images; add them or remove those folders."
             )

@@ -168,7 +168,7 @@ def _folder_splits(
             "(a folder or zip laid out as <split>/<class>/<image>)."
         )
     store = image_index.ImageStore(root)
-    index = image_index.folder_index(store.list_files())
+    index = image_index.folder_index(store.list_files(), store.list_dirs())
     test_name = eval_split or next(
         (s for s in image_builders.EVAL_SPLIT_NAMES if s in index.splits), ""
     )

@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 
 from ltkd_jax.data import augment, longtail, sources
 from ltkd_jax.data.sources import DataSplits, Split
+from ltkd_jax.errors import UserError
 
 # An evaluated split whose largest class has more than this many times the images of its
 # smallest is called imbalanced in the logs (top-1 then favours the head classes).
@@ -145,3 +146,14 @@ def input_stats(d: Any, channels: int) -> tuple[tuple, tuple]:
             "pick statistics of this data (auto: the dataset's)"
         )
     return mean, std
+
+
+def check_batch_fits(batch_size: int, num_images: int, where: str) -> None:
+    """An epoch is `num_images // batch_size` steps: a batch larger than the training set
+    would make it none (UserError naming config.batch_size and the fix)."""
+    if batch_size > num_images:
+        raise UserError(
+            f"config.batch_size={batch_size} exceeds the {num_images} training images {where}; "
+            f"pass --config.batch_size={max(1, num_images // 4)} or another value up to "
+            f"{num_images}"
+        )

@@ -23,9 +23,83 @@ from absl import logging
 from ltkd_jax import data, models
 from ltkd_jax.config import defaults
 from ltkd_jax.errors import UserError
+from ltkd_jax.runs import rundir
 from ltkd_jax.training import checkpointing, networks, sharding
 
 CHECKPOINTS = ("last", "best")
+
+
+# The run directories a config reads: (field, what the messages call it, its section).
+INPUT_RUNS = (
+    ("teacher.workdir", "the teacher", "teacher"),
+    ("init.workdir", "the init run", "init"),
+)
+
+
+def input_workdirs(config, field: str) -> list[str]:
+    """The run directories `config.<field>` names (comma-separated for an ensemble)."""
+    section, name = field.split(".")
+    return [p.strip() for p in config[section][name].split(",") if p.strip()]
+
+
+def unfinished_reason(workdir: str) -> str | None:
+    """Why the run in `workdir` is not a finished run another may read, or None.
+
+    Unfinished: its latest checkpoint is short of its configured steps (`num_epochs` in
+    config.json x `steps_per_epoch` in task.json; both rewritten when a resume changes them).
+    In use: a live process holds its run.lock (`rundir.live_holder`), so it may still train.
+    """
+    holder = rundir.live_holder(workdir)
+    if holder is not None:
+        running = rundir.holder_text(holder)
+        return f"is in use by a running process ({running}): it may still be training"
+    run_config, run_task = read_run_info(workdir)
+    per_epoch = run_task.get("steps_per_epoch")
+    if not per_epoch:
+        return None  # a run directory that does not record it: nothing to compare
+    total = int(run_config.num_epochs) * int(per_epoch)
+    reached = max(checkpointing.saved_steps(workdir), default=0)
+    if reached >= total:
+        return None
+    return (
+        f"is unfinished: its latest checkpoint is step {reached} of {total} "
+        f"({run_config.num_epochs} epochs of {per_epoch} steps)"
+    )
+
+
+def _used_anyway(what: str, workdir: str, reason: str, section: str) -> str:
+    return f"{what} in {workdir} {reason}; used anyway (config.{section}.allow_unfinished=true)"
+
+
+def check_finished(workdir: str, what: str, section: str, allow: bool) -> str | None:
+    """Refuses (UserError naming the step reached and the fix) a teacher or init run that
+    `unfinished_reason` rejects. With `allow` (config.<section>.allow_unfinished) it logs
+    and returns the warning instead; None for a finished run."""
+    reason = unfinished_reason(workdir)
+    if reason is None:
+        return None
+    if not allow:
+        raise UserError(
+            f"{what} in {workdir} {reason}. Finish it first (wait for it, or rerun its own "
+            f"command with --workdir={workdir}), or pass --config.{section}.allow_unfinished"
+            "=true to use it as it is."
+        )
+    warning = _used_anyway(what, workdir, reason, section)
+    logging.warning("%s", warning)
+    return warning
+
+
+def allowed_unfinished(config) -> list[str]:
+    """The warnings, for the summary, of every unfinished teacher or init run that
+    config.<section>.allow_unfinished lets this run read."""
+    warnings = []
+    for field, what, section in INPUT_RUNS:
+        if not config[section].allow_unfinished:
+            continue
+        for workdir in input_workdirs(config, field):
+            if "://" not in workdir and (reason := unfinished_reason(workdir)):
+                warnings.append(_used_anyway(what, workdir, reason, section))
+    return warnings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +257,7 @@ def load_teacher(
     """A teacher run, checked against the student's task and `config.teacher.model`."""
     run_config, run_task = read_run_info(workdir)
     check_compatible("the teacher", workdir, run_config, run_task, config, task)
+    check_finished(workdir, "the teacher", "teacher", config.teacher.allow_unfinished)
     if run_config.model.name != config.teacher.model:
         raise UserError(
             f"the teacher in {workdir} is a {run_config.model.name}, but config.teacher.model="
@@ -198,4 +273,5 @@ def load_init(config: ml_collections.ConfigDict, task: data.TaskSplits, mesh) ->
     workdir = config.init.workdir
     run_config, run_task = read_run_info(workdir)
     check_compatible("the init run", workdir, run_config, run_task, config, task)
+    check_finished(workdir, "the init run", "init", config.init.allow_unfinished)
     return load(workdir, mesh=mesh)

@@ -20,20 +20,31 @@ from ltkd_jax.runs import teachers as teacher_stage
 from ltkd_jax.training import sharding, trainer
 
 
-def check(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Everything checkable before any data is read: the config (`checks.validate_config`),
-    the finished runs it names, and, for a resumed run, that its config (and its stage-1
-    teachers') still means the same checkpoints (so a refused student does not first resume
-    its teachers). A cohort config checks every member (`runs.cohort.check`)."""
+def check(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Everything checkable before any data is read or anything written: the config
+    (`checks.validate_config`), the finished runs it names, and, for a resumed run, that its
+    config (and its stage-1 teachers') still means the same checkpoints (so a refused
+    student does not first resume its teachers). A cohort config checks every member
+    (`runs.cohort.check`). Returns the changes config.resume_overrides let through."""
     if cohort.is_cohort(config):
         return cohort.check(config, workdir)
     checks.validate_config(config)
     checks.check_run_paths(config)
-    rundir.check_resume_config(workdir, config)
+    overridden = rundir.check_resume_config(workdir, config)
     if config.teacher.workdir:
-        return
+        return overridden
     for k, teacher_dir in enumerate(teacher_stage.teacher_workdirs(config, workdir)):
-        rundir.check_resume_config(teacher_dir, teacher_stage.teacher_config(config, k))
+        teacher = teacher_stage.teacher_config(config, k)
+        overridden = {**rundir.check_resume_config(teacher_dir, teacher), **overridden}
+    return overridden
+
+
+def with_notes(run_summary: dict, workdir: str, warnings: list[str]) -> dict:
+    """The summary plus what its reader must know about how it was reached: unfinished
+    teacher / init runs used anyway, and the fields resumes changed (resume_overrides,
+    from invocations.jsonl)."""
+    notes = {"warnings": warnings, "resume_overrides": rundir.recorded_overrides(workdir)}
+    return {**run_summary, **{key: value for key, value in notes.items() if value}}
 
 
 def _print_corrected(config: ml_collections.ConfigDict, best: dict) -> None:
@@ -52,9 +63,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | list[dict]:
     if cohort.is_cohort(config):
         return cohort.run(config, workdir)
     task = data.load_task(config.data)  # once, for every stage
+    warnings = finished.allowed_unfinished(config)  # as the inputs are when read
     if methods.get(config.method).kind == methods.CORRECTION:
         best = posthoc.correct_run(config, workdir, task)
-        summary.write_summary(workdir, {"final": best, "best": best})
+        summary.write_summary(workdir, with_notes({"final": best, "best": best}, workdir, warnings))
         if jax.process_index() == 0:
             _print_corrected(config, best)
         return best
@@ -64,8 +76,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | list[dict]:
     stage = "stage 2, the student" if teachers else "training"
     logging.info("%s: %s in %s", stage, config.method, workdir)
     result = trainer.train_and_evaluate(config, workdir, teachers=teachers, task=task, init=init)
-    run_summary = summary.summarize_run(workdir)
-    summary.write_summary(workdir, run_summary)
+    run_summary = summary.summarize_run(workdir, final_step=int(result.state.step))
+    summary.write_summary(workdir, with_notes(run_summary, workdir, warnings))
     report.write_training_reports({**trained, workdir: result.test_counts}, task)
     if jax.process_index() == 0:
         teacher_dirs = teacher_stage.teacher_workdirs(config, workdir)

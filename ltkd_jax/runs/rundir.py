@@ -58,6 +58,10 @@ SAFE_TO_CHANGE = frozenset(
         # How batches reach the step: the same batches either way.
         "data.device_resident",
         "scan_steps",
+        # Choices about this start, not about what the checkpoints hold.
+        "teacher.allow_unfinished",
+        "init.allow_unfinished",
+        "resume_overrides",
     }
 )
 
@@ -110,7 +114,8 @@ def check_workdir(workdir: str) -> None:
 _HELD: dict[str, list] = {}
 
 
-def _holder_text(info: Mapping) -> str:
+def holder_text(info: Mapping) -> str:
+    """'pid P on host H, started T' of a lock holder."""
     return (
         f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, started "
         f"{info.get('start_time', '?')}"
@@ -152,14 +157,14 @@ def acquire(workdir: str) -> None:
         if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
             raise
         raise WorkdirError(
-            f"{workdir} is in use by another run ({_holder_text(info)}); wait for it to "
+            f"{workdir} is in use by another run ({holder_text(info)}); wait for it to "
             "finish, stop it, or pick another --workdir"
         ) from None
     previous = _read_lock_info(fd)
     if previous.get("pid") and previous.get("pid") != os.getpid():
         # flock is released by the kernel when its holder dies: the file is all that is left.
         logging.info(
-            "took over the stale lock of a dead run (%s) in %s", _holder_text(previous), workdir
+            "took over the stale lock of a dead run (%s) in %s", holder_text(previous), workdir
         )
     mine = {
         "pid": os.getpid(),
@@ -170,6 +175,29 @@ def acquire(workdir: str) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, json.dumps(mine).encode())
     _HELD[path] = [fd, 1]
+
+
+def live_holder(workdir: str) -> dict | None:
+    """The holder ({'pid', 'host', 'start_time'}) of WORKDIR/run.lock when a live process
+    other than this one holds it, else None. Probes with a non-blocking shared flock on its
+    own descriptor, released at once, so the lock is never taken."""
+    import fcntl
+
+    path = _lock_path(workdir)
+    if not is_local(workdir) or path in _HELD or not os.path.exists(path):
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        return _read_lock_info(fd) or {"pid": "?"}
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def release(workdir: str) -> None:
@@ -222,23 +250,25 @@ def config_changes(saved: Mapping, current: Mapping) -> tuple[dict, dict]:
 def has_checkpoints(workdir: str) -> bool:
     from ltkd_jax.training import checkpointing
 
-    ckpt = checkpointing.checkpoint_dir(workdir)
-    return os.path.isdir(ckpt) and any(name.isdigit() for name in os.listdir(ckpt))
+    return bool(checkpointing.saved_steps(workdir))
 
 
-def check_resume_config(workdir: str, config) -> None:
+def check_resume_config(workdir: str, config) -> dict:
     """Refuses to resume a run in `workdir` with a config that changes its checkpoints'
     meaning (WorkdirError naming each field with both values); logs accepted changes.
+    Returns {field: (saved, now)} of the changes `config.resume_overrides` let through.
 
     Runs before anything is written, so a refused run leaves `config.json` as it was.
     """
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path) or not has_checkpoints(workdir):
-        return  # a new run, or one that never saved a checkpoint: nothing to contradict
+        return {}  # a new run, or one that never saved a checkpoint: nothing to contradict
     with open(path) as f:
         saved = defaults.upgrade_saved_config(json.load(f))
     current = json.loads(json.dumps(config.to_dict(), default=str))
     refused, accepted = config_changes(saved, current)
+    names = set(defaults.override_names(config)) & defaults.RESUME_OVERRIDABLE
+    overridden = {name: refused.pop(name) for name in sorted(names & refused.keys())}
     if refused:
         fields = "; ".join(f"config.{k}: saved {o!r}, now {n!r}" for k, (o, n) in refused.items())
         raise WorkdirError(
@@ -247,6 +277,15 @@ def check_resume_config(workdir: str, config) -> None:
         )
     for name, (old, new) in accepted.items():
         logging.info("resuming %s with config.%s=%r (was %r)", workdir, name, new, old)
+    for name, (old, new) in overridden.items():
+        logging.warning(
+            "resuming %s with config.%s=%r, trained so far with %r (config.resume_overrides)",
+            workdir,
+            name,
+            new,
+            old,
+        )
+    return overridden
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,8 +313,12 @@ def git_commit() -> str | None:
     return commit.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
-def record_invocation(workdir: str, argv: list[str] | None = None) -> dict:
-    """Appends this start (time, host, pid, command line, git commit) to invocations.jsonl."""
+def record_invocation(
+    workdir: str, argv: list[str] | None = None, overrides: Mapping | None = None
+) -> dict:
+    """Appends this start (time, host, pid, command line, git commit, and the resume
+    overrides `check_resume_config` let through: field -> [saved, now]) to
+    invocations.jsonl."""
     record = {
         "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": socket.gethostname(),
@@ -283,11 +326,31 @@ def record_invocation(workdir: str, argv: list[str] | None = None) -> dict:
         "argv": list(sys.argv if argv is None else argv),
         "git_commit": git_commit(),
     }
+    if overrides:
+        record["resume_overrides"] = {k: list(v) for k, v in overrides.items()}
     if is_local(workdir):
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, INVOCATIONS_NAME), "a") as f:
             f.write(json.dumps(record) + "\n")
     return record
+
+
+def recorded_overrides(workdir: str) -> list[dict]:
+    """[{'time', 'fields': {field: [saved, now]}}] of every start that changed a field
+    through config.resume_overrides, from invocations.jsonl (for the summary)."""
+    path = os.path.join(workdir, INVOCATIONS_NAME)
+    if not is_local(workdir) or not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn last line: that start recorded nothing else
+            if record.get("resume_overrides"):
+                out.append({"time": record.get("time"), "fields": record["resume_overrides"]})
+    return out
 
 
 # ---------------------------------------------------------------------------------------

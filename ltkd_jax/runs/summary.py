@@ -14,17 +14,25 @@ from ltkd_jax.runs import rundir
 from ltkd_jax.training.writers import read_metrics
 
 
-def summarize_run(workdir: str) -> dict:
+def summarize_run(workdir: str, final_step: int | None = None) -> dict:
     """Final and best test results of a run, read from its metrics file (the current
     records only: those a resume replayed are dropped).
 
     "best" is the test record of the evaluation with the highest top-1 on the val split
     when the run has one (`selected_on` says which split chose it), else on test.
+    `final_step`: the step the run ended at; a metrics file without its test record is an
+    error rather than a summary of an earlier epoch (the trainer writes a lost one again).
     """
     records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     tests = [r for r in records if r["split"] == "test"]
     if not tests:
         raise ValueError(f"no evaluation recorded in {workdir}/metrics.jsonl")
+    if final_step is not None and tests[-1]["step"] != final_step:
+        raise ValueError(
+            f"{workdir}/metrics.jsonl has no test record of the final step {final_step} (its "
+            f"last is step {tests[-1]['step']}); rerun the same command: it evaluates the "
+            "final checkpoint again and writes the record"
+        )
     vals = [r for r in records if r["split"] == "val"]
     if vals:
         chosen = max(vals, key=lambda r: r["top1"])["step"]

@@ -26,6 +26,7 @@ SHARED_RUN_FIELDS = (
     "num_devices",
     "progress_bar",
     "keep_checkpoints",
+    "resume_overrides",  # a teacher resumed after a non-finite loss takes the lower rate too
 )
 
 

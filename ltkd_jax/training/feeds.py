@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ltkd_jax.data import device, pipeline
+from ltkd_jax.data import device, pipeline, task
 from ltkd_jax.data.sources import Split
 from ltkd_jax.training import progress, sharding, steps
 
@@ -189,11 +189,7 @@ def make_feed(
 ) -> tuple[Feed, int]:
     """(feed, uncapped steps per epoch): on the device when the split allows it; `seeds`
     (device feed only) draws one batch per seed at every step."""
-    if config.batch_size > len(train_split):
-        raise ValueError(
-            f"config.batch_size={config.batch_size} exceeds the {len(train_split)} training "
-            "images; lower it"
-        )
+    task.check_batch_fits(config.batch_size, len(train_split), f"of {config.data.name}")
     steps_per_epoch = len(train_split) // config.batch_size
     if uses_device(config, train_split):
         return DeviceFeed(train_split, config, mesh, seeds), steps_per_epoch

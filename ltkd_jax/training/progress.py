@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from ltkd_jax.errors import UserError
 from ltkd_jax.training import checkpointing, preemption
 from ltkd_jax.training.writers import MetricWriter
 
@@ -31,15 +32,35 @@ def time_estimate(seconds_per_step: float, steps_left: int) -> str:
     )
 
 
-def check_finite(step0: int, chunk: dict, workdir: str) -> None:
+class NonFiniteError(UserError, FloatingPointError):
+    """Training produced a non-finite value; the command line prints the message alone and
+    exits 2."""
+
+
+def check_finite(step0: int, chunk: dict, workdir: str, kept: int | None = None) -> None:
+    """NonFiniteError at the first non-finite metric of a chunk, saying what is kept: the
+    checkpoint at step `kept` (the latest saved or being saved; every metric up to it was
+    finite, as this runs before each save), or nothing. The documented recovery resumes
+    from it with a lower rate (config.resume_overrides, README "NaN recovery")."""
     bad = first_non_finite(step0, chunk)
-    if bad:
-        raise FloatingPointError(
-            f"non-finite training metrics at step {bad[0]}: {bad[1]}. The last good checkpoint "
-            f"in {checkpointing.checkpoint_dir(workdir)} is kept; lower config.optim.lr, check "
-            "the data and the loss hyper-parameters, then rerun the same command to resume "
-            "from it."
+    if not bad:
+        return
+    directory = checkpointing.checkpoint_dir(workdir)
+    if kept is None:
+        what = (
+            "No checkpoint was saved before it: nothing is kept. Rerun with a lower "
+            "--config.optim.lr (the run starts again from step 0)"
         )
+    else:
+        what = (
+            f"The checkpoint of step {kept} in {directory} is kept. To resume from it with a "
+            "lower learning rate, rerun the same command with a lower --config.optim.lr and "
+            "--config.resume_overrides=optim.lr"
+        )
+    raise NonFiniteError(
+        f"non-finite training metrics at step {bad[0]}: {bad[1]}. {what}; if that does not "
+        "help, check the data and the loss hyper-parameters."
+    )
 
 
 class TrainLog:

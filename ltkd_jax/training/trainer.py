@@ -29,6 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from ltkd_jax import data, methods
 from ltkd_jax.config import defaults
@@ -43,6 +44,7 @@ from ltkd_jax.training import (
     progress,
     sharding,
     steps,
+    writers,
 )
 from ltkd_jax.training.writers import MetricWriter
 
@@ -334,7 +336,7 @@ def _check_finite(cohort: _Cohort, runs, t0: int, chunk: list[dict]) -> None:
         if run.stopped is not None:
             continue
         if len(runs) == 1:
-            progress.check_finite(t0, member_chunk, run.workdir)
+            progress.check_finite(t0, member_chunk, run.workdir, run.manager.latest_step())
         bad = progress.first_non_finite(t0, member_chunk)
         if bad:
             run.stopped = {"step": bad[0], "values": bad[1]}
@@ -354,25 +356,60 @@ def _check_finite(cohort: _Cohort, runs, t0: int, chunk: list[dict]) -> None:
         )
 
 
+def _evaluate(cohort, run, member, teachers, t1: int, evaluators: dict, splits=("test", "val")):
+    """Writes the `splits` records of a member's state after step t1; returns ({split:
+    counts}, the results that choose the best checkpoint: val's when there is a val split)."""
+    epoch = t1 // cohort.steps_per_epoch
+    counts, results = {}, None
+    for split, evaluate in evaluators.items():  # val, when there is one, chooses the best
+        if split not in splits:
+            continue
+        counts[split] = evaluate(networks.variables_of(member), teachers)
+        results = metrics.summarize(counts[split], cohort.data.class_groups)
+        run.writer.write_scalars(t1, results, epoch=epoch, split=split)
+    return counts, results
+
+
 def _evaluate_and_save(cohort, runs, state, teachers, t1: int, evaluators) -> list[dict]:
     """Test (and val) results of every member after step t1, written into its records, and
     its asynchronous checkpoint; returns the members' test counts."""
-    epoch = t1 // cohort.steps_per_epoch
     test_counts = []
     for k, run in enumerate(runs):
         member = cohort.layout.member(state, k)
-        variables = networks.variables_of(member)
-        results = None
-        for split, evaluate in evaluators[k].items():  # val, when there is one, chooses best
-            counts = evaluate(variables, teachers)
-            results = metrics.summarize(counts, cohort.data.class_groups)
-            run.writer.write_scalars(t1, results, epoch=epoch, split=split)
-            if split == "test":
-                test_counts.append(counts)
+        counts, results = _evaluate(cohort, run, member, teachers, t1, evaluators[k])
+        test_counts.append(counts["test"])
+        run.writer.sync()  # the records are on disk before the checkpoint that covers them
         # Asynchronous: the next chunk runs while orbax writes this one.
         item = cohort.feed.checkpoint_item(t1)
         checkpointing.save(run.manager, t1, member, item, {"top1": results["top1"]})
     return test_counts
+
+
+def _evaluate_again_if_lost(cohort, runs, state, teachers, evaluators) -> None:
+    """A restored checkpoint at an evaluated step whose records are missing from a member's
+    metrics.jsonl (a torn or lost line) is evaluated again, so the records, and the summary
+    read from them, are complete."""
+    step = int(cohort.layout.member(state, 0).step)
+    if step == 0 or not _evaluates_after(cohort, step):
+        return
+    for k, run in enumerate(runs):
+        wanted = tuple(evaluators[k])
+        lost = writers.missing_splits(run.writer.path, step, wanted) if run.writer.active else []
+        if jax.process_count() > 1:  # evaluation is collective: process 0's file decides
+            flags = multihost_utils.broadcast_one_to_all(np.array([s in lost for s in wanted]))
+            lost = [s for s, flag in zip(wanted, flags, strict=True) if flag]
+        if not lost:
+            continue
+        logging.warning(
+            "metrics.jsonl in %s has no %s record of step %d (a torn or lost line): "
+            "evaluating that checkpoint again",
+            run.workdir,
+            "/".join(lost),
+            step,
+        )
+        member = cohort.layout.member(state, k)
+        _evaluate(cohort, run, member, teachers, step, evaluators[k], splits=tuple(lost))
+        run.writer.sync()
 
 
 def _evaluates_after(cohort: _Cohort, t1: int) -> bool:
@@ -386,12 +423,13 @@ def _evaluates_after(cohort: _Cohort, t1: int) -> bool:
 
 def _save_all(cohort, runs, state, t1: int) -> None:
     for k, run in enumerate(runs):
+        run.writer.sync()
         if run.manager.latest_step() != t1:
             member = cohort.layout.member(state, k)
             checkpointing.save(run.manager, t1, member, cohort.feed.checkpoint_item(t1), None)
 
 
-def _train_loop(cohort, runs, state, teachers, train_fn, evaluators, bar, on_evaluated):
+def _train_loop(cohort, runs, state, teachers, train_fn, evaluators, bar, on_evaluated, shapes):
     """Runs the chunks from the state's step to the end; evaluates and saves at epoch ends;
     stops at a chunk end on SIGTERM / SIGINT (`preemption.Preempted`). Returns the final
     state and the members' last test counts (None when nothing was evaluated)."""
@@ -399,6 +437,8 @@ def _train_loop(cohort, runs, state, teachers, train_fn, evaluators, bar, on_eva
     total, test_counts = cohort.total_steps, [None] * len(runs)
     start = int(cohort.layout.member(state, 0).step)
     for n, (t0, t1) in enumerate(progress.chunks(start, total, cohort.steps_per_epoch, size)):
+        for run, shape in zip(runs, shapes, strict=True):  # a failed save stops the run now
+            checkpointing.raise_if_save_failed(run.manager, shape)
         epoch = t0 // cohort.steps_per_epoch
         ctx = tuple(r.method.epoch_context(epoch) for r in runs)
         ctx = jax.device_put(ctx, sharding.replicated(cohort.mesh))
@@ -496,9 +536,17 @@ def train_cohort(
     )
     train_fn = cohort.feed.compile(step, options)
     evaluators = _make_evaluators(cohort, runs, options)
+    # Each member's state as shapes: what a checkpoint holds (the states themselves are
+    # donated to the step).
+    shapes = [
+        jax.eval_shape(lambda s, k=k: cohort.layout.member(s, k), state) for k in range(len(runs))
+    ]
+    for run, shape in zip(runs, shapes, strict=True):
+        checkpointing.warn_if_short_of_space(run.workdir, shape, run.config.keep_checkpoints)
+    _evaluate_again_if_lost(cohort, runs, state, teachers, evaluators)
     try:
         state, test_counts = _train_loop(
-            cohort, runs, state, teachers, train_fn, evaluators, bar, on_evaluated
+            cohort, runs, state, teachers, train_fn, evaluators, bar, on_evaluated, shapes
         )
     finally:
         bar.close()

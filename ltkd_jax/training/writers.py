@@ -6,8 +6,11 @@ same `write_scalars(step, dict)` interface in a few lines over tensorboardX.
 The metrics file matches the checkpoint a run resumes from: `trim_after(step)` drops the
 records a killed run wrote after its last checkpoint (they are written again), a torn last
 line (a kill mid-write) is dropped with a warning, and TensorBoard is told to discard the
-events after `step` (`purge_step`). Non-finite scalars (the accuracy of an empty shot group)
-go to the JSON file only: TensorBoard cannot plot them.
+events after `step` (`purge_step`). `sync()` makes the records durable; the trainer calls it
+before every checkpoint save, so a committed checkpoint never covers a record a machine
+crash could still lose (the trainer evaluates a restored checkpoint again when its record
+is missing: `missing_splits`). Non-finite scalars (the accuracy of an empty shot group) go
+to the JSON file only: TensorBoard cannot plot them.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ class MetricWriter:
         self._purge_step = None
         drop_torn_tail(self._path)
         self._jsonl = open(self._path, "a")  # noqa: SIM115 - closed in close()
+
+    @property
+    def path(self) -> str:
+        """The metrics file (process 0 only)."""
+        return self._path
 
     def trim_after(self, step: int) -> None:
         """Drops the records after `step` (the step a run resumes from), here and in
@@ -103,6 +111,13 @@ class MetricWriter:
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()
+
+    def sync(self) -> None:
+        """Puts every record written so far on the disk (fsync), before a checkpoint that
+        covers them is committed."""
+        if self._jsonl is not None:
+            self._jsonl.flush()
+            os.fsync(self._jsonl.fileno())
 
     def close(self) -> None:
         if self._jsonl is not None:
@@ -186,5 +201,16 @@ def trim_jsonl(path: str, step: int) -> int:
     if dropped:
         with open(path + ".tmp", "w") as f:
             f.write("".join(json.dumps(r) + "\n" for r in keep))
+            f.flush()
+            os.fsync(f.fileno())  # the new file is whole on disk before it replaces the old
         os.replace(path + ".tmp", path)
     return dropped
+
+
+def missing_splits(path: str, step: int, splits: tuple[str, ...]) -> list[str]:
+    """Those of `splits` without a current record at `step` in the metrics file (a torn or
+    lost last line)."""
+    if not os.path.exists(path):
+        return list(splits)
+    present = {r.get("split") for r in read_metrics(path) if r["step"] == step}
+    return [split for split in splits if split not in present]
