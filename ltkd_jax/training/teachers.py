@@ -95,6 +95,8 @@ def prepare_teachers(
         finished.load_teacher(config, d, train_split.num_classes, train_split.image_shape, mesh)
         for d in dirs
     )
+    # The student's compute path, whatever the teacher run used: folded BatchNorm with the
+    # CPU kernels, Flax's own layers without them (as on a GPU).
     if cpu_ops.cpu_kernels_enabled(networks.cpu_kernels(config)):
-        teachers = tuple(networks.fold_teacher(t) for t in teachers)
-    return teachers
+        return tuple(networks.fold_teacher(t) for t in teachers)
+    return tuple(t.replace(model=t.model.with_ops("xla")) for t in teachers)
