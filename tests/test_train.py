@@ -82,14 +82,6 @@ def recorded_train_batches():
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """Two epochs of three steps on all 8 simulated devices, uninterrupted."""
-    workdir = str(tmp_path_factory.mktemp("reference"))
-    state = trainer.train_and_evaluate(tiny_config(), workdir)
-    return workdir, state
-
-
-@pytest.fixture(scope="module")
 def grain_run(tmp_path_factory):
     """The reference run on 1 device, its batches read by grain on the host, uninterrupted."""
     workdir = str(tmp_path_factory.mktemp("grain"))
