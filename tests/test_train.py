@@ -149,7 +149,7 @@ def test_the_gpu_path_agrees_with_the_cpu_path(reference_run, tmp_path):
 def test_a_killed_grain_run_resumes_bit_exactly_without_replaying_batches(
     grain_run, tmp_path, kill_after_first_save
 ):
-    _, reference, reference_batches = grain_run
+    reference_dir, reference, reference_batches = grain_run
     config = tiny_config(num_devices=1, **GRAIN)
     with recorded_train_batches() as before_kill, pytest.raises(KeyboardInterrupt):
         trainer.train_and_evaluate(config, str(tmp_path))
@@ -165,6 +165,11 @@ def test_a_killed_grain_run_resumes_bit_exactly_without_replaying_batches(
             np.testing.assert_array_equal(ours[key], theirs[key])
     # Same program, same inputs, the state restored bit for bit: the same result exactly.
     jax.tree.map(np.testing.assert_array_equal, params_of(resumed), params_of(reference))
+    # Each record once, as in the uninterrupted run (the killed run's are trimmed at step 3).
+    records = [(r["split"], r["step"]) for r in read_jsonl(str(tmp_path / "metrics.jsonl"))]
+    assert records == [
+        (r["split"], r["step"]) for r in read_jsonl(f"{reference_dir}/metrics.jsonl")
+    ]
 
 
 @pytest.mark.slow
