@@ -53,6 +53,25 @@ def student_config(method, teacher_dir, **overrides):
     return tiny_config(**values)
 
 
+def train_losses(workdir) -> list[float]:
+    return [r["loss"] for r in read_jsonl(f"{workdir}/metrics.jsonl") if r["split"] == "train"]
+
+
+# The methods that learn from a teacher.
+DISTILLED = [m for m in TRAINED if methods.num_teachers(student_config(m, "teacher"))]
+
+
+def noisy(teacher: networks.Teacher, seed: int) -> networks.Teacher:
+    """Another teacher: every weight moved by half its tensor's spread, at random."""
+    rng = np.random.default_rng(seed)
+
+    def move(x):
+        x = np.asarray(x)
+        return x + 0.5 * x.std() * rng.standard_normal(x.shape).astype(x.dtype)
+
+    return teacher.replace(variables=jax.tree.map(move, teacher.variables))
+
+
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("teacher"))
@@ -85,6 +104,24 @@ def test_method_trains_evaluates_and_checkpoints(student_runs, method):
     assert [r["epoch"] for r in test_records] == [1, 2]
     assert all(np.isfinite(r["top1"]) for r in test_records)
     assert checkpointing.make_manager(run["workdir"], read_only=True).latest_step() == 4
+
+
+@pytest.mark.parametrize("method", DISTILLED)
+def test_another_teacher_gives_another_student(student_runs, teacher_dir, tmp_path, method):
+    """The same student, seed and batches, from a teacher with other weights."""
+    config = student_config(method, teacher_dir)
+    teachers = teacher_stage.prepare_teachers(config, str(tmp_path))
+    others = tuple(noisy(t, seed=k) for k, t in enumerate(teachers))
+    state = trainer.train_and_evaluate(config, str(tmp_path), teachers=others)
+    ours, theirs = params_of(state), params_of(student_runs[method]["state"])
+    # Rerun with the same teacher, the student is the same to ~1e-6 (the resume test).
+    change = max(
+        float(np.abs(a - b).max() / np.abs(b).max())
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True)
+    )
+    assert change > 1e-2, f"{method}: the student barely depends on its teacher ({change:.1e})"
+    ours, theirs = train_losses(tmp_path), train_losses(student_runs[method]["workdir"])
+    assert len(ours) == len(theirs) and not np.allclose(ours, theirs, rtol=1e-3)
 
 
 def test_teachers_are_bitwise_unchanged(student_runs, teacher_dir):
