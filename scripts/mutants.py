@@ -11,7 +11,8 @@ a refactor that moves it stops the script, so the list is kept up to date) and t
 plants. The repository's tracked and untracked-but-not-ignored files are copied into a
 temporary directory, the mutant is applied there, and `pytest -x -m "not slow"` runs with
 PYTHONPATH at the copy: first on the test files most likely to kill it, then, if it
-survives them, on the whole fast suite. Exits 1 if any mutant survives.
+survives them, on the whole fast suite. A kill counts only if the failing test passes on the
+unchanged repository. Exits 1 if any mutant survives.
 """
 
 from __future__ import annotations
@@ -382,18 +383,28 @@ def killed(code: int) -> bool:
     return code != 0
 
 
+def fails_without_the_mutant(detail: str) -> bool:
+    """Whether the test named in a `FAILED <nodeid> - ...` line also fails on the unchanged
+    repository: then it proves nothing about the mutant."""
+    words = detail.split()
+    if len(words) < 2 or words[0] not in ("FAILED", "ERROR"):
+        return False  # no test named (e.g. a crash): nothing to check
+    code, _ = run_pytest(REPO, [words[1]])
+    return code != 0
+
+
 def evaluate(mutant: Mutant, files: list[str]) -> tuple[bool, str]:
     """(killed, how) for one mutant, in its own temporary copy."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"mutant_{mutant.name}_") as copy:
         copy_with_mutant(mutant, files, copy)
         for targets, label in ((list(mutant.tests), "its tests"), ([], "the fast suite")):
-            if label == "its tests" and not targets:
-                continue
-            code, last = run_pytest(copy, targets)
+            code, detail = run_pytest(copy, targets)
             if killed(code):
+                if fails_without_the_mutant(detail):
+                    return False, f"NOT COUNTED: this test fails without the mutant too: {detail}"
                 seconds = time.perf_counter() - started
-                return True, f"killed by {label} in {seconds:.0f} s ({last})"
+                return True, f"killed by {label} in {seconds:.0f} s ({detail})"
     return False, f"SURVIVED the fast suite in {time.perf_counter() - started:.0f} s"
 
 
