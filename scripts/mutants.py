@@ -8,11 +8,11 @@ runs the fast test suite on each, and reports which ones the tests catch. Every 
 
 Each mutant names a file, the exact text it replaces (which must occur there exactly once:
 a refactor that moves it stops the script, so the list is kept up to date) and the bug it
-plants. The repository's tracked and untracked-but-not-ignored files are copied into a
-temporary directory, the mutant is applied there, and `pytest -x -m "not slow"` runs with
-PYTHONPATH at the copy: first on the test files most likely to kill it, then, if it
-survives them, on the whole fast suite. A kill counts only if the failing test passes on the
-unchanged repository. Exits 1 if any mutant survives.
+plants. The repository's tracked and untracked-but-not-ignored files are copied once into a
+temporary snapshot. Each mutant gets its own copy of it, with the bug applied, and
+`pytest -x -m "not slow"` runs there with PYTHONPATH at the copy: first on the test files
+most likely to kill it, then, if it survives them, on the whole fast suite. A kill counts
+only if the failing test passes on the unchanged snapshot. Exits 1 if any mutant survives.
 """
 
 from __future__ import annotations
@@ -351,11 +351,17 @@ def repository_files(root: str = REPO) -> list[str]:
     return [p for p in paths if p and os.path.isfile(os.path.join(root, p))]
 
 
-def copy_with_mutant(mutant: Mutant, files: list[str], dest: str) -> None:
-    for rel in files:
+def snapshot(dest: str) -> None:
+    """Copies the repository's files into `dest` once: every mutant starts from this state,
+    whatever is edited while the check runs."""
+    for rel in repository_files():
         target = os.path.join(dest, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy2(os.path.join(REPO, rel), target)
+
+
+def copy_with_mutant(mutant: Mutant, base: str, dest: str) -> None:
+    shutil.copytree(base, dest, dirs_exist_ok=True)
     path = os.path.join(dest, mutant.path)
     with open(path, encoding="utf-8") as f:
         text = f.read()
@@ -383,25 +389,25 @@ def killed(code: int) -> bool:
     return code != 0
 
 
-def fails_without_the_mutant(detail: str) -> bool:
+def fails_without_the_mutant(detail: str, base: str) -> bool:
     """Whether the test named in a `FAILED <nodeid> - ...` line also fails on the unchanged
-    repository: then it proves nothing about the mutant."""
+    snapshot `base`: then it proves nothing about the mutant."""
     words = detail.split()
     if len(words) < 2 or words[0] not in ("FAILED", "ERROR"):
         return False  # no test named (e.g. a crash): nothing to check
-    code, _ = run_pytest(REPO, [words[1]])
+    code, _ = run_pytest(base, [words[1]])
     return code != 0
 
 
-def evaluate(mutant: Mutant, files: list[str]) -> tuple[bool, str]:
-    """(killed, how) for one mutant, in its own temporary copy."""
+def evaluate(mutant: Mutant, base: str) -> tuple[bool, str]:
+    """(killed, how) for one mutant, in its own temporary copy of the snapshot `base`."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"mutant_{mutant.name}_") as copy:
-        copy_with_mutant(mutant, files, copy)
+        copy_with_mutant(mutant, base, copy)
         for targets, label in ((list(mutant.tests), "its tests"), ([], "the fast suite")):
             code, detail = run_pytest(copy, targets)
             if killed(code):
-                if fails_without_the_mutant(detail):
+                if fails_without_the_mutant(detail, base):
                     return False, f"NOT COUNTED: this test fails without the mutant too: {detail}"
                 seconds = time.perf_counter() - started
                 return True, f"killed by {label} in {seconds:.0f} s ({detail})"
@@ -421,10 +427,13 @@ def main() -> None:
         for mutant in mutants:
             print(f"{mutant.name:34s} {mutant.path}: {mutant.description}")
         return
-    files = repository_files()
     results = {}
-    with concurrent.futures.ThreadPoolExecutor(max(args.jobs, 1)) as pool:
-        futures = {pool.submit(evaluate, m, files): m for m in mutants}
+    with (
+        tempfile.TemporaryDirectory(prefix="mutants_base_") as base,
+        concurrent.futures.ThreadPoolExecutor(max(args.jobs, 1)) as pool,
+    ):
+        snapshot(base)
+        futures = {pool.submit(evaluate, m, base): m for m in mutants}
         for future in concurrent.futures.as_completed(futures):
             mutant = futures[future]
             results[mutant.name], how = future.result()
