@@ -1,15 +1,16 @@
 """Distillation end to end: every method trains a student from a frozen teacher."""
 
+import functools
 import json
 import shutil
 
 import jax
 import numpy as np
 import pytest
-from test_train import assert_trees_close, params_of
+from test_train import assert_trees_close, float32_rtol, params_of
 from tiny import tiny_config
 
-from ltkd_jax import methods
+from ltkd_jax import data, methods
 from ltkd_jax.config import defaults
 from ltkd_jax.models import cpu_ops
 from ltkd_jax.runs import finished, job
@@ -271,3 +272,37 @@ def test_posthoc_corrections_evaluate_a_tau_grid(teacher_dir, tmp_path, method):
     if method == "posthoc_la":
         final = job.summarize_run(teacher_dir)["final"]
         np.testing.assert_allclose(records[0]["top1"], final["top1"], atol=1e-6)
+    else:
+        assert_is_the_bias_free_classifier(records[0], teacher_dir)
+
+
+def assert_is_the_bias_free_classifier(record: dict, run_dir: str) -> None:
+    """`record` (top-1, NLL) is the run's test result with logits = features @ W, no bias,
+    computed here in float64 from the run's features."""
+    config = tiny_config(num_devices=1)
+    task = data.load_task(config.data)
+    run = finished.load_frozen(
+        run_dir, finished.read_run_info(run_dir)[0], 10, (8, 8, 1), trainer.sharding.make_mesh(1)
+    )
+    mean, std = data.input_stats(config.data, 1)
+    images = data.normalize(task.test.images, mean, std)
+    _, features = jax.jit(functools.partial(run.model.apply, train=False))(run.variables, images)
+    classifier = {
+        k: np.asarray(v, np.float64) for k, v in run.variables["params"]["classifier"].items()
+    }
+    labels = task.test.labels
+
+    def nll_and_top1(logits):
+        log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        nll = -log_probs[np.arange(len(labels)), labels].mean()
+        return nll, np.mean(logits.argmax(1) == labels)
+
+    logits = np.asarray(features, np.float64) @ classifier["kernel"]
+    nll, top1 = nll_and_top1(logits)
+    with_bias, _ = nll_and_top1(logits + classifier["bias"])
+    # The run's float32 features differ from these by reordering only (a ResNet-8 forward
+    # pass), which moves the NLL by at most that relative error times the largest logit.
+    tolerance = float32_rtol(depth=8, longest_sum=3 * 3 * 64) * np.abs(logits).max()
+    assert abs(with_bias - nll) > 2 * tolerance  # the bias matters: the check can fail
+    assert record["nll"] == pytest.approx(nll, abs=tolerance)
+    assert record["top1"] == pytest.approx(top1, abs=1 / len(labels))  # one near-tie at most
