@@ -280,6 +280,23 @@ MUTANTS = (
         "with cpu_kernels=off the teacher still runs the CPU kernels: the GPU path is untested",
         ("tests/test_teacher_step.py",),
     ),
+    # ---- the path a GPU runs: the scanned device loop, Flax's own layers ----
+    Mutant(
+        "scan_runs_the_chunk_backwards",
+        "ltkd_jax/training/steps.py",
+        "return jax.lax.scan(body, state, plan)",
+        "return jax.lax.scan(body, state, plan, reverse=True)",
+        "on accelerators each chunk's batches train in reverse order (not the grain order)",
+        ("tests/test_train.py",),
+    ),
+    Mutant(
+        "flax_batchnorm_default_momentum",
+        "ltkd_jax/models/layers.py",
+        "momentum=0.9,",
+        '**({"momentum": 0.9} if ops == "cpu" else {}),',
+        "Flax's layers keep Flax's momentum 0.99: on a GPU the running statistics lag",
+        ("tests/test_train.py",),
+    ),
     # ---- resume and checkpoints ----
     Mutant(
         "iterator_not_restored",
