@@ -262,7 +262,10 @@ MUTANTS = (
         "(logits, features), _ = teacher.model.apply("
         'teacher.variables, images, train=True, mutable=["batch_stats"])',
         "every distillation uses a teacher normalised by batch statistics (drifting)",
-        ("tests/test_teacher_step.py",),
+        # Flax's layers (a GPU's): with the CPU kernels the folded teacher refuses train=True.
+        (
+            "tests/test_teacher_step.py::test_the_step_feeds_the_loss_the_inference_mode_teacher[off]",
+        ),
     ),
     Mutant(
         "kd_ignores_the_teacher",
