@@ -149,26 +149,48 @@ def test_the_gpu_path_agrees_with_the_cpu_path(reference_run, tmp_path):
     assert_params_agree(params_of(state), params_of(reference), TINY_RTOL)
 
 
-def test_a_killed_grain_run_resumes_bit_exactly_without_replaying_batches(
-    grain_run, tmp_path, kill_after_first_save
-):
+def assert_same_batches(xs: list[dict], ys: list[dict]) -> None:
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys, strict=True):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+@contextlib.contextmanager
+def killed_at_second_save():
+    """KeyboardInterrupt where the run would save its second checkpoint (step 6 of 6): it
+    has trained and logged 3 steps past its last checkpoint (step 3)."""
+    real_save, saved = checkpointing.save, []
+
+    def save(manager, step, *args, **kwargs):
+        if saved:
+            raise KeyboardInterrupt(f"killed before saving step {step}")
+        saved.append(step)
+        real_save(manager, step, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpointing, "save", save)
+        yield
+
+
+def test_a_killed_grain_run_resumes_bit_exactly_from_its_checkpoint(grain_run, tmp_path):
     reference_dir, reference, reference_batches = grain_run
     config = tiny_config(num_devices=1, **GRAIN)
-    with recorded_train_batches() as before_kill, pytest.raises(KeyboardInterrupt):
-        trainer.train_and_evaluate(config, str(tmp_path))
-    kill_after_first_save.undo()
+    with recorded_train_batches() as before_kill, killed_at_second_save():
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train_and_evaluate(config, str(tmp_path))
     with recorded_train_batches() as after_resume:
         resumed = trainer.train_and_evaluate(config, str(tmp_path))
     assert int(resumed.step) == 6
-    # Killed after epoch 1's checkpoint (3 steps); the resumed run reads only the other 3.
-    assert (len(before_kill), len(after_resume)) == (3, 3)
+    # All 6 batches before the kill; from the step-3 checkpoint the resumed run reads the
+    # grain iterator on from batch 3: the uninterrupted run's last 3, not its first 3.
     assert len(reference_batches) == 6
-    for ours, theirs in zip(before_kill + after_resume, reference_batches, strict=True):
-        for key in ("image", "label"):
-            np.testing.assert_array_equal(ours[key], theirs[key])
+    assert_same_batches(before_kill, reference_batches)
+    assert_same_batches(after_resume, reference_batches[3:])
     # Same program, same inputs, the state restored bit for bit: the same result exactly.
     jax.tree.map(np.testing.assert_array_equal, params_of(resumed), params_of(reference))
-    # Each record once, as in the uninterrupted run (the killed run's are trimmed at step 3).
+    # Each record once, as in the uninterrupted run: the killed run's records after step 3
+    # (steps 4 and 6, epoch 2's evaluation) are trimmed, then written again.
     records = [(r["split"], r["step"]) for r in read_jsonl(str(tmp_path / "metrics.jsonl"))]
     assert records == [
         (r["split"], r["step"]) for r in read_jsonl(f"{reference_dir}/metrics.jsonl")
