@@ -2,6 +2,7 @@
 imbalanced toy test set: top-1, top-5, NLL, per-class accuracy, many / medium / few as the
 mean of per-class accuracy within each group (docs/evaluation.md#shot-groups), mean-class."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -21,8 +22,10 @@ EXAMPLES = [
     (4, 0),                          # class 4: top-1 1/1, top-5 1/1
     (5, 4), (5, 6),                  # class 5: top-1 0/2, top-5 1/2
 ]  # fmt: skip
-# Padding (mask False): correct class-1 images that must count nowhere.
+# Padding (mask False): correct class-1 images that must count nowhere. 16 rows in all.
 PADDING = [(1, 0)] * 3
+# Compiled once per batch shape, as every evaluation path runs it.
+eval_counts = jax.jit(metrics.eval_counts)
 
 
 def logits_with_rank(label: int, rank: int, num_classes: int = 7) -> np.ndarray:
@@ -44,7 +47,7 @@ def toy_batch(examples):
 def summary():
     logits, labels = toy_batch(EXAMPLES + PADDING)
     mask = np.arange(len(labels)) < len(EXAMPLES)
-    counts = metrics.eval_counts(logits, labels, mask)
+    counts = jax.device_get(eval_counts(logits, labels, mask))
     return counts, metrics.summarize(counts, GROUPS)
 
 
@@ -91,19 +94,18 @@ def test_nll_is_the_mean_over_real_images(summary):
 def test_counts_add_over_batches(summary):
     """Batch by batch (as every evaluation path sums them), the counts are the same."""
     counts, _ = summary
-    logits, labels = toy_batch(EXAMPLES)
+    logits, labels = toy_batch(EXAMPLES + PADDING)
+    mask = np.arange(len(labels)) < len(EXAMPLES)
     total = None
-    for part in (slice(0, 5), slice(5, 13)):
-        batch = metrics.eval_counts(logits[part], labels[part], np.ones(len(labels[part]), bool))
-        total = metrics.add_counts(total, batch)
+    for part in (slice(0, 8), slice(8, 16)):  # the second half holds the padding
+        total = metrics.add_counts(total, eval_counts(logits[part], labels[part], mask[part]))
     for key in ("seen", "correct", "correct5"):
         np.testing.assert_array_equal(total[key], counts[key])
     np.testing.assert_allclose(total["nll"], counts["nll"], rtol=1e-6)
 
 
-def test_a_group_without_test_images_is_none():
-    logits, labels = toy_batch(EXAMPLES)
-    counts = metrics.eval_counts(logits, labels, np.ones(len(labels), bool))
+def test_a_group_without_test_images_is_none(summary):
+    counts, _ = summary
     groups = np.array([0, 0, 0, 1, 1, 1, 2])  # class 6, the only few-shot one, is absent
     out = metrics.summarize(counts, groups)
     assert out["few"] is None

@@ -21,7 +21,6 @@ from tiny import tiny_config
 
 from ltkd_jax import data, methods, models
 from ltkd_jax.models import cpu_ops
-from ltkd_jax.runs import finished
 from ltkd_jax.training import networks, optim, sharding, steps
 from ltkd_jax.training import teachers as teacher_stage
 
@@ -67,9 +66,17 @@ def roll_classes(teacher: networks.Teacher) -> networks.Teacher:
     return networks.Teacher({**teacher.variables, "params": params}, teacher.model)
 
 
+@pytest.fixture(scope="module")
+def batch():
+    """32 training images (every class) of tests/tiny.py's digits, as uint8."""
+    train = data.load_task(tiny_config().data).train
+    picks = np.linspace(0, len(train) - 1, BATCH).astype(int)
+    return {"image": train.images[picks], "label": train.labels[picks]}
+
+
 @pytest.fixture(scope="module", params=list(TEACHER_OPS))
-def step(request, reference_run, tmp_path_factory):
-    """The compiled step of a KD student, its teacher from the CE reference run, a batch."""
+def step(request, reference_run, batch, tmp_path_factory):
+    """The compiled step of a KD student whose teacher is the CE reference run."""
     teacher_dir, _ = reference_run
     config = student_config(teacher_dir, request.param)
     task = data.load_task(config.data)
@@ -90,24 +97,21 @@ def step(request, reference_run, tmp_path_factory):
         functools.partial(steps.train_step, method=method, schedule=schedule, mean=mean, std=std),
         compiler_options=cpu_ops.compiler_options(config.model.cpu_kernels),
     )
-    picks = np.linspace(0, len(task.train) - 1, BATCH).astype(int)  # every class
-    batch = {"image": task.train.images[picks], "label": task.train.labels[picks]}
     ctx = method.epoch_context(0)
     run = lambda t: jax.device_get(train_step(state, (t,), batch, ctx))
-    return dict(kernels=request.param, teacher=teacher, run=run, batch=batch, mean=mean, std=std)
+    return dict(kernels=request.param, teacher=teacher, run=run)
 
 
 @pytest.fixture(scope="module")
-def inference_outputs(step, reference_run):
-    """The teacher run's weights in Flax's layers, inference mode, on the normalised batch."""
-    config = student_config(reference_run[0], "off")
-    loaded = finished.load_teacher(
-        config, reference_run[0], NUM_CLASSES, IMAGE_SHAPE, sharding.make_mesh(1)
-    )
+def inference_outputs(reference_run, batch):
+    """The teacher run's final weights in Flax's layers, inference mode, on the normalised
+    batch (logits, features)."""
+    _, final = reference_run
+    variables = jax.device_get({"params": final.params, "batch_stats": final.batch_stats})
     model = models.get_model("resnet8", NUM_CLASSES)  # ops="xla": Flax's layers
-    images = data.normalize(step["batch"]["image"], step["mean"], step["std"])
-    forward = jax.jit(functools.partial(model.apply, train=False))
-    return jax.device_get(forward(loaded.variables, images))
+    mean, std = data.input_stats(tiny_config().data, IMAGE_SHAPE[-1])
+    images = data.normalize(batch["image"], mean, std)
+    return jax.device_get(jax.jit(functools.partial(model.apply, train=False))(variables, images))
 
 
 def assert_close_to(actual, expected):

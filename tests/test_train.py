@@ -130,12 +130,12 @@ def test_one_device_on_the_grain_path_equals_eight_devices_on_the_device_path(
     assert_trees_close(params_of(state1), params_of(state8), rtol=1e-4, atol=1e-5)
 
 
-def test_the_gpu_path_agrees_with_the_cpu_path(reference_run, tmp_path):
-    """The scan-form device loop and Flax's own layers, as a GPU runs them, against the CPU
-    default (one jitted step per batch, the CPU kernels): the same batches and learning
-    rates exactly, the numbers within float32 reordering error."""
-    workdir, reference = reference_run
-    state = trainer.train_and_evaluate(tiny_config(**GPU_PATH), str(tmp_path))
+def test_the_gpu_path_agrees_with_the_cpu_path(grain_run, tmp_path):
+    """The scan-form device loop and Flax's own layers, as a GPU runs them, against a CPU
+    path (grain batches, one jitted step each, the CPU kernels): the same batches and
+    learning rates exactly, the numbers within float32 reordering error."""
+    workdir, reference, _ = grain_run
+    state = trainer.train_and_evaluate(tiny_config(num_devices=1, **GPU_PATH), str(tmp_path))
     ours, theirs = train_records(tmp_path), train_records(workdir)
     assert [(r["step"], r["lr"]) for r in ours] == [(r["step"], r["lr"]) for r in theirs]
     for key in ("loss", "grad_norm", "train_top1"):
