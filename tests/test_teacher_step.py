@@ -49,8 +49,8 @@ def with_seen_teacher(method: methods.Method) -> methods.Method:
 
     def loss(student, labels, teachers, ctx):
         value, parts = method.loss(student, labels, teachers, ctx)
-        seen = {"seen_teacher_logits": teachers[0].logits, "seen_features": teachers[0].features}
-        return value, {**parts, **seen}
+        logits, features = teachers[0]
+        return value, {**parts, "seen_teacher_logits": logits, "seen_teacher_features": features}
 
     return dataclasses.replace(method, loss=loss)
 
@@ -123,7 +123,7 @@ def test_the_step_feeds_the_loss_the_inference_mode_teacher(step, inference_outp
     _, step_metrics = step["run"](step["teacher"])
     logits, features = inference_outputs
     assert_close_to(step_metrics["loss_seen_teacher_logits"], logits)
-    assert_close_to(step_metrics["loss_seen_features"], features)
+    assert_close_to(step_metrics["loss_seen_teacher_features"], features)
 
 
 def test_another_teacher_changes_the_loss_and_the_gradient(step, inference_outputs):
