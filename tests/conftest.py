@@ -38,6 +38,18 @@ def load_script(name: str):
     return module
 
 
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """(workdir, final state) of tests/tiny.py's CE run: two epochs of three steps on all 8
+    simulated devices, uninterrupted. Shared: the trainer tests' reference and a teacher."""
+    from tiny import tiny_config
+
+    from ltkd_jax.training import trainer
+
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    return workdir, trainer.train_and_evaluate(tiny_config(), workdir).state
+
+
 @pytest.fixture
 def kill_after_first_save(monkeypatch):
     """`checkpointing.save` finishes its first save, then raises KeyboardInterrupt: a kill

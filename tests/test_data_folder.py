@@ -1,6 +1,7 @@
 """A user's own image folders: preparation, corrupt images, pipelines, and training on them."""
 
 import io
+import json
 import os
 import shutil
 import zipfile
@@ -16,6 +17,7 @@ from ltkd_jax import data, errors
 from ltkd_jax.config import checks
 from ltkd_jax.data import image_index
 from ltkd_jax.runs import job
+from ltkd_jax.training.writers import read_jsonl
 
 TRAIN_COUNTS = (24, 12, 6)  # long-tailed already
 TEST_COUNTS = (5, 4, 3)  # uneven on purpose
@@ -244,8 +246,26 @@ def test_teacher_then_bkd_student_train_on_a_folder(tree, data_dir, tmp_path):
     root, _ = tree
     config = _folder_config(root, data_dir, "bkd")
     assert config.data.archive == root  # data.root is an alias of data.archive
-    summary = job.run(config, str(tmp_path / "bkd"))
+    workdir = tmp_path / "bkd"
+    summary = job.run(config, str(workdir))
     final = summary["final"]
     assert final["num_examples"] == sum(TEST_COUNTS)  # every test image counted once
-    assert 0.0 <= final["top1"] <= 1.0
-    assert os.path.exists(tmp_path / "bkd" / "teacher" / "metrics.jsonl")
+    # The run's task: the folder's classes and training counts, groups by those counts.
+    task = json.loads((workdir / "task.json").read_text())
+    assert task["class_names"] == list(CLASSES)
+    assert task["class_counts"] == list(TRAIN_COUNTS)
+    assert task["class_groups"] == [0, 1, 2]  # 24 > 20 many, 12 medium, 6 < 10 few
+    # The summary is its per-class accuracies on the uneven test split: one class a group.
+    acc = final["per_class_acc"]
+    assert [final["many"], final["medium"], final["few"]] == acc
+    assert final["mean_class_acc"] == pytest.approx(np.mean(acc))
+    top1 = np.dot(acc, TEST_COUNTS) / sum(TEST_COUNTS)  # images, not classes, weighted
+    assert final["top1"] == pytest.approx(top1, abs=1e-6)
+    # Each accuracy is a whole number of that class's test images.
+    for a, n in zip(acc, TEST_COUNTS, strict=True):
+        assert a * n == pytest.approx(round(a * n), abs=1e-6)
+    # The student learnt from the teacher trained first in WORKDIR/teacher: a KD term.
+    records = read_jsonl(str(workdir / "metrics.jsonl"))
+    assert all(r["loss_kd"] > 0 for r in records if r["split"] == "train")
+    teacher_task = json.loads((workdir / "teacher" / "task.json").read_text())
+    assert teacher_task["class_counts"] == list(TRAIN_COUNTS)

@@ -3,14 +3,17 @@
 import numpy as np
 import pytest
 
+from ltkd_jax.config import defaults
 from ltkd_jax.data import (
     ArraySplit,
+    DataSplits,
     longtail_counts,
     longtail_indices,
     make_longtail,
     shot_groups,
 )
 from ltkd_jax.data.longtail import tail33_groups
+from ltkd_jax.data.task import task_splits
 
 # LDAM-DRW's exp profile (imbalance_cifar.py): (C, n_max, IF, total, last count,
 # many/medium/few classes).
@@ -142,6 +145,21 @@ def test_shot_group_boundaries():
     np.testing.assert_array_equal(shot_groups([500, 101, 100, 20, 19, 1]), [0, 0, 1, 1, 2, 2])
     assert shot_groups([5]).dtype == np.int32
     np.testing.assert_array_equal(shot_groups([10, 30], many=25, few=15), [2, 0])
+
+
+def _split_of_counts(counts):
+    labels = np.repeat(np.arange(len(counts)), counts).astype(np.int32)
+    return ArraySplit(np.zeros((len(labels), 2, 2, 1), np.uint8), labels, len(counts))
+
+
+def test_a_runs_shot_groups_come_from_its_training_counts():
+    """The test split's counts run the other way: groups from them would be reversed."""
+    d = defaults.base_config().data
+    d.imbalance_factor, d.many_threshold, d.few_threshold = 1.0, 20, 5
+    splits = DataSplits(_split_of_counts([30, 10, 2]), _split_of_counts([2, 10, 30]))
+    task = task_splits(splits, d)
+    np.testing.assert_array_equal(task.class_counts, [30, 10, 2])
+    np.testing.assert_array_equal(task.class_groups, [0, 1, 2])  # many > 20, few < 5
 
 
 def test_tail33_groups_are_33_34_33_by_count():

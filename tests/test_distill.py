@@ -1,12 +1,13 @@
 """Distillation end to end: every method trains a student from a frozen teacher."""
 
+import functools
 import json
 import shutil
 
 import jax
 import numpy as np
 import pytest
-from test_train import assert_trees_close, params_of
+from test_train import assert_trees_close, float32_rtol, params_of
 from tiny import tiny_config
 
 from ltkd_jax import data, methods
@@ -58,6 +59,25 @@ def student_config(method, teacher_dir, **overrides):
     return tiny_config(**values)
 
 
+def train_losses(workdir) -> list[float]:
+    return [r["loss"] for r in read_jsonl(f"{workdir}/metrics.jsonl") if r["split"] == "train"]
+
+
+# The methods that learn from a teacher.
+DISTILLED = [m for m in TRAINED if methods.num_teachers(student_config(m, "teacher"))]
+
+
+def noisy(teacher: networks.Teacher, seed: int) -> networks.Teacher:
+    """Another teacher: every weight moved by half its tensor's spread, at random."""
+    rng = np.random.default_rng(seed)
+
+    def move(x):
+        x = np.asarray(x)
+        return x + 0.5 * x.std() * rng.standard_normal(x.shape).astype(x.dtype)
+
+    return teacher.replace(variables=jax.tree.map(move, teacher.variables))
+
+
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("teacher"))
@@ -96,6 +116,24 @@ def test_method_trains_evaluates_and_checkpoints(student_runs, method):
     assert [r["epoch"] for r in test_records] == [1, 2]
     assert all(np.isfinite(r["top1"]) for r in test_records)
     assert checkpointing.make_manager(run["workdir"], read_only=True).latest_step() == 4
+
+
+@pytest.mark.parametrize("method", DISTILLED)
+def test_another_teacher_gives_another_student(student_runs, teacher_dir, tmp_path, method):
+    """The same student, seed and batches, from a teacher with other weights."""
+    config = student_config(method, teacher_dir)
+    teachers = prepare_teachers(config, str(tmp_path))
+    others = tuple(noisy(t, seed=k) for k, t in enumerate(teachers))
+    state = trainer.train_and_evaluate(config, str(tmp_path), teachers=others).state
+    ours, theirs = params_of(state), params_of(student_runs[method]["state"])
+    # Rerun with the same teacher, the student is the same to ~1e-6 (the resume test).
+    change = max(
+        float(np.abs(a - b).max() / np.abs(b).max())
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True)
+    )
+    assert change > 1e-2, f"{method}: the student barely depends on its teacher ({change:.1e})"
+    ours, theirs = train_losses(tmp_path), train_losses(student_runs[method]["workdir"])
+    assert len(ours) == len(theirs) and not np.allclose(ours, theirs, rtol=1e-3)
 
 
 def test_teachers_are_bitwise_unchanged(student_runs, teacher_dir):
@@ -237,3 +275,37 @@ def test_posthoc_corrections_evaluate_a_tau_grid(teacher_dir, tmp_path, method):
     if method == "posthoc_la":
         final = summarize_run(teacher_dir)["final"]
         np.testing.assert_allclose(records[0]["top1"], final["top1"], atol=1e-6)
+    else:
+        assert_is_the_bias_free_classifier(records[0], teacher_dir)
+
+
+def assert_is_the_bias_free_classifier(record: dict, run_dir: str) -> None:
+    """`record` (top-1, NLL) is the run's test result with logits = features @ W, no bias,
+    computed here in float64 from the run's features."""
+    config = tiny_config(num_devices=1)
+    task = data.load_task(config.data)
+    run = finished.load_frozen(
+        run_dir, finished.read_run_info(run_dir)[0], 10, (8, 8, 1), trainer.sharding.make_mesh(1)
+    )
+    mean, std = data.input_stats(config.data, 1)
+    images = data.normalize(task.test.images, mean, std)
+    _, features = jax.jit(functools.partial(run.model.apply, train=False))(run.variables, images)
+    classifier = {
+        k: np.asarray(v, np.float64) for k, v in run.variables["params"]["classifier"].items()
+    }
+    labels = task.test.labels
+
+    def nll_and_top1(logits):
+        log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        nll = -log_probs[np.arange(len(labels)), labels].mean()
+        return nll, np.mean(logits.argmax(1) == labels)
+
+    logits = np.asarray(features, np.float64) @ classifier["kernel"]
+    nll, top1 = nll_and_top1(logits)
+    with_bias, _ = nll_and_top1(logits + classifier["bias"])
+    # The run's float32 features differ from these by reordering only (a ResNet-8 forward
+    # pass), which moves the NLL by at most that relative error times the largest logit.
+    tolerance = float32_rtol(depth=8, longest_sum=3 * 3 * 64) * np.abs(logits).max()
+    assert abs(with_bias - nll) > 2 * tolerance  # the bias matters: the check can fail
+    assert record["nll"] == pytest.approx(nll, abs=tolerance)
+    assert record["top1"] == pytest.approx(top1, abs=1 / len(labels))  # one near-tie at most

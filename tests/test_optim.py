@@ -21,13 +21,31 @@ def test_bkd_step_schedule_matches_the_bkd_repo():
             np.testing.assert_allclose(float(schedule(step)), lr, rtol=1e-6)
 
 
-def test_cosine_schedule_warms_up_then_decays_to_zero():
+def cosine_closed_form(t: int, base: float, warmup: int, total: int) -> float:
+    """docs/recipes.md: linear warm-up from 0 over `warmup` steps, then
+    base * (1 + cos(pi * (t - warmup) / (total - warmup))) / 2, reaching 0 at `total`."""
+    if t < warmup:
+        return base * t / warmup
+    return base * 0.5 * (1 + np.cos(np.pi * (t - warmup) / (total - warmup)))
+
+
+@pytest.mark.parametrize("warmup_epochs", [0, 2])
+def test_cosine_schedule_follows_the_closed_form(warmup_epochs):
     c = defaults.base_config().optim
-    c.schedule, c.warmup_epochs = "cosine", 2
-    schedule = optim.make_schedule(c, 10, 20)
-    assert float(schedule(0)) == 0.0
-    np.testing.assert_allclose(float(schedule(20)), c.lr, rtol=1e-6)
-    assert float(schedule(199)) < 1e-4
+    c.schedule, c.warmup_epochs = "cosine", warmup_epochs
+    steps_per_epoch, num_epochs = 10, 20
+    schedule = optim.make_schedule(c, steps_per_epoch, num_epochs)
+    warmup, total = steps_per_epoch * warmup_epochs, steps_per_epoch * num_epochs
+    middle = warmup + (total - warmup) // 2  # half-way through the decay: lr / 2
+    checked = [0, warmup // 2, warmup, middle, total - 1]
+    # optax evaluates cos(pi * t / T) in float32: a few roundings of numbers of order 1,
+    # scaled by lr (the value at the last step is ~1e-5 lr, far above this).
+    atol = 8 * np.finfo(np.float32).eps * c.lr
+    for t in checked:
+        expected = cosine_closed_form(t, c.lr, warmup, total)
+        np.testing.assert_allclose(float(schedule(t)), expected, rtol=0, atol=atol, err_msg=t)
+    np.testing.assert_allclose(float(schedule(middle)), c.lr / 2, rtol=1e-6)
+    assert float(schedule(total - 1)) > 0  # still learning at the last step
 
 
 def test_weight_decay_is_coupled_like_pytorch_sgd():

@@ -1,5 +1,6 @@
 """End-to-end trainer tests on small real data (scikit-learn digits) and, when present, CIFAR."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,11 +17,33 @@ from tiny import tiny_config
 from ltkd_jax import data, errors
 from ltkd_jax.config import defaults
 from ltkd_jax.runs.summary import summarize_run
-from ltkd_jax.training import checkpointing, trainer
+from ltkd_jax.training import checkpointing, feeds, sharding, trainer
 from ltkd_jax.training.writers import MetricWriter, read_jsonl
 
 CIFAR100_ZIP = SHARED_DATA / "cifar100-png.zip"
 TEST_SIZE = len(data.load_dataset("digits")[1])
+# The grain (host) path, as record splits (ImageNet-LT, iNaturalist, large folders) train.
+GRAIN = {"data.device_resident": False}
+# What a GPU runs: the whole chunk in one lax.scan (feeds.SCAN_ON_CPU), Flax's own layers
+# (no CPU fast path).
+GPU_PATH = {"model.cpu_kernels": "off"}
+
+
+def float32_rtol(depth: int, longest_sum: int) -> float:
+    """Relative agreement of two float32 evaluations of the same network that differ only in
+    the order of their sums (scan vs step, Flax's reductions vs GEMMs, 1 vs 8 devices).
+
+    A float32 sum of K terms is off by at most about K * u times the sum of their magnitudes
+    (u = 2**-24, first order; taken relative to the result, i.e. without heavy
+    cancellation), and a step chains `depth` layers whose longest sums have `longest_sum`
+    terms. A worst case: the differences measured on an Intel Xeon are ~4e-7, and the bugs
+    scripts/mutants.py plants on the scan path and in Flax's layers move them by 10% or more."""
+    return depth * longest_sum * np.finfo(np.float32).eps / 2
+
+
+# ResNet-8 (7 convolutions and the classifier) on tiny.py's batches: its longest sums are
+# the BatchNorm statistics and weight gradients over batch x 8 x 8 positions. ~1e-3.
+TINY_RTOL = float32_rtol(depth=8, longest_sum=32 * 8 * 8)
 
 
 def params_of(state):
@@ -31,12 +54,47 @@ def assert_trees_close(a, b, **tol):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
 
 
+def assert_params_agree(a, b, rtol: float):
+    """Each leaf within rtol of the other's largest entry (no relative test near zero)."""
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * np.abs(y).max()),
+        a,
+        b,
+    )
+
+
+def train_records(workdir) -> list[dict]:
+    return [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "train"]
+
+
+def eval_records(workdir) -> list[dict]:
+    return [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "test"]
+
+
+@contextlib.contextmanager
+def recorded_train_batches():
+    """Yields a list that collects, in order, every training batch the grain path hands to
+    the devices (host numpy copies; evaluation batches, which carry a mask, are left out)."""
+    seen = []
+    real = sharding.global_batch
+
+    def record(mesh, local_batch):
+        if "mask" not in local_batch:
+            seen.append({k: np.array(v) for k, v in local_batch.items()})
+        return real(mesh, local_batch)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sharding, "global_batch", record)
+        yield seen
+
+
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """Two epochs of three steps on all 8 simulated devices, uninterrupted."""
-    workdir = str(tmp_path_factory.mktemp("reference"))
-    state = trainer.train_and_evaluate(tiny_config(), workdir).state
-    return workdir, state
+def grain_run(tmp_path_factory):
+    """The reference run on 1 device, its batches read by grain on the host, uninterrupted."""
+    workdir = str(tmp_path_factory.mktemp("grain"))
+    with recorded_train_batches() as batches:
+        state = trainer.train_and_evaluate(tiny_config(num_devices=1, **GRAIN), workdir).state
+    return workdir, state, batches
 
 
 def test_run_writes_metrics_checkpoints_and_config(reference_run):
@@ -57,13 +115,92 @@ def test_run_writes_metrics_checkpoints_and_config(reference_run):
     assert manager.latest_step() == 6
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["model"]["name"] == "resnet8"
+    with open(os.path.join(workdir, "task.json")) as f:
+        task = json.load(f)
+    assert task["class_counts"] == [116, 89, 69, 53, 41, 32, 24, 19, 14, 11]  # digits-LT IF 10
+    # Shot groups by these training counts (many > 50, few < 20); the balanced test split
+    # (58 to 61 images per class) would put every class in "many".
+    assert task["class_groups"] == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
-def test_one_device_equals_eight_devices(reference_run, tmp_path):
+def test_one_device_on_the_grain_path_equals_eight_devices_on_the_device_path(
+    reference_run, grain_run
+):
     _, state8 = reference_run
-    state1 = trainer.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path)).state
-    # Same global batch, global BatchNorm statistics: only reduction order differs.
+    _, state1, _ = grain_run
+    # Same global batches (tests/test_device_epochs.py), global BatchNorm statistics: only
+    # the order of the sums differs.
     assert_trees_close(params_of(state1), params_of(state8), rtol=1e-4, atol=1e-5)
+
+
+def test_the_gpu_path_agrees_with_the_cpu_path(monkeypatch, grain_run, tmp_path):
+    """The scan-form device loop and Flax's own layers, as a GPU runs them, against a CPU
+    path (grain batches, one jitted step each, the CPU kernels): the same batches and
+    learning rates exactly, the numbers within float32 reordering error."""
+    workdir, reference, _ = grain_run
+    monkeypatch.setattr(feeds, "SCAN_ON_CPU", True)
+    config = tiny_config(num_devices=1, **GPU_PATH)
+    state = trainer.train_and_evaluate(config, str(tmp_path)).state
+    ours, theirs = train_records(tmp_path), train_records(workdir)
+    assert [(r["step"], r["lr"]) for r in ours] == [(r["step"], r["lr"]) for r in theirs]
+    for key in ("loss", "grad_norm", "train_top1"):
+        np.testing.assert_allclose(
+            [r[key] for r in ours], [r[key] for r in theirs], rtol=TINY_RTOL, err_msg=key
+        )
+    for mine, ref in zip(eval_records(tmp_path), eval_records(workdir), strict=True):
+        assert mine["num_examples"] == ref["num_examples"] == TEST_SIZE
+        np.testing.assert_allclose(mine["nll"], ref["nll"], rtol=TINY_RTOL)
+        # A prediction flips only on a near-tie of two logits: allow one image.
+        assert abs(mine["top1"] - ref["top1"]) <= 1 / TEST_SIZE + 1e-7
+    assert_params_agree(params_of(state), params_of(reference), TINY_RTOL)
+
+
+def assert_same_batches(xs: list[dict], ys: list[dict]) -> None:
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys, strict=True):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+@contextlib.contextmanager
+def killed_at_second_save():
+    """KeyboardInterrupt where the run would save its second checkpoint (step 6 of 6): it
+    has trained and logged 3 steps past its last checkpoint (step 3)."""
+    real_save, saved = checkpointing.save, []
+
+    def save(manager, step, *args, **kwargs):
+        if saved:
+            raise KeyboardInterrupt(f"killed before saving step {step}")
+        saved.append(step)
+        real_save(manager, step, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpointing, "save", save)
+        yield
+
+
+def test_a_killed_grain_run_resumes_bit_exactly_from_its_checkpoint(grain_run, tmp_path):
+    reference_dir, reference, reference_batches = grain_run
+    config = tiny_config(num_devices=1, **GRAIN)
+    with recorded_train_batches() as before_kill, killed_at_second_save():
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train_and_evaluate(config, str(tmp_path))
+    with recorded_train_batches() as after_resume:
+        resumed = trainer.train_and_evaluate(config, str(tmp_path)).state
+    assert int(resumed.step) == 6
+    # All 6 batches before the kill; from the step-3 checkpoint the resumed run reads the
+    # grain iterator on from batch 3: the uninterrupted run's last 3, not its first 3.
+    assert len(reference_batches) == 6
+    assert_same_batches(before_kill, reference_batches)
+    assert_same_batches(after_resume, reference_batches[3:])
+    # Same program, same inputs, the state restored bit for bit: the same result exactly.
+    jax.tree.map(np.testing.assert_array_equal, params_of(resumed), params_of(reference))
+    # Each record once, as in the uninterrupted run: the killed run's records after step 3
+    # (steps 4 and 6, epoch 2's evaluation) are trimmed, then written again.
+    records = [(r["split"], r["step"]) for r in read_jsonl(str(tmp_path / "metrics.jsonl"))]
+    assert records == [
+        (r["split"], r["step"]) for r in read_jsonl(f"{reference_dir}/metrics.jsonl")
+    ]
 
 
 @pytest.mark.slow

@@ -92,6 +92,8 @@ def prepare_teachers(
             result = trainer.train_and_evaluate(teacher_config(config, k), teacher_dir, task=task)
             trained[teacher_dir] = result.test_counts
     teachers = tuple(finished.load_teacher(config, d, task, mesh) for d in dirs)
+    # The student's compute path, whatever the teacher run used: folded BatchNorm with the
+    # CPU kernels, Flax's own layers without them (as on a GPU).
     if cpu_ops.cpu_kernels_enabled(networks.cpu_kernels(config)):
-        teachers = tuple(networks.fold_teacher(t) for t in teachers)
-    return teachers, trained
+        return tuple(networks.fold_teacher(t) for t in teachers), trained
+    return tuple(t.replace(model=t.model.with_ops("xla")) for t in teachers), trained
