@@ -12,6 +12,7 @@ from PIL import Image
 
 from ltkd_jax import data
 from ltkd_jax.data import image_index
+from ltkd_jax.errors import UserError
 from ltkd_jax.runs import job
 
 TRAIN_COUNTS = (24, 12, 6)  # long-tailed already
@@ -135,7 +136,7 @@ def test_layout_errors_say_what_to_fix(files, message):
 def test_missing_root_names_the_field():
     with pytest.raises(ValueError, match="--config.data.root"):
         data.load_dataset("folder", archive=None)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         data.load_dataset("folder", archive="/no/such/tree")
 
 

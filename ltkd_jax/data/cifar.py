@@ -15,7 +15,8 @@ from ltkd_jax.data import builders, cache
 from ltkd_jax.data.arrays import ArraySplit
 
 _CACHE_DIRNAME = "ltkd_decoded"  # Inside the TFDS version dir, so it lives and dies with it.
-_ARCHIVE_HINT = {"cifar10": "cifar10-jpeg.zip", "cifar100": "cifar100-png.zip"}
+# The zips of `{train,test}/<class>/<image>` the README uses (../shared/data/).
+ARCHIVE_NAMES = {"cifar10": "cifar10-jpeg.zip", "cifar100": "cifar100-png.zip"}
 
 
 def url_reachable(url: str, timeout: float = 5.0) -> bool:
@@ -43,7 +44,7 @@ def prepare_cifar(
         if not os.path.isfile(archive):
             raise FileNotFoundError(
                 f"{name} archive not found: {archive!r}. Pass an existing zip, e.g. "
-                f"--config.data.archive=/path/to/shared/data/{_ARCHIVE_HINT[name]}."
+                f"--config.data.archive=/path/to/shared/data/{ARCHIVE_NAMES[name]}."
             )
     if data_dir is not None:
         data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
@@ -58,10 +59,9 @@ def prepare_cifar(
         raise FileNotFoundError(
             f"{builders.BUILDER_NAME}/{name} is not prepared in {builder.data_dir_root!r} and the "
             f"official download {url} is unreachable (no network?). Pass a local archive, e.g. "
-            f"--config.data.archive=/path/to/shared/data/{_ARCHIVE_HINT[name]}, or run once with "
+            f"--config.data.archive=/path/to/shared/data/{ARCHIVE_NAMES[name]}, or run once with "
             "network access."
         )
-    logging.info("Preparing %s into %s", builder.info.full_name, builder.data_dir)
     try:
         builder.download_and_prepare()
     except OSError as e:
@@ -69,7 +69,7 @@ def prepare_cifar(
             raise
         raise FileNotFoundError(
             f"downloading {url} failed ({e}). Pass a local archive, e.g. "
-            f"--config.data.archive=/path/to/shared/data/{_ARCHIVE_HINT[name]}."
+            f"--config.data.archive=/path/to/shared/data/{ARCHIVE_NAMES[name]}."
         ) from e
     return builder
 
