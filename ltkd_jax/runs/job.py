@@ -23,13 +23,17 @@ from ltkd_jax.training.writers import MetricWriter, read_metrics
 
 
 def check_resume_configs(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """`rundir.check_resume_config` for a job's run and the teachers it trains, before any
-    stage starts (so a refused student does not first resume its teachers)."""
+    """`rundir.check_resume_config` and `check_resume_data` for a job's run and the teachers
+    it trains, before any stage starts (so a refused student does not first resume its
+    teachers) and before a changed folder is prepared again."""
+    fingerprint = data.source_fingerprint(config.data)
     rundir.check_resume_config(workdir, config)
+    rundir.check_resume_data(workdir, fingerprint)
     if config.method in posthoc.POSTHOC or config.teacher.workdir:
         return
     for k, teacher_dir in enumerate(teacher_stage.teacher_workdirs(config, workdir)):
         rundir.check_resume_config(teacher_dir, teacher_stage.teacher_config(config, k))
+        rundir.check_resume_data(teacher_dir, fingerprint)
 
 
 def summarize_run(workdir: str) -> dict:
@@ -127,8 +131,10 @@ def correct_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"tau": best[0], "epoch": epoch, **best[1]}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """The command-line job: stage 1 teachers if needed, then the run; prints the results."""
+def run(config: ml_collections.ConfigDict, workdir: str, *, print_teachers: bool = True) -> dict:
+    """The command-line job: stage 1 teachers if needed, then the run; prints the results
+    (the teachers' lines too, unless `print_teachers` is off: compare.py prints its shared
+    teacher once)."""
     if config.method in posthoc.POSTHOC:
         best = correct_run(config, workdir)
         rundir.write_summary(workdir, {"final": best, "best": best})
@@ -145,10 +151,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rundir.write_summary(workdir, summary)
     teacher_dirs = teacher_stage.teacher_workdirs(config, workdir)
     trained_here = [] if config.teacher.workdir else teacher_dirs
+    for teacher_dir in trained_here:
+        rundir.write_summary(teacher_dir, summarize_run(teacher_dir))
     report.write_training_reports([*trained_here, workdir])  # WORKDIR/report/, labels, ...
     if jax.process_index() == 0:
         lines = []
-        for k, teacher_dir in enumerate(teacher_dirs):
+        for k, teacher_dir in enumerate(teacher_dirs if print_teachers else ()):
             name = "teacher" if len(teachers) == 1 else f"teacher_{k}"
             lines.append(format_summary(name, summarize_run(teacher_dir)))
         lines.append(format_summary(config.method, summary))

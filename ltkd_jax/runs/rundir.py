@@ -7,6 +7,7 @@
 - `check_resume_config(workdir, config)`: before a resumed run writes anything, its config is
   compared with the saved `config.json`. Fields that change what the checkpoints mean are
   refused, naming both values; the fields in `SAFE_TO_CHANGE` are accepted and logged.
+  `check_resume_data` does the same for the data's fingerprint in `task.json`.
 - `record_invocation(workdir)`: the command line, git commit and host of every start,
   appended to `WORKDIR/invocations.jsonl` (beside `config.json`).
 - Preemption: `install_signal_handlers()` turns SIGTERM (Cloud TPU VM preemption) and SIGINT
@@ -264,6 +265,25 @@ def check_resume_config(workdir: str, config) -> None:
         logging.info("resuming %s with config.%s=%r (was %r)", workdir, name, new, old)
 
 
+def check_resume_data(workdir: str, fingerprint: str) -> None:
+    """Refuses to resume (or to call finished) a run in `workdir` whose saved
+    `data_fingerprint` (task.json) is not `fingerprint`, the data's now: images were added,
+    removed or changed since it trained. Runs before anything is written, so the run keeps
+    the fingerprint of the data it was trained on. '' (data known by name only) passes."""
+    path = os.path.join(workdir, "task.json")
+    if not fingerprint or not os.path.exists(path) or not has_checkpoints(workdir):
+        return
+    with open(path) as f:
+        saved = json.load(f).get("data_fingerprint", "")
+    if saved and saved != fingerprint:
+        raise WorkdirError(
+            f"{workdir} holds a run trained on other data: its task.json has data fingerprint "
+            f"{saved[:12]}, the data now {fingerprint[:12]} (images added, removed or changed "
+            "since). Resuming would mix two datasets. Pass a new --workdir to train on the "
+            "data as it is now, or restore the data the run was trained on."
+        )
+
+
 # ---------------------------------------------------------------------------------------
 # What was run
 # ---------------------------------------------------------------------------------------
@@ -361,11 +381,21 @@ def reset_stop() -> None:
 
 
 @contextlib.contextmanager
-def log_to_file(workdir: str, filters: tuple = (), *, enabled: bool = True) -> Iterator[None]:
-    """Copies every log line of the job into WORKDIR/run.log (appended across resumes);
-    `enabled=False` on processes > 0."""
+def log_to_file(
+    workdir: str, filters: tuple | None = None, *, enabled: bool | None = None
+) -> Iterator[None]:
+    """Copies every log line of the job into WORKDIR/run.log (appended across resumes).
+
+    `filters`: the log filters (default: those of absl's stderr handler, so run.log drops
+    what the console drops); `enabled`: default on process 0 only."""
     import logging as logging_std
 
+    import jax
+
+    if filters is None:
+        filters = tuple(logging.get_absl_handler().filters)
+    if enabled is None:
+        enabled = jax.process_index() == 0
     if not is_local(workdir) or not enabled:
         yield
         return

@@ -12,7 +12,7 @@ from ltkd_jax import data, methods
 from ltkd_jax.config import defaults
 from ltkd_jax.errors import UserError
 from ltkd_jax.models import cpu_ops
-from ltkd_jax.runs import finished
+from ltkd_jax.runs import finished, rundir
 from ltkd_jax.training import networks, sharding, trainer
 
 # Fields about how a job runs, not what it learns: a teacher runs as its student does.
@@ -88,7 +88,8 @@ def prepare_teachers(
     if not config.teacher.workdir:
         for k, teacher_dir in enumerate(dirs):
             logging.info("stage 1: teacher %d of %d in %s", k + 1, len(dirs), teacher_dir)
-            trainer.train_and_evaluate(teacher_config(config, k), teacher_dir)
+            with rundir.log_to_file(teacher_dir):  # its own run.log, beside the job's
+                trainer.train_and_evaluate(teacher_config(config, k), teacher_dir)
     mesh = sharding.make_mesh(config.num_devices)
     train_split = data.load_task(config.data).train
     teachers = tuple(

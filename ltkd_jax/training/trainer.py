@@ -188,9 +188,10 @@ def _train_loop(run: _Run, state, teachers, train_fn, evaluators, writer, manage
         seconds = time.perf_counter() - started
         progress.check_finite(t0, chunk_metrics, run.workdir)
         log.add(t0, chunk_metrics, seconds)
-        if n < 2 and t1 < total:  # the first chunk holds the compile: an upper bound
-            estimate = progress.time_estimate(seconds / (t1 - t0), total - t1)
-            logging.info(estimate + (" (compile included: an upper bound)" if n == 0 else ""))
+        if n == 0:  # the first chunk holds the compile: no estimate from it
+            logging.info(progress.compile_note(seconds, t1 - t0))
+        elif n == 1 and t1 < total:
+            logging.info(progress.time_estimate(seconds / (t1 - t0), total - t1))
         bar.update(t1 - t0)
         if _evaluates_after(run, t1):
             bar.set_postfix_str(f"epoch {t1 // run.steps_per_epoch}: evaluating")
@@ -211,6 +212,7 @@ def train_and_evaluate(
     """Trains (or resumes) the run in `workdir` with frozen `teachers`; returns the final state."""
     run = _setup(config, workdir, teachers)
     rundir.check_resume_config(workdir, config)  # before anything is written
+    rundir.check_resume_data(workdir, run.data.info["data_fingerprint"])
     writer = MetricWriter(workdir)
     writer.write_json("config.json", config.to_dict())
     _log_start(run)
