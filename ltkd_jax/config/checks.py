@@ -9,7 +9,7 @@ import os
 import ml_collections
 
 from ltkd_jax import methods, models
-from ltkd_jax.data import augment, image_builders, longtail, sampling, sources, task
+from ltkd_jax.data import augment, cifar, image_builders, longtail, sampling, sources, task
 from ltkd_jax.errors import UserError
 from ltkd_jax.methods import base as method_base
 from ltkd_jax.methods import posthoc
@@ -39,6 +39,27 @@ def _check_data_sources(d: ml_collections.ConfigDict) -> list[str]:
             "(torchvision) or 0.05 (CBD)"
         )
     return errors
+
+
+def _missing_data_path(d: ml_collections.ConfigDict) -> str:
+    """The error for a data path that does not exist, in the words of the dataset: the
+    folder's `data.root`, CIFAR's `data.archive` zip, a benchmark's image root."""
+    if d.name in cifar.ARCHIVE_NAMES:
+        return (
+            f"config.data.archive={d.archive!r} does not exist; pass the path of the {d.name} "
+            f"zip, e.g. --config.data.archive=../shared/data/{cifar.ARCHIVE_NAMES[d.name]}, or "
+            f"leave it empty to download {d.name}"
+        )
+    if d.name == "folder":
+        return (
+            f"config.data.root={d.root!r} does not exist; pass your image folder or zip "
+            "(<split>/<class>/<image>): --config.data.root=/path/to/mydata, or root= in the "
+            "folder configs' argument"
+        )
+    return (
+        f"config.data.root={d.root!r} does not exist; pass the {d.name} image root: "
+        "--config.data.root=/path/to/images"
+    )
 
 
 def check_run_paths(config: ml_collections.ConfigDict) -> None:
@@ -74,22 +95,6 @@ def check_run_paths(config: ml_collections.ConfigDict) -> None:
         raise UserError("invalid config:\n  - " + "\n  - ".join(errors))
 
 
-def _check_warmup(config: ml_collections.ConfigDict, trains_teachers: bool) -> list[str]:
-    """A cosine schedule needs epochs after its warm-up (optax: decay_steps > 0)."""
-    if config.optim.schedule != "cosine":
-        return []  # the step schedule simply stays in warm-up
-    runs = [("num_epochs", config.num_epochs)]
-    if trains_teachers:
-        runs.append(("teacher.num_epochs", config.teacher.num_epochs))
-    return [
-        f"config.{field}={epochs} is not longer than config.optim.warmup_epochs="
-        f"{config.optim.warmup_epochs}, so the cosine decay has no steps; raise {field} or "
-        "lower --config.optim.warmup_epochs"
-        for field, epochs in runs
-        if epochs <= config.optim.warmup_epochs
-    ]
-
-
 def _check_names(config: ml_collections.ConfigDict) -> list[str]:
     """Every field whose value must be one of a list of names."""
     d, m = config.data, config.model
@@ -97,7 +102,7 @@ def _check_names(config: ml_collections.ConfigDict) -> list[str]:
         ("data.name", d.name, sources.DATASETS),
         ("data.profile", d.profile, longtail.PROFILES),
         ("data.sampler", d.sampler, sampling.SAMPLERS),
-        ("data.augment", d.augment, augment.AUGMENTS),
+        ("data.augment", d.augment, augment.AUGMENT_CHOICES),
         ("data.in_memory", d.in_memory, sources.IN_MEMORY),
         ("data.on_corrupt", d.on_corrupt, image_builders.ON_CORRUPT),
         ("data.eval_groups", d.eval_groups, task.EVAL_GROUPS),
@@ -149,12 +154,6 @@ def _check_method(config: ml_collections.ConfigDict) -> list[str]:
     return errors
 
 
-def _trains_teachers(config: ml_collections.ConfigDict) -> bool:
-    if config.method not in methods.METHODS or config.teacher.workdir:
-        return False
-    return methods.num_teachers(config) > 0
-
-
 def _check_numbers(config: ml_collections.ConfigDict, num_devices: int | None) -> list[str]:
     """Counts and sizes of the run."""
     errors = []
@@ -191,13 +190,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     or teacher is read, so a typo never waits for a stage-1 teacher to finish."""
     errors = _check_names(config) + _check_data_sources(config.data)
     if config.data.archive and not os.path.exists(os.path.expanduser(config.data.archive)):
-        errors.append(
-            f"config.data.archive={config.data.archive!r} does not exist; pass the path of the "
-            "dataset zip, e.g. --config.data.archive=../shared/data/cifar100-png.zip, or leave "
-            "it empty to download"
-        )
+        errors.append(_missing_data_path(config.data))
     errors += _check_method(config)
     errors += _check_numbers(config, num_devices)
-    errors += _check_warmup(config, _trains_teachers(config))
     if errors:
         raise UserError("invalid config:\n  - " + "\n  - ".join(errors))
