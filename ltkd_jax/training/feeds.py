@@ -19,8 +19,9 @@ from collections.abc import Iterator
 import grain
 import jax
 import ml_collections
+from absl import logging
 
-from ltkd_jax.data import device, pipeline
+from ltkd_jax.data import augment, device, pipeline
 from ltkd_jax.data.sources import Split
 from ltkd_jax.training import sharding
 
@@ -38,7 +39,7 @@ class DeviceFeed:
         self.mesh = mesh
         self.batch_size = config.batch_size
         self.seed = config.seed
-        self.augment = config.data.augment
+        self.augment = train_augment(config, split)
         self.sequence = pipeline.index_sequence(
             split, config.batch_size, config.data.sampler, config.seed, config.num_epochs
         )
@@ -86,10 +87,16 @@ class HostFeed:
         return self.iterator
 
 
+def train_augment(config: ml_collections.ConfigDict, split: Split) -> str:
+    """config.data.augment, `auto` resolved by the split's image size (`augment.resolve`)."""
+    return augment.resolve(config.data.augment, split.image_shape[0])
+
+
 def uses_device(config: ml_collections.ConfigDict, split: Split) -> bool:
     """The device path when the config allows it and the split and augmentation support it."""
     d = config.data
-    return bool(d.device_resident) and device.supports(split, d.augment, d.color_jitter)
+    augmentation = train_augment(config, split)
+    return bool(d.device_resident) and device.supports(split, augmentation, d.color_jitter)
 
 
 def make_feed(config: ml_collections.ConfigDict, train_split, mesh):
@@ -100,6 +107,13 @@ def make_feed(config: ml_collections.ConfigDict, train_split, mesh):
             "images; lower it"
         )
     steps_per_epoch = len(train_split) // config.batch_size
+    if config.data.augment == "auto":
+        logging.info(
+            "data.augment=auto: %s augmentation for %d px images (cifar up to %d px)",
+            train_augment(config, train_split),
+            train_split.image_shape[0],
+            augment.AUTO_CIFAR_MAX_SIZE,
+        )
     if uses_device(config, train_split):
         return DeviceFeed(train_split, config, mesh), steps_per_epoch
     iterator, _ = pipeline.make_train_iterator(
@@ -108,7 +122,7 @@ def make_feed(config: ml_collections.ConfigDict, train_split, mesh):
         sampler=config.data.sampler,
         seed=config.seed,
         num_epochs=config.num_epochs,
-        augment=config.data.augment,
+        augment=train_augment(config, train_split),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         num_workers=config.data.num_workers,
