@@ -29,10 +29,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ltkd_jax.config import defaults, recipes
+from ltkd_jax import cli
+from ltkd_jax.config import checks, defaults, recipes
+from ltkd_jax.errors import UserError
 from ltkd_jax.runs import finished, job
 from ltkd_jax.training import teachers as teacher_stage
-from ltkd_jax.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The recipe: a config file (with its argument), as for ltkd_jax.main."
@@ -101,11 +102,13 @@ def caption_for(teacher_config, task: dict, teacher_dir: str, summary: dict) -> 
         text += "Accuracy % on a balanced test split"
     chosen = "val" if summary.get("selected_on") == "val" else "test"
     text += f": final epoch, and the top-1 of the best epoch (chosen on {chosen})."
-    if "shot_thresholds" in task:
-        t = task["shot_thresholds"]
+    t = task.get("shot_thresholds")
+    if t and t.get("rule") == "tail33":
+        text += " Groups: the top, middle and bottom 33% of classes by training images."
+    elif t:
         text += f" Shot groups: many > {t['many']}, few < {t['few']} training images"
         text += " (derived from the class counts)." if t.get("derived") else "."
-    return text
+    return text + " Groups report mean per-class accuracy."
 
 
 def plot_per_class(
@@ -135,7 +138,9 @@ def plot_per_class(
         )
         ax.plot(np.arange(len(order)), 100 * smooth, label=name, lw=2 if name == "teacher" else 1)
     ax.set_xlabel("class, by training count (head -> tail)")
-    ax.set_ylabel(f"test accuracy % (running mean of {window})")
+    ax.set_ylabel(
+        "test accuracy (%)" if window == 1 else f"test accuracy (%), averaged over {window} classes"
+    )
     if class_names and len(order) <= 40:
         ax.set_xticks(np.arange(len(order)))
         ax.set_xticklabels([class_names[i] for i in order], rotation=90, fontsize=7)
@@ -152,17 +157,35 @@ def plot_per_class(
 
 
 def main(argv):
-    del argv
-    recipe = _CONFIG.value
-    teacher_dir = _TEACHER.value or recipe.teacher.workdir or os.path.join(_ROOT.value, "teacher")
-    if not _COLLECT.value and not (_TEACHER.value or recipe.teacher.workdir):
-        trainer.train_and_evaluate(teacher_stage.teacher_config(recipe, 0), teacher_dir)
-    rows = [("teacher", job.summarize_run(teacher_dir))]
-    for method in _METHODS.value:
-        workdir = os.path.join(_ROOT.value, method)
+    if len(argv) > 1:
+        cli.usage_error(f"unexpected arguments: {argv[1:]}")
+    recipe = cli.loaded_config(_CONFIG)
+    filters = cli.console_logging()
+    given = _TEACHER.value or recipe.teacher.workdir
+    teacher_dir = given or os.path.join(_ROOT.value, "teacher")
+    try:
+        configs = {m: method_config(recipe, m, teacher_dir) for m in _METHODS.value}
+    except ValueError as e:  # a method without a configs/<method>_cifar.py
+        cli.usage_error(f"--methods: {e}", e)
+    try:
+        for config in configs.values():  # every mistake before any training
+            checks.validate_config(config)
+        if given or _COLLECT.value:  # a finished teacher (and data root) are needed now
+            checks.check_run_paths(next(iter(configs.values())))
         if not _COLLECT.value:
-            job.run(method_config(recipe, method, teacher_dir), workdir)
-        rows.append((method, job.summarize_run(workdir)))
+            if not given:
+                teacher = teacher_stage.teacher_config(recipe, 0)
+                cli.check_job(teacher, teacher_dir)
+                if cli.run_job(teacher, teacher_dir, filters) is None:
+                    return  # stopped by a signal; the same command resumes
+            for method, config in configs.items():
+                workdir = os.path.join(_ROOT.value, method)
+                cli.check_job(config, workdir)
+                if cli.run_job(config, workdir, filters, print_teachers=False) is None:
+                    return
+        rows = [(name, _summary(d)) for name, d in _runs(teacher_dir, configs)]
+    except UserError as e:
+        cli.usage_error(str(e), e)
     teacher_config, task = finished.read_run_info(teacher_dir)
     caption = caption_for(teacher_config, task, teacher_dir, rows[-1][1])
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
@@ -175,5 +198,20 @@ def main(argv):
     print(f"wrote {_OUT.value}.md and {_OUT.value}.png")
 
 
+def _runs(teacher_dir: str, configs: dict) -> list[tuple[str, str]]:
+    """(row name, workdir): the teacher, then every method."""
+    return [("teacher", teacher_dir)] + [(m, os.path.join(_ROOT.value, m)) for m in configs]
+
+
+def _summary(workdir: str) -> dict:
+    """`job.summarize_run`, or a UserError saying the run is not finished."""
+    try:
+        return job.summarize_run(workdir)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(
+            f"{workdir} holds no finished run ({e}); run without --collect_only to train it"
+        ) from None
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import logging as std_logging
 import os
 import pathlib
 import shlex
@@ -27,7 +26,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 for path in (REPO, REPO / "scripts"):  # `python scripts/reproduce.py` from a checkout; tests
@@ -36,7 +35,10 @@ for path in (REPO, REPO / "scripts"):  # `python scripts/reproduce.py` from a ch
 
 import reproduce_tables as tables  # noqa: E402
 
+from ltkd_jax import cli  # noqa: E402
 from ltkd_jax.config import defaults  # noqa: E402
+from ltkd_jax.data import cifar  # noqa: E402
+from ltkd_jax.errors import UserError  # noqa: E402
 
 ARCHIVES = {
     "cifar100": "../shared/data/cifar100-png.zip",
@@ -63,14 +65,6 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("set", [], "field=value override for every run's config.")
     flags.DEFINE_bool("dry_run", False, "Print the plan and its device time; run nothing.")
     flags.DEFINE_bool("collect_only", False, "Train nothing; write the tables.")
-
-
-class _QuietLibraries(std_logging.Filter):
-    """Drops the INFO chatter of orbax and grain, as `ltkd_jax.main` does."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        noisy = any(part in record.pathname for part in ("/orbax/", "/grain/"))
-        return record.levelno >= std_logging.WARNING or not noisy
 
 
 @dataclasses.dataclass
@@ -194,7 +188,7 @@ def select(runs: list[Run], only: list[str], table: tables.Table) -> list[Run]:
         return runs
     unknown = sorted(set(only) - {r.key for r in table.all_rows})
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"--only names rows {unknown} that {table.name} does not have; choose from "
             f"{[r.key for r in table.all_rows]}"
         )
@@ -243,7 +237,7 @@ def check_same_config(run: Run) -> None:
         shown = ", ".join(
             f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now" for k in differ[:4]
         )
-        raise ValueError(
+        raise UserError(
             f"{run.workdir} holds a run of another config ({shown}); pass another --root "
             "(or delete that folder) instead of mixing two schedules in one run"
         )
@@ -705,36 +699,55 @@ def write_outputs(table, runs, seeds, out, short, extra) -> dict:
     return document
 
 
+def missing_archive(table: tables.Table, archive: str) -> str | None:
+    """The error for a dataset zip that is not there (None when it is, or not needed)."""
+    path = archive or ARCHIVES.get(table.dataset, "")
+    if not path or os.path.exists(os.path.expanduser(path)):
+        return None
+    return (
+        f"--archive: {path} does not exist; pass the {table.dataset} zip of table "
+        f"{table.name}: --archive=/path/to/{cifar.ARCHIVE_NAMES[table.dataset]}"
+    )
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        cli.usage_error(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     if f.table is None:
-        raise app.UsageError(f"pass --table, one of {list(tables.TABLES)}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+        cli.usage_error(f"pass --table, one of {list(tables.TABLES)}")
+    cli.quiet_logging()
     table = tables.TABLES[f.table]
     seeds = [int(s) for s in f.seeds]
     short = (f.short_epochs, f.short_steps) if f.short else None
     extra = tuple(f.set)
-    runs = plan_table(table, seeds, f.root, f.archive, short=short, extra=extra)
-    todo = select(runs, f.only, table)
-    if f.dry_run:
-        print(print_plan(table, todo))
-        return
-    for run in runs:
-        check_same_config(run)
-    if not f.collect_only:
-        env = environment()
-        for run in todo:
-            if is_done(run):
-                print(f"skipped {run.workdir}: finished", flush=True)
-            else:
-                print(f"running {run.command}", flush=True)
-                execute(run, env)
-                write_record(run)
+    missing = missing_archive(table, f.archive)
+    if missing and not (f.dry_run or f.collect_only):
+        cli.usage_error(missing)
+    try:
+        runs = plan_table(table, seeds, f.root, f.archive, short=short, extra=extra)
+        todo = select(runs, f.only, table)
+        if f.dry_run:
+            if missing:
+                print(f"warning: {missing}; the plan cannot run without it", file=sys.stderr)
+            print(print_plan(table, todo))
+            return
+        for run in runs:
+            check_same_config(run)
+        if not f.collect_only:
+            env = environment()
+            for run in todo:
+                if is_done(run):
+                    print(f"skipped {run.workdir}: finished", flush=True)
+                else:
+                    print(f"running {run.command}", flush=True)
+                    execute(run, env)
+                    write_record(run)
+    except UserError as e:
+        cli.usage_error(str(e), e)
     write_outputs(table, runs, seeds, f.out, short, extra)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
