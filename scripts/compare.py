@@ -2,23 +2,25 @@
 per-class plot.
 
     python scripts/compare.py --config configs/ce_folder.py:root=/path/to/mydata,size=64 \
-        --methods=kd,bkd,dkd,ltkd --root=runs/compare_mydata --out=results/compare_mydata
+        --methods=kd,bkd,dkd,ltkd --root=runs/compare_mydata
 
 `--config` is the main job's: a config file with its argument, and `--config.<field>=v`
 overrides (e.g. `--config.num_epochs=2 --config.max_steps_per_epoch=20` for a short CPU
 schedule). Every method trains with that recipe (data, models, schedule) and its own loss
-settings (recipes.with_method, from configs/<method>_cifar.py), in `ROOT/<method>`; a
+settings (recipes.with_method, from configs/<method>_cifar.py), in `ROOT/<method>`, as
+`python -m ltkd_jax.main` runs it (`cli.run_job`: lock, run.log, summary.json, report); a
 finished run is only read, an interrupted one resumes. The teacher is `--teacher_workdir`,
 else the config's teacher.workdir, else one CE teacher trained with the recipe into
-`ROOT/teacher`. CIFAR-100-LT, as in the README:
+`ROOT/teacher`. Every method's config, the teacher run and the data are checked before
+anything trains; a mistake is one line and exit 2. CIFAR-100-LT, as in the README:
 
     python scripts/compare.py --config configs/ce_cifar.py --teacher_workdir=runs/bkd_c100/teacher \
         --config.data.archive=../shared/data/cifar100-png.zip --methods=kd,bkd,dukd,ltkd,dkd
 
-Writes `OUT.md` (top-1, mean per-class accuracy, many / medium / few, final and best
-epoch, teacher included; the caption says whether the test split is balanced and which
-split chose "best") and `OUT.png` (per-class test accuracy against the class's training
-size, head to tail).
+Writes `OUT.md` (default `ROOT/compare.md`: top-1, mean per-class accuracy, many / medium /
+few, final and best epoch, teacher included; the caption says whether the test split is
+balanced and which split chose "best") and `OUT.png` (per-class test accuracy against the
+class's training size, head to tail).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ _TEACHER = flags.DEFINE_string(
 )
 _METHODS = flags.DEFINE_list("methods", ["kd", "bkd"], "Methods with a configs/<method>_cifar.py.")
 _ROOT = flags.DEFINE_string("root", "runs/compare", "Where the student runs live.")
-_OUT = flags.DEFINE_string("out", "results/compare", "Output prefix for .md and .png.")
+_OUT = flags.DEFINE_string("out", "", "Output prefix for .md and .png; empty = ROOT/compare.")
 _COLLECT = flags.DEFINE_bool("collect_only", False, "Only read finished runs; train nothing.")
 flags.mark_flags_as_required(["config"])
 
@@ -188,14 +190,15 @@ def main(argv):
         cli.usage_error(str(e), e)
     teacher_config, task = finished.read_run_info(teacher_dir)
     caption = caption_for(teacher_config, task, teacher_dir, rows[-1][1])
-    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+    out = _OUT.value or os.path.join(_ROOT.value, "compare")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     table = markdown_table(rows, caption)
-    with open(_OUT.value + ".md", "w") as f:
+    with open(out + ".md", "w") as f:
         f.write(table)
     counts = np.asarray(task["class_counts"])
-    plot_per_class(rows, counts, _OUT.value + ".png", task.get("class_names"))
+    plot_per_class(rows, counts, out + ".png", task.get("class_names"))
     print(table)
-    print(f"wrote {_OUT.value}.md and {_OUT.value}.png")
+    print(f"wrote {out}.md and {out}.png")
 
 
 def _runs(teacher_dir: str, configs: dict) -> list[tuple[str, str]]:

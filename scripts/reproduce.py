@@ -9,8 +9,8 @@ Tables and rows: `scripts/reproduce_tables.py` and docs/reproduce.md. Every run 
 `ROOT/TABLE/seed<S>/<row>`: one CE teacher per seed first, then the other rows. A finished
 run is skipped, a cut one resumes from its last checkpoint, so rerunning the same command
 fills a table over several short device windows. Writes `OUT/TABLE.md`, `OUT/TABLE.json`
-and `OUT/TABLE.png` from whatever runs are finished (`--short`: `TABLE_short.*`, and run
-folders of their own).
+and `OUT/TABLE.png` from whatever runs are finished (`--short`: `TABLE_short.*` in ROOT,
+and run folders of their own).
 """
 
 from __future__ import annotations
@@ -57,7 +57,12 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "archive", "", "Dataset zip; empty = ../shared/data/cifar100-png.zip or cifar10-jpeg.zip."
     )
-    flags.DEFINE_string("out", "results", "Folder for TABLE.md, TABLE.json, TABLE.png.")
+    flags.DEFINE_string(
+        "out",
+        "",
+        "Folder for TABLE.md, TABLE.json, TABLE.png; empty = results/ (--short: ROOT, so a "
+        "smoke check leaves nothing in the checkout's results/).",
+    )
     flags.DEFINE_bool("short", False, "The CPU smoke schedule: few epochs, capped steps.")
     flags.DEFINE_integer("short_epochs", 3, "Epochs of every --short run.")
     flags.DEFINE_integer("short_steps", 20, "Steps per epoch of --short runs.")
@@ -413,14 +418,22 @@ def write_record(run: Run) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def class_counts(run: Run, teacher_dir: str) -> np.ndarray:
-    """Training images per class: the run's task.json (post-hoc runs: the teacher's)."""
+def task_record(run: Run, teacher_dir: str) -> dict:
+    """The run's task.json (post-hoc runs: the teacher's): class counts, shot thresholds."""
     for workdir in (run.workdir, teacher_dir):
         path = os.path.join(workdir, "task.json")
         if os.path.exists(path):
             with open(path) as f:
-                return np.asarray(json.load(f)["class_counts"])
+                return json.load(f)
     raise FileNotFoundError(f"no task.json in {run.workdir} or {teacher_dir}")
+
+
+def groups_text(thresholds: dict | None) -> str:
+    """The shot groups in words, from task.json's `shot_thresholds` (None: not recorded)."""
+    if not thresholds:
+        return "many / medium / few: by training images (thresholds not recorded)."
+    many, few = thresholds["many"], thresholds["few"]
+    return f"many / medium / few: > {many}, {few}-{many}, < {few} training images."
 
 
 def run_result(run: Run, table: tables.Table, counts: np.ndarray) -> dict:
@@ -461,12 +474,13 @@ def collect(table: tables.Table, runs: list[Run]) -> dict:
     """Per-row mean ± std over finished seeds and per-run provenance (the JSON output)."""
     teacher_dirs = {r.seed: r.workdir for r in runs if r.row is table.teacher}
     rows = []
-    counts = None
+    counts = thresholds = None
     for row in table.all_rows:
         finished = [r for r in runs if r.row.key == row.key and is_done(r)]
         per_run = []
         for run in finished:
-            counts = class_counts(run, teacher_dirs[run.seed])
+            task = task_record(run, teacher_dirs[run.seed])
+            counts, thresholds = np.asarray(task["class_counts"]), task.get("shot_thresholds")
             path = os.path.join(run.workdir, RECORD)
             if os.path.exists(path):
                 with open(path) as f:
@@ -488,7 +502,11 @@ def collect(table: tables.Table, runs: list[Run]) -> dict:
                 "runs": per_run,
             }
         )
-    return {"rows": rows, "class_counts": None if counts is None else counts.tolist()}
+    return {
+        "rows": rows,
+        "class_counts": None if counts is None else counts.tolist(),
+        "shot_thresholds": thresholds,
+    }
 
 
 def schedule_text(short: tuple[int, int] | None, extra: tuple[str, ...]) -> str:
@@ -595,7 +613,7 @@ def markdown(table, results, seeds, short, extra) -> str:
         f"Seeds {', '.join(map(str, seeds))}; n = finished seeds of the row. Accuracy % on "
         "the balanced test split at the final epoch (tau-norm: the best tau), mean ± sample "
         "standard deviation over seeds; 'best' is the best epoch's top-1 (a test-set choice, "
-        "for information). many / medium / few: > 100, 20-100, < 20 training images. "
+        f"for information). {groups_text(results.get('shot_thresholds'))} "
         f"Produced by `{table_command(table, seeds, short, extra)}`.",
         "",
         *[f"- {n}" for n in table.notes],
@@ -745,7 +763,8 @@ def main(argv):
                     write_record(run)
     except UserError as e:
         cli.usage_error(str(e), e)
-    write_outputs(table, runs, seeds, f.out, short, extra)
+    out = f.out or (f.root if short else "results")
+    write_outputs(table, runs, seeds, out, short, extra)
 
 
 if __name__ == "__main__":
