@@ -79,6 +79,8 @@ step digits_images 0 python scripts/digits_images.py --workdir "$QS" --out "$DIR
 step qs_predict 0 python -m ltkd_jax.predict --workdir "$QS" "$DIR/digits_test/3" --top_k=3
 step qs_evaluate 0 python -m ltkd_jax.evaluate --workdir "$QS" --data="$DIR/digits_test"
 expect qs_evaluate "groups: mean per-class accuracy" "$DIR/logs/qs_evaluate.out"
+trained=$(grep "^bkd " "$DIR/logs/quickstart.out" | grep -oE 'top-1 +[0-9.]+%' | tr -s ' ')
+expect qs_evaluate "$trained" "$DIR/logs/qs_evaluate.out"  # the trainer's own final top-1
 step qs_export 0 python -m ltkd_jax.export --workdir "$QS" --out "$DIR/exported" --no-latency
 
 # ---- 2. A user's own long-tailed folder ----------------------------------------------------
