@@ -270,12 +270,18 @@ def thresholds_of(task: dict) -> tuple[int, int] | None:
     return int(t["few"]), int(t["many"])
 
 
+# Printed once under results: top-1 above all three groups is correct, and surprises.
+GROUPS_NOTE = (
+    "groups: mean per-class accuracy of the many / medium / few classes (top-1 weighs every "
+    "image, so it can sit above all three)"
+)
+
+
 def format_overall(report: dict) -> str:
     """The printed result: scores, test images, and what the groups mean."""
     return (
         f"{_scores(report['overall'])}  ({report['overall']['num_examples']} images)\n"
-        "groups: mean per-class accuracy of the many / medium / few classes (top-1 weighs "
-        "every image, so it can sit above all three)"
+        + GROUPS_NOTE
     )
 
 

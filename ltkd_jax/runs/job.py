@@ -160,5 +160,5 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, print_teachers: bool
             name = "teacher" if len(teachers) == 1 else f"teacher_{k}"
             lines.append(format_summary(name, summarize_run(teacher_dir)))
         lines.append(format_summary(config.method, summary))
-        print("\n".join(lines), flush=True)
+        print("\n".join([*lines, report.GROUPS_NOTE]), flush=True)
     return summary
