@@ -217,6 +217,27 @@ def test_auto_augmentation_is_cifar_for_small_images():
     assert data.augment.resolve("none", 32) == "none"
 
 
+def test_the_folder_recipes_resnet_stem_pool_converts_to_onnx_exactly():
+    """export's ONNX path on the folder recipe's default ResNet-10: its stem max-pool."""
+    from flax import linen as nn
+
+    from ltkd_jax.models import resnet
+
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    reference = np.asarray(nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))
+    np.testing.assert_array_equal(np.asarray(resnet.stem_pool(x)), reference)  # same model
+    if export.onnx_available():
+        pytest.skip(export.onnx_available())
+    import jax
+    import onnxruntime
+    from jax2onnx import to_onnx
+
+    proto = to_onnx(resnet.stem_pool, inputs=[jax.ShapeDtypeStruct(x.shape, np.float32)])
+    session = onnxruntime.InferenceSession(proto.SerializeToString())
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_array_equal(got, reference)
+
+
 # ---- Noise and missing pieces ----------------------------------------------------------------
 
 
