@@ -183,7 +183,7 @@ def main(argv):
             for method, config in configs.items():
                 workdir = os.path.join(_ROOT.value, method)
                 cli.check_job(config, workdir)
-                if cli.run_job(config, workdir, filters, print_teachers=False) is None:
+                if cli.run_job(config, workdir, filters, brief=True) is None:
                     return
         rows = [(name, _summary(d)) for name, d in _runs(teacher_dir, configs)]
     except UserError as e:

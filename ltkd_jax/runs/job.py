@@ -131,10 +131,10 @@ def correct_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"tau": best[0], "epoch": epoch, **best[1]}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, print_teachers: bool = True) -> dict:
-    """The command-line job: stage 1 teachers if needed, then the run; prints the results
-    (the teachers' lines too, unless `print_teachers` is off: compare.py prints its shared
-    teacher once)."""
+def run(config: ml_collections.ConfigDict, workdir: str, *, brief: bool = False) -> dict:
+    """The command-line job: stage 1 teachers if needed, then the run; prints the results:
+    the teachers' lines, the run's, and what the groups mean (`brief`: the run's line only;
+    compare.py shows the shared teacher and the groups once, in its table)."""
     if config.method in posthoc.POSTHOC:
         best = correct_run(config, workdir)
         rundir.write_summary(workdir, {"final": best, "best": best})
@@ -156,9 +156,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, print_teachers: bool
     report.write_training_reports([*trained_here, workdir])  # WORKDIR/report/, labels, ...
     if jax.process_index() == 0:
         lines = []
-        for k, teacher_dir in enumerate(teacher_dirs if print_teachers else ()):
+        for k, teacher_dir in enumerate(() if brief else teacher_dirs):
             name = "teacher" if len(teachers) == 1 else f"teacher_{k}"
             lines.append(format_summary(name, summarize_run(teacher_dir)))
         lines.append(format_summary(config.method, summary))
-        print("\n".join([*lines, report.GROUPS_NOTE]), flush=True)
+        print("\n".join(lines if brief else [*lines, report.GROUPS_NOTE]), flush=True)
     return summary
