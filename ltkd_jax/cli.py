@@ -57,15 +57,14 @@ class _NoTpuProbe(logging_std.Filter):
 
 
 def quiet_logging() -> tuple[logging_std.Filter, ...]:
-    """Routes Python logging through absl's handler with `_QuietLibraries`; returns the
-    filters (run.log gets them too)."""
+    """Routes Python logging through absl's handler with `_QuietLibraries` (once per
+    process); returns the handler's filters (run.log gets them too)."""
     logging.use_absl_handler()
-    filters = (_QuietLibraries(),)
     handler = logging.get_absl_handler()
-    for f in filters:
-        handler.addFilter(f)
-    logging_std.getLogger("jax._src.xla_bridge").addFilter(_NoTpuProbe())
-    return filters
+    if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+        handler.addFilter(_QuietLibraries())
+        logging_std.getLogger("jax._src.xla_bridge").addFilter(_NoTpuProbe())
+    return tuple(handler.filters)
 
 
 class _TqdmStream:
