@@ -2,26 +2,27 @@
 per-class plot.
 
     python scripts/compare.py --config configs/ce_folder.py:root=/path/to/mydata,size=64 \
-        --methods=kd,bkd,dkd,ltkd --root=runs/compare_mydata --out=results/compare_mydata
+        --methods=kd,bkd,dkd,ltkd --root=runs/compare_mydata
 
 `--config` is the main job's: a config file with its argument, and `--config.<field>=v`
 overrides (e.g. `--config.num_epochs=2 --config.max_steps_per_epoch=20` for a short CPU
 schedule). Every method trains with that recipe (data, models, schedule) and the part of the
-recipe it declares itself (loss, sampler, head: recipes.with_method), in `ROOT/<method>`; a
+recipe it declares itself (loss, sampler, head: recipes.with_method), in `ROOT/<method>`, as
+`python -m ltkd_jax.main` runs it (`cli.run_job`: lock, run.log, summary.json, report); a
 finished run is only read, an interrupted one resumes. `--recipe` names the official recipe
 `--config` follows (bkd, mdistiller), so methods take their official settings for it (e.g.
 the BKD repository's class-weighted KD); empty: each method's defaults. The teacher is
 `--teacher_workdir`, else the config's teacher.workdir, else one CE teacher trained with the
-recipe into `ROOT/teacher`. CIFAR-100-LT, as in the README:
+recipe into `ROOT/teacher`. Every method's config, the teacher run and the data are checked before
+anything trains; a mistake is one line and exit 2. CIFAR-100-LT, as in the README:
 
-    python scripts/compare.py --config configs/ce_cifar.py --recipe=bkd \
-        --teacher_workdir=runs/bkd_c100/teacher \
+    python scripts/compare.py --config configs/ce_cifar.py --teacher_workdir=runs/bkd_c100/teacher \
         --config.data.archive=../shared/data/cifar100-png.zip --methods=kd,bkd,dukd,ltkd,dkd
 
-Writes `OUT.md` (top-1, mean per-class accuracy, many / medium / few, final and best
-epoch, teacher included; the caption says whether the test split is balanced and which
-split chose "best") and `OUT.png` (per-class test accuracy against the class's training
-size, head to tail).
+Writes `OUT.md` (default `ROOT/compare.md`: top-1, mean per-class accuracy, many / medium /
+few, final and best epoch, teacher included; the caption says whether the test split is
+balanced and which split chose "best") and `OUT.png` (per-class test accuracy against the
+class's training size, head to tail).
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ltkd_jax.config import defaults, recipes
-from ltkd_jax.runs import finished, job
+from ltkd_jax import cli
+from ltkd_jax.config import checks, defaults, recipes
+from ltkd_jax.errors import UserError
+from ltkd_jax.runs import finished
 from ltkd_jax.runs import teachers as teacher_stage
 from ltkd_jax.runs.summary import summarize_run
-from ltkd_jax.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The recipe: a config file (with its argument), as for ltkd_jax.main."
@@ -45,12 +47,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _TEACHER = flags.DEFINE_string(
     "teacher_workdir", "", "A finished teacher run; empty: config.teacher.workdir, else train one."
 )
-_METHODS = flags.DEFINE_list("methods", ["kd", "bkd"], "Methods (ltkd_jax/methods/) to compare.")
+_METHODS = flags.DEFINE_list("methods", ["kd", "bkd"], "Registered methods (ltkd_jax/methods/).")
 _RECIPE = flags.DEFINE_string(
     "recipe", "", "The official recipe --config follows (bkd, mdistiller); empty: none."
 )
 _ROOT = flags.DEFINE_string("root", "runs/compare", "Where the student runs live.")
-_OUT = flags.DEFINE_string("out", "results/compare", "Output prefix for .md and .png.")
+_OUT = flags.DEFINE_string("out", "", "Output prefix for .md and .png; empty = ROOT/compare.")
 _COLLECT = flags.DEFINE_bool("collect_only", False, "Only read finished runs; train nothing.")
 flags.mark_flags_as_required(["config"])
 
@@ -109,11 +111,13 @@ def caption_for(teacher_config, task: dict, teacher_dir: str, summary: dict) -> 
         text += "Accuracy % on a balanced test split"
     chosen = "val" if summary.get("selected_on") == "val" else "test"
     text += f": final epoch, and the top-1 of the best epoch (chosen on {chosen})."
-    if "shot_thresholds" in task:
-        t = task["shot_thresholds"]
+    t = task.get("shot_thresholds")
+    if t and t.get("rule") == "tail33":
+        text += " Groups: the top, middle and bottom 33% of classes by training images."
+    elif t:
         text += f" Shot groups: many > {t['many']}, few < {t['few']} training images"
         text += " (derived from the class counts)." if t.get("derived") else "."
-    return text
+    return text + " Groups report mean per-class accuracy."
 
 
 def plot_per_class(
@@ -143,7 +147,9 @@ def plot_per_class(
         )
         ax.plot(np.arange(len(order)), 100 * smooth, label=name, lw=2 if name == "teacher" else 1)
     ax.set_xlabel("class, by training count (head -> tail)")
-    ax.set_ylabel(f"test accuracy % (running mean of {window})")
+    ax.set_ylabel(
+        "test accuracy (%)" if window == 1 else f"test accuracy (%), averaged over {window} classes"
+    )
     if class_names and len(order) <= 40:
         ax.set_xticks(np.arange(len(order)))
         ax.set_xticklabels([class_names[i] for i in order], rotation=90, fontsize=7)
@@ -160,30 +166,62 @@ def plot_per_class(
 
 
 def main(argv):
-    del argv
-    recipe = _CONFIG.value
-    teacher_dir = _TEACHER.value or recipe.teacher.workdir or os.path.join(_ROOT.value, "teacher")
-    if not _COLLECT.value and not (_TEACHER.value or recipe.teacher.workdir):
-        trainer.train_and_evaluate(teacher_stage.teacher_config(recipe, 0), teacher_dir)
-    rows = [("teacher", summarize_run(teacher_dir))]
-    for method in _METHODS.value:
-        workdir = os.path.join(_ROOT.value, method)
+    if len(argv) > 1:
+        cli.usage_error(f"unexpected arguments: {argv[1:]}")
+    recipe = cli.loaded_config(_CONFIG)
+    filters = cli.console_logging()
+    given = _TEACHER.value or recipe.teacher.workdir
+    teacher_dir = given or os.path.join(_ROOT.value, "teacher")
+    try:
+        configs = {m: method_config(recipe, m, teacher_dir, _RECIPE.value) for m in _METHODS.value}
+    except ValueError as e:  # an unknown method
+        cli.usage_error(f"--methods: {e}", e)
+    try:
+        for config in configs.values():  # every mistake before any training
+            checks.validate_config(config)
+        if given or _COLLECT.value:  # a finished teacher (and data root) are needed now
+            checks.check_run_paths(next(iter(configs.values())))
         if not _COLLECT.value:
-            config = method_config(recipe, method, teacher_dir, _RECIPE.value)
-            job.check(config, workdir)
-            job.run(config, workdir)
-        rows.append((method, summarize_run(workdir)))
+            if not given:
+                teacher = teacher_stage.teacher_config(recipe, 0)
+                cli.check_job(teacher, teacher_dir)
+                if cli.run_job(teacher, teacher_dir, filters) is None:
+                    return  # stopped by a signal; the same command resumes
+            for method, config in configs.items():
+                workdir = os.path.join(_ROOT.value, method)
+                cli.check_job(config, workdir)
+                if cli.run_job(config, workdir, filters, brief=True) is None:
+                    return
+        rows = [(name, _summary(d)) for name, d in _runs(teacher_dir, configs)]
+    except UserError as e:
+        cli.usage_error(str(e), e)
     teacher_config, task = finished.read_run_info(teacher_dir)
     caption = caption_for(teacher_config, task, teacher_dir, rows[-1][1])
-    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+    out = _OUT.value or os.path.join(_ROOT.value, "compare")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     table = markdown_table(rows, caption)
-    with open(_OUT.value + ".md", "w") as f:
+    with open(out + ".md", "w") as f:
         f.write(table)
     counts = np.asarray(task["class_counts"])
-    plot_per_class(rows, counts, _OUT.value + ".png", task.get("class_names"))
+    plot_per_class(rows, counts, out + ".png", task.get("class_names"))
     print(table)
-    print(f"wrote {_OUT.value}.md and {_OUT.value}.png")
+    print(f"wrote {out}.md and {out}.png")
+
+
+def _runs(teacher_dir: str, configs: dict) -> list[tuple[str, str]]:
+    """(row name, workdir): the teacher, then every method."""
+    return [("teacher", teacher_dir)] + [(m, os.path.join(_ROOT.value, m)) for m in configs]
+
+
+def _summary(workdir: str) -> dict:
+    """`summary.summarize_run`, or a UserError saying the run is not finished."""
+    try:
+        return summarize_run(workdir)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(
+            f"{workdir} holds no finished run ({e}); run without --collect_only to train it"
+        ) from None
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -111,7 +111,7 @@ MUTANTS = (
     Mutant(
         "groups_from_test_counts",
         "ltkd_jax/data/task.py",
-        "groups = longtail.shot_groups(counts, many, few)",
+        "groups = longtail.shot_groups(full_counts, many, few)",
         "groups = longtail.shot_groups(splits.test.class_counts(), many, few)",
         "many / medium / few built from the test split's counts: wrong groups",
         ("tests/test_data_longtail.py", "tests/test_train.py"),

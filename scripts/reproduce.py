@@ -9,8 +9,8 @@ Tables and rows: `scripts/reproduce_tables.py` and docs/reproduce.md. Every run 
 `ROOT/TABLE/seed<S>/<row>`: one CE teacher per seed first, then the other rows. A finished
 run is skipped, a cut one resumes from its last checkpoint, so rerunning the same command
 fills a table over several short device windows. Writes `OUT/TABLE.md`, `OUT/TABLE.json`
-and `OUT/TABLE.png` from whatever runs are finished (`--short`: `TABLE_short.*`, and run
-folders of their own).
+and `OUT/TABLE.png` from whatever runs are finished (`--short`: `TABLE_short.*` in ROOT,
+and run folders of their own).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import dataclasses
 import datetime
 import gzip
 import json
-import logging as std_logging
 import os
 import pathlib
 import shlex
@@ -28,7 +27,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 for path in (REPO, REPO / "scripts"):  # `python scripts/reproduce.py` from a checkout; tests
@@ -37,8 +36,10 @@ for path in (REPO, REPO / "scripts"):  # `python scripts/reproduce.py` from a ch
 
 import reproduce_tables as tables  # noqa: E402
 
-from ltkd_jax import methods  # noqa: E402
+from ltkd_jax import cli, methods  # noqa: E402
 from ltkd_jax.config import defaults  # noqa: E402
+from ltkd_jax.data import cifar  # noqa: E402
+from ltkd_jax.errors import UserError  # noqa: E402
 
 ARCHIVES = {
     "cifar100": "../shared/data/cifar100-png.zip",
@@ -62,7 +63,12 @@ def define_flags() -> None:
         "Dataset zip or official pickle tarball (cifar-10-python.tar.gz: the original pixels); "
         "empty = ../shared/data/cifar100-png.zip or cifar10-jpeg.zip (lossy JPEG).",
     )
-    flags.DEFINE_string("out", "results", "Folder for TABLE.md, TABLE.json, TABLE.png.")
+    flags.DEFINE_string(
+        "out",
+        "",
+        "Folder for TABLE.md, TABLE.json, TABLE.png; empty = results/ (--short: ROOT, so a "
+        "smoke check leaves nothing in the checkout's results/).",
+    )
     flags.DEFINE_bool("short", False, "The CPU smoke schedule: few epochs, capped steps.")
     flags.DEFINE_integer("short_epochs", 3, "Epochs of every --short run.")
     flags.DEFINE_integer("short_steps", 20, "Steps per epoch of --short runs.")
@@ -88,14 +94,6 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "cost_device", "", "tables.COSTS entry that --deadline_s predicts with; empty = by backend."
     )
-
-
-class _QuietLibraries(std_logging.Filter):
-    """Drops the INFO chatter of orbax and grain, as `ltkd_jax.main` does."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        noisy = any(part in record.pathname for part in ("/orbax/", "/grain/"))
-        return record.levelno >= std_logging.WARNING or not noisy
 
 
 @dataclasses.dataclass
@@ -218,7 +216,7 @@ def select(runs: list[Run], only: list[str], table: tables.Table) -> list[Run]:
         return runs
     unknown = sorted(set(only) - {r.key for r in table.all_rows})
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"--only names rows {unknown} that {table.name} does not have; choose from "
             f"{[r.key for r in table.all_rows]}"
         )
@@ -318,7 +316,7 @@ def check_same_config(run: Run) -> None:
         shown = ", ".join(
             f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now" for k in differ[:4]
         )
-        raise ValueError(
+        raise UserError(
             f"{run.workdir} holds a run of another config ({shown}); pass another --root "
             "(or delete that folder) instead of mixing two schedules in one run"
         )
@@ -426,6 +424,7 @@ def execute_cohort(batch: list[Run], env: dict) -> None:
 
     for run in batch:
         job.check(run.config, run.workdir)
+        job.check_resume(run.config, run.workdir)
     first = batch[0].config
     task = data.load_task(first.data)
     mesh = sharding.make_mesh(first.num_devices)
@@ -530,6 +529,8 @@ def execute(run: Run, env: dict) -> None:
 
     attempts = os.path.join(run.workdir, ATTEMPTS)
     start = time.time()
+    job.check(run.config, run.workdir)
+    job.check_resume(run.config, run.workdir)
     append_jsonl(attempts, {"event": "start", "time": start, **env})
     job.run(run.config, run.workdir)
     append_jsonl(attempts, {"event": "end", "time": time.time(), "wall_s": time.time() - start})
@@ -595,7 +596,7 @@ def write_record(run: Run, teacher_dir: str) -> dict:
 
 
 def task_record(run: Run, teacher_dir: str) -> dict:
-    """The run's task.json (post-hoc runs: the teacher's, whose data they evaluate)."""
+    """The run's task.json (post-hoc runs: the teacher's): class counts, shot thresholds."""
     for workdir in (run.workdir, teacher_dir):
         path = os.path.join(workdir, "task.json")
         if os.path.exists(path):
@@ -623,6 +624,14 @@ def _groups(record: dict, table: tables.Table, counts: np.ndarray) -> dict:
             record["per_class_acc"], tables.tail_classes(counts, table.tail_fraction)
         )
     return out
+
+
+def groups_text(thresholds: dict | None) -> str:
+    """The shot groups in words, from task.json's `shot_thresholds` (None: not recorded)."""
+    if not thresholds:
+        return "many / medium / few: by training images (thresholds not recorded)."
+    many, few = thresholds["many"], thresholds["few"]
+    return f"many / medium / few: > {many}, {few}-{many}, < {few} training images."
 
 
 def run_result(run: Run, table: tables.Table, counts: np.ndarray) -> dict:
@@ -660,12 +669,13 @@ def collect(table: tables.Table, runs: list[Run]) -> dict:
     """Per-row mean ± std over finished seeds and per-run provenance (the JSON output)."""
     teacher_dirs = {r.seed: r.workdir for r in runs if r.row is table.teacher}
     rows = []
-    counts = None
+    counts = thresholds = None
     for row in table.all_rows:
         finished = [r for r in runs if r.row.key == row.key and is_done(r)]
         per_run = []
         for run in finished:
-            counts = class_counts(run, teacher_dirs[run.seed])
+            task = task_record(run, teacher_dirs[run.seed])
+            counts, thresholds = np.asarray(task["class_counts"]), task.get("shot_thresholds")
             path = os.path.join(run.workdir, RECORD)
             if os.path.exists(path):
                 with open(path) as f:
@@ -688,7 +698,11 @@ def collect(table: tables.Table, runs: list[Run]) -> dict:
                 "runs": per_run,
             }
         )
-    return {"rows": rows, "class_counts": None if counts is None else counts.tolist()}
+    return {
+        "rows": rows,
+        "class_counts": None if counts is None else counts.tolist(),
+        "shot_thresholds": thresholds,
+    }
 
 
 def schedule_text(short: tuple[int, int] | None, extra: tuple[str, ...]) -> str:
@@ -827,8 +841,8 @@ def markdown(table, results, seeds, short, extra) -> str:
         "the balanced test split, mean ± sample standard deviation over seeds, at the final "
         "epoch and at the best epoch ('best': the highest test top-1 over training, a "
         "test-set choice, as the official CIFAR-LT code makes it; 'best epoch' per seed). "
-        "tau-norm: the best tau for both. many / medium / few: > 100, 20-100, < 20 training "
-        "images. The reference check reads the best epoch (see below). "
+        f"tau-norm: the best tau for both. {groups_text(results.get('shot_thresholds'))} "
+        "The reference check reads the best epoch (see below). "
         f"Produced by `{table_command(table, seeds, short, extra)}`.",
         "",
         *[f"- {n}" for n in table.notes],
@@ -938,33 +952,53 @@ def write_outputs(table, runs, seeds, out, short, extra) -> dict:
     return document
 
 
+def missing_archive(table: tables.Table, archive: str) -> str | None:
+    """The error for a dataset zip that is not there (None when it is, or not needed)."""
+    path = archive or ARCHIVES.get(table.dataset, "")
+    if not path or os.path.exists(os.path.expanduser(path)):
+        return None
+    return (
+        f"--archive: {path} does not exist; pass the {table.dataset} zip of table "
+        f"{table.name}: --archive=/path/to/{cifar.ARCHIVE_NAMES[table.dataset]}"
+    )
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        cli.usage_error(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     if f.table is None:
-        raise app.UsageError(f"pass --table, one of {list(tables.TABLES)}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+        cli.usage_error(f"pass --table, one of {list(tables.TABLES)}")
+    cli.quiet_logging()
     table = tables.TABLES[f.table]
     seeds = [int(s) for s in f.seeds]
     short = (f.short_epochs, f.short_steps) if f.short else None
     extra = tuple(f.set)
-    runs = plan_table(table, seeds, f.root, f.archive, short=short, extra=extra)
-    todo = select(runs, f.only, table)
-    batches = schedule(todo, table, f.cohorts)
-    if f.dry_run:
-        print(print_plan(table, todo, batches))
-        return
-    for run in runs:
-        check_same_config(run)
-    if not f.collect_only:
-        env = environment()
-        for run in todo:
-            if is_done(run):
-                print(f"skipped {run.workdir}: finished", flush=True)
-        batches = schedule(prioritise(todo, f.priority, table), table, f.cohorts)
-        train_all(table, batches, env, f.deadline_s, f.cost_device)
-    write_outputs(table, runs, seeds, f.out, short, extra)
+    missing = missing_archive(table, f.archive)
+    if missing and not (f.dry_run or f.collect_only):
+        cli.usage_error(missing)
+    try:
+        runs = plan_table(table, seeds, f.root, f.archive, short=short, extra=extra)
+        todo = select(runs, f.only, table)
+        batches = schedule(todo, table, f.cohorts)
+        if f.dry_run:
+            if missing:
+                print(f"warning: {missing}; the plan cannot run without it", file=sys.stderr)
+            print(print_plan(table, todo, batches))
+            return
+        for run in runs:
+            check_same_config(run)
+        if not f.collect_only:
+            env = environment()
+            for run in todo:
+                if is_done(run):
+                    print(f"skipped {run.workdir}: finished", flush=True)
+            batches = schedule(prioritise(todo, f.priority, table), table, f.cohorts)
+            train_all(table, batches, env, f.deadline_s, f.cost_device)
+    except UserError as e:
+        cli.usage_error(str(e), e)
+    out = f.out or (f.root if short else "results")
+    write_outputs(table, runs, seeds, out, short, extra)
 
 
 def train_all(table, batches: list[list[Run]], env: dict, deadline_s: float, cost_device: str):
@@ -1012,4 +1046,4 @@ def train_all(table, batches: list[list[Run]], env: dict, deadline_s: float, cos
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-from ltkd_jax import main as cli
+from ltkd_jax import cli
 from ltkd_jax.training import checkpointing
 
 STATE = {"params": {"w": np.zeros((1000,), np.float32)}, "opt": np.zeros((250,), np.float32)}

@@ -16,6 +16,7 @@ from tiny import tiny_config
 from ltkd_jax import data, errors
 from ltkd_jax.config import checks
 from ltkd_jax.data import image_index
+from ltkd_jax.errors import UserError
 from ltkd_jax.runs import job
 from ltkd_jax.training.writers import read_jsonl
 
@@ -187,7 +188,7 @@ def test_a_batch_larger_than_the_folder_is_refused_before_any_data(tmp_path):
 def test_missing_root_names_the_field():
     with pytest.raises(ValueError, match="--config.data.root"):
         data.load_dataset("folder", archive=None)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         data.load_dataset("folder", archive="/no/such/tree")
 
 

@@ -94,9 +94,9 @@ def test_class_name_mismatch_is_a_clear_error(workdir, folder, tmp_path):
 def test_cli_reports_mismatch_without_traceback(workdir, tmp_path, capsys):
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "a.png").write_bytes(b"")
-    assert evaluate.main(["--workdir", workdir, "--data", str(tmp_path)]) == 1
+    assert evaluate.main(["--workdir", workdir, "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "evaluate:" in err and "'cat'" in err
+    assert err.startswith("error: ") and "'cat'" in err and "Traceback" not in err
 
 
 @pytest.mark.slow  # two trainings on a prepared folder: ~25 s on 2 cores

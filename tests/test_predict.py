@@ -85,7 +85,7 @@ def test_cli_skips_corrupt_files_and_writes_csv(workdir, folder, tmp_path, capsy
     assert predict.main([*args, "--workdir", workdir, "--output", str(out)]) == 0
     captured = capsys.readouterr()
     assert f"skipped {truncated}" in captured.err and f"skipped {garbage}" in captured.err
-    assert "3 images classified, 2 skipped" in captured.err
+    assert "3 images classified, 2 unreadable ones skipped" in captured.err
     rows = list(csv.reader(io.StringIO(out.read_text())))
     assert rows[0] == ["path", "class_1", "prob_1", "class_2", "prob_2"]
     assert [r[0] for r in rows[1:]] == good  # input order, corrupt files left out

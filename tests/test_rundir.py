@@ -207,7 +207,6 @@ def _assert_usage_error(out, expected: str):
         ({"method": "magic"}, "'tau_norm', 'posthoc_la']"),
         ({"model.name": "resnet9"}, "choose one of ['resnet8'"),
         ({"data.sampler": "magic"}, "'cbd_stream']"),
-        ({"optim.schedule": "cosine", "optim.warmup_epochs": 2}, "the cosine decay has no steps"),
     ],
 )
 def test_config_mistakes_name_every_choice(overrides, expected):

@@ -295,8 +295,9 @@ def test_command_line_quickstart_and_resume(tmp_path):
     first = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     # Stage 1 (the teacher) and stage 2 (the BKD student), side by side.
-    lines = first.stdout.strip().splitlines()[-2:]
+    *lines, note = first.stdout.strip().splitlines()[-3:]
     assert lines[0].startswith("teacher") and lines[1].startswith("bkd"), first.stdout
+    assert note.startswith("groups: mean per-class accuracy")
     assert all("top-1" in line and "many" in line and "few" in line for line in lines)
     assert (tmp_path / "teacher" / "checkpoints").is_dir()
     second = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

@@ -10,7 +10,7 @@ import ml_collections
 
 from ltkd_jax import methods, models
 from ltkd_jax.config import defaults
-from ltkd_jax.data import image_index, task
+from ltkd_jax.data import cifar, image_index, task
 from ltkd_jax.errors import UserError
 from ltkd_jax.methods import base as method_base
 
@@ -56,6 +56,27 @@ def _check_folder_index(config: ml_collections.ConfigDict) -> list[str]:
     return []
 
 
+def _missing_data_path(d: ml_collections.ConfigDict) -> str:
+    """The error for a data path that does not exist, in the words of the dataset: the
+    folder's `data.root`, CIFAR's `data.archive` zip, a benchmark's image root."""
+    if d.name in cifar.ARCHIVE_NAMES:
+        return (
+            f"config.data.archive={d.archive!r} does not exist; pass the path of the {d.name} "
+            f"zip, e.g. --config.data.archive=../shared/data/{cifar.ARCHIVE_NAMES[d.name]}, or "
+            f"leave it empty to download {d.name}"
+        )
+    if d.name == "folder":
+        return (
+            f"config.data.root={d.root!r} does not exist; pass your image folder or zip "
+            "(<split>/<class>/<image>): --config.data.root=/path/to/mydata, or root= in the "
+            "folder configs' argument"
+        )
+    return (
+        f"config.data.root={d.root!r} does not exist; pass the {d.name} image root: "
+        "--config.data.root=/path/to/images"
+    )
+
+
 def check_run_paths(config: ml_collections.ConfigDict) -> None:
     """The paths a user must pass: data.root of a 'folder' dataset, and teacher.workdir /
     init.workdir, which must be finished runs not in use (`finished.check_finished`). The
@@ -95,22 +116,6 @@ def check_run_paths(config: ml_collections.ConfigDict) -> None:
                     errors.append(f"config.{field}: {e}")
     if errors:
         raise UserError("invalid config:\n  - " + "\n  - ".join(errors))
-
-
-def _check_warmup(config: ml_collections.ConfigDict, trains_teachers: bool) -> list[str]:
-    """A cosine schedule needs epochs after its warm-up (optax: decay_steps > 0)."""
-    if config.optim.schedule != "cosine":
-        return []  # the step schedule simply stays in warm-up
-    runs = [("num_epochs", config.num_epochs)]
-    if trains_teachers:
-        runs.append(("teacher.num_epochs", config.teacher.num_epochs))
-    return [
-        f"config.{field}={epochs} is not longer than config.optim.warmup_epochs="
-        f"{config.optim.warmup_epochs}, so the cosine decay has no steps; raise {field} or "
-        "lower --config.optim.warmup_epochs"
-        for field, epochs in runs
-        if epochs <= config.optim.warmup_epochs
-    ]
 
 
 def _value(config: ml_collections.ConfigDict, field: str):
@@ -253,13 +258,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     or teacher is read, so a typo never waits for a stage-1 teacher to finish."""
     errors = _check_names(config) + _check_data_sources(config.data)
     if config.data.archive and not os.path.exists(os.path.expanduser(config.data.archive)):
-        errors.append(
-            f"config.data.archive={config.data.archive!r} does not exist; pass the path of the "
-            "dataset zip, e.g. --config.data.archive=../shared/data/cifar100-png.zip, or leave "
-            "it empty to download"
-        )
+        errors.append(_missing_data_path(config.data))
     errors += _check_method(config)
     errors += _check_numbers(config)
-    errors += _check_warmup(config, _trains_teachers(config))
     if errors:
         raise UserError("invalid config:\n  - " + "\n  - ".join(errors))

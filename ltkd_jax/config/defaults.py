@@ -88,7 +88,8 @@ def _add_data(c: ml_collections.ConfigDict) -> None:
     # Which training images a batch draws (docs/sampling.md).
     c.data.sampler = "instance"
     # The training augmentation: cifar (4-pixel pad, random crop, flip), imagenet
-    # (random-resized crop + flip) or none.
+    # (random-resized crop + flip), none, or auto (cifar for images of 64 px or less,
+    # imagenet above).
     c.data.augment = "cifar"
     # After the geometric augmentation: SimCLR v2 colour jitter (s = 1, p = 0.8) + random
     # grayscale (p = 0.2), as CBD_ENS's data-aug teachers (docs/data.md#colour-jitter).
@@ -394,7 +395,7 @@ def field_choices() -> dict[str, tuple]:
         "data.name": tuple(sources.DATASETS),
         "data.profile": tuple(longtail.PROFILES),
         "data.sampler": tuple(sampling.SAMPLERS),
-        "data.augment": tuple(augment.AUGMENTS),
+        "data.augment": tuple(augment.AUGMENT_CHOICES),
         "data.norm_stats": tuple(augment.NORM_STATS_CHOICES),
         "data.in_memory": tuple(sources.IN_MEMORY),
         "data.on_corrupt": tuple(image_builders.ON_CORRUPT),

@@ -166,14 +166,13 @@ def folder_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     """A user's image-folder dataset (`<split>/<class>/<image>`, a folder or a zip).
 
     Arguments: root (the path; also `--config.data.root`), imb (1 = as it is, > 1 = an
-    exponential long-tailed subset), model, augment (imagenet | cifar for <= 64 px images),
-    size (0 = automatic), epochs. Recipe: 100 epochs, batch 128, SGD 0.9, lr 0.1 with 5
+    exponential long-tailed subset), model, augment (auto = cifar for images of 64 px or
+    less, which then train on the device when they fit in RAM, imagenet above; or either by
+    name), size (0 = automatic), epochs. Recipe: 100 epochs, batch 128, SGD 0.9, lr 0.1 with 5
     warm-up epochs (half the epochs when fewer than 10) and cosine decay, weight decay 5e-4;
     the teacher of a distillation method shares it.
     """
-    args = parse_arg(
-        arg, root="", imb=1.0, model="resnet10", augment="imagenet", size=0, epochs=100
-    )
+    args = parse_arg(arg, root="", imb=1.0, model="resnet10", augment="auto", size=0, epochs=100)
     c = base_config(method)
     c.data.name = "folder"
     c.data.root = args.root

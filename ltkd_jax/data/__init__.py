@@ -43,7 +43,14 @@ from ltkd_jax.data.sources import (
     load_dataset,
     split_options,
 )
-from ltkd_jax.data.task import TaskSplits, input_stats, load_task, prepared_splits, task_splits
+from ltkd_jax.data.task import (
+    TaskSplits,
+    input_stats,
+    load_task,
+    prepared_splits,
+    source_fingerprint,
+    task_splits,
+)
 
 __all__ = [
     "AUGMENTS",
@@ -81,6 +88,7 @@ __all__ = [
     "normalize",
     "num_eval_batches",
     "prepared_splits",
+    "source_fingerprint",
     "random_resized_crop_flip",
     "resize_center_crop",
     "shot_groups",

@@ -19,6 +19,20 @@ import numpy as np
 from PIL import Image
 
 AUGMENTS = ("cifar", "imagenet", "none")
+# `auto` (the folder recipe's default) picks by the input size: CIFAR's pad-crop-flip up to
+# this side, where a random-resized crop has few pixels to choose from and the in-RAM split
+# trains on the device path; ImageNet-style random-resized crops above it.
+AUTO_CIFAR_MAX_SIZE = 64
+AUGMENT_CHOICES = (*AUGMENTS, "auto")
+
+
+def resolve(kind: str, image_size: int) -> str:
+    """The augmentation `kind` stands for at `image_size` (`auto` resolved)."""
+    if kind != "auto":
+        return kind
+    return "cifar" if image_size <= AUTO_CIFAR_MAX_SIZE else "imagenet"
+
+
 # ImageNet-style augmentation defaults: torchvision RandomResizedCrop (area [0.08, 1], aspect
 # ratio [3/4, 4/3]); CBD uses area [0.05, 1] (its input_pipeline.py; config.data.crop_min_area).
 DEFAULT_MIN_AREA = 0.08

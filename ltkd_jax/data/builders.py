@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 from PIL import Image
 
@@ -284,7 +285,27 @@ def examples_from_tarball(
 # --------------------------------------------------------------------------------------------
 
 
-class LtkdCifar(tfds.core.GeneratorBasedBuilder):
+class QuietBuilder(tfds.core.GeneratorBasedBuilder):
+    """A builder that logs where it prepares instead of printing tfds's download banner
+    ("Downloading and preparing dataset Unknown size ...") on stdout, and without tfds's
+    per-split progress bars (two per split, named by a temporary path): nothing is
+    downloaded from a local zip or folder, and stdout is for results."""
+
+    def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
+        tfds.display_progress_bar(False)
+        try:
+            super().download_and_prepare(*args, **kwargs)
+        finally:
+            tfds.display_progress_bar(True)
+
+    def _log_download_bytes(self) -> None:
+        logging.info("Preparing %s into %s", self.info.full_name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        logging.info("Prepared %s", self.data_dir)
+
+
+class LtkdCifar(QuietBuilder):
     """CIFAR-10/100 from a local zip or the official pickles, TF-free, for ArrayRecord.
 
     `archive`: path of a `{train,test}/<class>/<NNNN>.(png|jpg)` zip or of the official

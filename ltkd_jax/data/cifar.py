@@ -17,7 +17,9 @@ from ltkd_jax.data import builders, cache
 from ltkd_jax.data.arrays import ArraySplit
 
 _CACHE_DIRNAME = "ltkd_decoded"  # Inside the TFDS version dir, so it lives and dies with it.
-_ARCHIVE_HINT = {"cifar10": "cifar10-jpeg.zip", "cifar100": "cifar100-png.zip"}
+# The zips of `{train,test}/<class>/<image>` the README uses (../shared/data/), and the
+# official lossless pickle tarballs.
+ARCHIVE_NAMES = {"cifar10": "cifar10-jpeg.zip", "cifar100": "cifar100-png.zip"}
 _TARBALL_HINT = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 
 
@@ -46,7 +48,7 @@ def prepare_cifar(
         if not os.path.isfile(archive):
             raise FileNotFoundError(
                 f"{name} archive not found: {archive!r}. Pass an existing zip, e.g. "
-                f"--config.data.archive=/path/to/shared/data/{_ARCHIVE_HINT[name]}, or the "
+                f"--config.data.archive=/path/to/shared/data/{ARCHIVE_NAMES[name]}, or the "
                 f"official {_TARBALL_HINT[name]}."
             )
     if data_dir is not None:
@@ -62,10 +64,9 @@ def prepare_cifar(
         raise FileNotFoundError(
             f"{builders.BUILDER_NAME}/{name} is not prepared in {builder.data_dir_root!r} and the "
             f"official download {url} is unreachable (no network?). Pass a local archive, e.g. "
-            f"--config.data.archive=/path/to/shared/data/{_ARCHIVE_HINT[name]}, or run once with "
+            f"--config.data.archive=/path/to/shared/data/{ARCHIVE_NAMES[name]}, or run once with "
             "network access."
         )
-    logging.info("Preparing %s into %s", builder.info.full_name, builder.data_dir)
     try:
         builder.download_and_prepare()
     except OSError as e:
@@ -73,7 +74,7 @@ def prepare_cifar(
             raise
         raise FileNotFoundError(
             f"downloading {url} failed ({e}). Pass a local archive, e.g. "
-            f"--config.data.archive=/path/to/shared/data/{_ARCHIVE_HINT[name]}."
+            f"--config.data.archive=/path/to/shared/data/{ARCHIVE_NAMES[name]}."
         ) from e
     return builder
 

@@ -33,14 +33,16 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from ltkd_jax.data import manifests
+from ltkd_jax.data import builders, manifests
 from ltkd_jax.data.image_index import ImageIndex, ImageStore
+from ltkd_jax.errors import UserError
 
 BUILDER_NAME = "ltkd_images"
 ON_CORRUPT = ("error", "skip")
 # Evaluation split names a folder tree may use, in order of preference.
 EVAL_SPLIT_NAMES = ("test", "val", "validation")
 _KEEP_FORMATS = ("JPEG", "PNG")  # Stored unchanged; anything else is re-encoded as PNG.
+MAX_LISTED = 20  # corrupt files named in the error (the skip warning lists them all)
 
 
 def check_image(data: bytes) -> str | None:
@@ -82,7 +84,7 @@ def stored_bytes(data: bytes) -> bytes:
         return buf.getvalue()
 
 
-class LtkdImages(tfds.core.GeneratorBasedBuilder):
+class LtkdImages(builders.QuietBuilder):
     """Images from an `ImageStore` + `ImageIndex`, TF-free, for ArrayRecord.
 
     Features: `image` (encoded, any size, 3 channels), `label`, `path` (relative to the
@@ -140,6 +142,15 @@ class LtkdImages(tfds.core.GeneratorBasedBuilder):
             yield path, {"image": image, "label": label, "path": path}
 
 
+def _listing(store: ImageStore, reasons: dict[str, str], limit: int | None = None) -> str:
+    """One indented `path: reason` line per file, the first `limit` of them."""
+    shown = sorted(reasons.items())[:limit]
+    lines = [f"  {store.root}/{p}: {r}" for p, r in shown]
+    if len(reasons) > len(shown):
+        lines.append(f"  ... and {len(reasons) - len(shown)} more")
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
 def _file_lock(path: str) -> Iterator[None]:
     """An exclusive lock on `path` (processes on one machine; NFS/gcs are not covered)."""
@@ -171,9 +182,7 @@ def prepare(
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(f"on_corrupt={on_corrupt!r}; choose one of {ON_CORRUPT}")
     data_dir = os.path.abspath(os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR))
-    paths = [p for rows in index.splits.values() for p, _ in rows]
-    record = manifests.manifest(index, manifests.file_stats(store, paths))
-    digest = manifests.fingerprint(record)
+    record, digest = manifests.identify(store, index)
     versioned = f"{name}_{digest[:12]}"
     config = tfds.core.BuilderConfig(name=versioned, description=f"Images from {store.root}")
     family_dir = os.path.join(data_dir, BUILDER_NAME)
@@ -193,17 +202,19 @@ def prepare(
                 previous[0],
                 manifests.describe_changes(previous[1], record),
             )
+        paths = [p for rows in index.splits.values() for p, _ in rows]
         logging.info("Checking %d images under %s", len(paths), store.root)
         corrupt = find_corrupt(store, paths)
+        if corrupt and on_corrupt == "error":
+            raise UserError(
+                f"{len(corrupt)} of {len(paths)} images cannot be decoded (nothing was "
+                f"written):\n{_listing(store, corrupt, MAX_LISTED)}\nFix or delete them, or "
+                "pass --config.data.on_corrupt=skip to leave them out."
+            )
         if corrupt:
-            listing = "\n".join(f"  {store.root}/{p}: {r}" for p, r in sorted(corrupt.items()))
-            if on_corrupt == "error":
-                raise ValueError(
-                    f"{len(corrupt)} of {len(paths)} images cannot be decoded (nothing was "
-                    f"written):\n{listing}\nFix or delete them, or pass "
-                    "--config.data.on_corrupt=skip to leave them out."
-                )
-            logging.warning("Skipping %d corrupt images:\n%s", len(corrupt), listing)
+            logging.warning(
+                "Skipping %d corrupt images:\n%s", len(corrupt), _listing(store, corrupt)
+            )
         builder = LtkdImages(
             store=store,
             index=index,
@@ -212,7 +223,6 @@ def prepare(
             data_dir=data_dir,
             file_format="array_record",
         )
-        logging.info("Preparing %s into %s", builder.info.full_name, builder.data_dir)
         builder.download_and_prepare()
         with open(os.path.join(os.fspath(builder.data_dir), manifests.MANIFEST), "w") as f:
             json.dump({"fingerprint": digest, **record}, f)

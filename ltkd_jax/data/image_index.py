@@ -24,27 +24,31 @@ class ImageStore:
     def __init__(self, root: str):
         self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))
         if not os.path.exists(self.root):
-            raise FileNotFoundError(
-                f"image root {self.root!r} does not exist; point --config.data.root (alias "
-                "--config.data.archive) at a folder or zip of images."
-            )
+            # No config field named: `evaluate --data` and `--config.data.root` both get here.
+            raise UserError(f"{self.root!r} does not exist; pass a folder or zip of images")
         self.is_zip = os.path.isfile(self.root)
         if self.is_zip and not zipfile.is_zipfile(self.root):
-            raise ValueError(f"{self.root!r} is a file but not a zip; pass a folder or a .zip.")
+            raise UserError(f"{self.root!r} is a file but not a zip; pass a folder or a .zip")
         self._local = threading.local()
 
     def list_files(self) -> list[str]:
         """Every image file, as a '/'-separated path relative to the root, sorted."""
+        return sorted(n for n in self._all_files() if _is_image_name(n))
+
+    def other_files(self) -> list[str]:
+        """The files `list_files` leaves out (no image extension, hidden, macOS forks)."""
+        return sorted(n for n in self._all_files() if not _is_image_name(n))
+
+    def _all_files(self) -> list[str]:
         if self.is_zip:
             with zipfile.ZipFile(self.root) as zf:
-                names = [n for n in zf.namelist() if not n.endswith("/")]
-        else:
-            names = []
-            for dirpath, dirnames, filenames in os.walk(self.root):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                rel = os.path.relpath(dirpath, self.root)
-                names += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in filenames]
-        return sorted(n for n in names if _is_image_name(n))
+                return [n for n in zf.namelist() if not n.endswith("/")]
+        names = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = os.path.relpath(dirpath, self.root)
+            names += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in filenames]
+        return names
 
     def list_dirs(self) -> list[str]:
         """Every folder, as a '/'-separated path relative to the root, sorted; a zip lists
@@ -125,17 +129,17 @@ def folder_index(files: Sequence[str], dirs: Sequence[str] = ()) -> ImageIndex:
     layout = "<split>/<class>/<image>, e.g. train/cat/001.jpg and test/cat/101.jpg"
     stray = [f for f, r in zip(files, rows, strict=True) if len(r) != 3]
     if stray:
-        raise ValueError(
+        raise UserError(
             f"{len(stray)} image files are not at {layout}: e.g. {stray[:3]}. Move them into "
             "class folders under a split folder."
         )
     if not rows:
-        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found; expected {layout}")
+        raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found; expected {layout}")
     by_split: dict[str, list[tuple[str, str]]] = {}
     for path, (split, cls, _) in zip(files, rows, strict=True):
         by_split.setdefault(split, []).append((path, cls))
     if "train" not in by_split:
-        raise ValueError(f"no 'train' folder among {sorted(by_split)}; expected {layout}")
+        raise UserError(f"no 'train' folder among {sorted(by_split)}; expected {layout}")
     empty = _empty_train_classes(rows, dirs, wrapper)
     if empty:
         more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""

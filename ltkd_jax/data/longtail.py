@@ -7,6 +7,7 @@ import numpy as np
 from absl import logging
 
 from ltkd_jax.data.sources import Split
+from ltkd_jax.errors import UserError
 
 PROFILES = ("exp", "step")
 GROUP_NAMES = ("many", "medium", "few")
@@ -65,6 +66,20 @@ def longtail_indices(labels: np.ndarray, counts: np.ndarray, seed: int = 0) -> n
 BALANCED_RATIO = 2.0
 
 
+def check_cut_allowed(class_counts: np.ndarray, imbalance_factor: float) -> None:
+    """UserError when `imbalance_factor > 1` would cut a tail out of an imbalanced split
+    (largest class > `BALANCED_RATIO` x the smallest): the cut follows the class index, not
+    the data. Needs only the counts, so a folder is checked from its file listing."""
+    counts = np.asarray(class_counts)
+    if imbalance_factor != 1 and counts.max() > BALANCED_RATIO * max(counts.min(), 1):
+        raise UserError(
+            f"imbalance_factor={imbalance_factor:g} cuts a long tail out of a balanced training "
+            f"split, but this one is already imbalanced ({counts.max()} to {counts.min()} "
+            "images per class); cutting it would empty its tail classes. Use it as it is: "
+            "imb=1 in the folder configs (--config.data.imbalance_factor=1)."
+        )
+
+
 def make_longtail(
     split: Split, imbalance_factor: float, *, profile: str = "exp", seed: int = 0
 ) -> Split:
@@ -80,13 +95,7 @@ def make_longtail(
     if imbalance_factor == 1:
         return split
     counts_now = split.class_counts()
-    if counts_now.max() > BALANCED_RATIO * max(counts_now.min(), 1):
-        raise ValueError(
-            f"imbalance_factor={imbalance_factor:g} cuts a long tail out of a balanced training "
-            f"split, but this one is already imbalanced ({counts_now.max()} to "
-            f"{counts_now.min()} images per class); cutting it would empty its tail classes. "
-            "Use it as it is: imb=1 in the folder configs (--config.data.imbalance_factor=1)."
-        )
+    check_cut_allowed(counts_now, imbalance_factor)
     n_max = int(counts_now.min())
     counts = longtail_counts(n_max, split.num_classes, imbalance_factor, profile)
     if counts.min() < 1:

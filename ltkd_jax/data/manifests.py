@@ -61,6 +61,13 @@ def manifest(index: ImageIndex, stats: dict[str, tuple[int, int]]) -> dict[str, 
     }
 
 
+def identify(store: ImageStore, index: ImageIndex) -> tuple[dict[str, Any], str]:
+    """(`manifest`, `fingerprint`) of the indexed files: stats only, no image is read."""
+    paths = [p for rows in index.splits.values() for p, _ in rows]
+    record = manifest(index, file_stats(store, paths))
+    return record, fingerprint(record)
+
+
 def fingerprint(record: dict[str, Any]) -> str:
     """A SHA-1 of a `manifest` record: changes with any name, label, size or mtime/CRC."""
     text = json.dumps([record["class_names"], record["splits"]], separators=(",", ":"))

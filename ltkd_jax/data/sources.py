@@ -21,6 +21,7 @@ from absl import logging
 from ltkd_jax.data import augment as augment_lib
 from ltkd_jax.data import builders, cifar, image_builders, image_index, manifests, records
 from ltkd_jax.data.arrays import ArraySplit
+from ltkd_jax.errors import UserError
 
 DATASETS = ("cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018", "folder")
 IN_MEMORY = ("auto", "yes", "no")
@@ -159,11 +160,30 @@ def load_dataset(
 # --------------------------------------------------------------------------------------------
 
 
-def _folder_splits(
-    root: str | None, data_dir: str | None, image_size: int, on_corrupt: str, eval_split: str
-) -> DataSplits:
+@dataclasses.dataclass(frozen=True)
+class FolderSource:
+    """A `<split>/<class>/<image>` tree as listed, before any image is read: its store, its
+    index and the names of its test and (optional) val splits."""
+
+    store: image_index.ImageStore
+    index: image_index.ImageIndex
+    test_name: str
+    val_name: str
+
+    def class_counts(self) -> np.ndarray:
+        """int64 [C] training images per class, from the file listing."""
+        labels = [y for _, y in self.index.splits["train"]]
+        return np.bincount(labels, minlength=self.index.num_classes).astype(np.int64)
+
+    def fingerprint(self) -> str:
+        """The fingerprint preparation keys on (`manifests.identify`): file stats, no decoding."""
+        return manifests.identify(self.store, self.index)[1]
+
+
+def folder_source(root: str | None, eval_split: str = "") -> FolderSource:
+    """Lists and indexes the image tree at `root`; UserError when it is not usable."""
     if not root:
-        raise ValueError(
+        raise UserError(
             "dataset 'folder' needs the image tree: pass --config.data.root=/path/to/tree "
             "(a folder or zip laid out as <split>/<class>/<image>)."
         )
@@ -173,19 +193,28 @@ def _folder_splits(
         (s for s in image_builders.EVAL_SPLIT_NAMES if s in index.splits), ""
     )
     if test_name not in index.splits:
-        raise ValueError(
+        raise UserError(
             f"{store.root!r} has splits {sorted(index.splits)} but no evaluation split "
             f"{eval_split or image_builders.EVAL_SPLIT_NAMES}; add a test/ folder or set "
             "--config.data.eval_split."
         )
     val_name = next((s for s in VAL_SPLIT_NAMES if s in index.splits and s != test_name), "")
-    name = manifests.dataset_slug("folder", store.root)
+    return FolderSource(store, index, test_name, val_name)
+
+
+def _folder_splits(
+    root: str | None, data_dir: str | None, image_size: int, on_corrupt: str, eval_split: str
+) -> DataSplits:
+    source = folder_source(root, eval_split)
+    name = manifests.dataset_slug("folder", source.store.root)
     builder_dir, digest = image_builders.prepare(
-        store, index, name=name, data_dir=data_dir, on_corrupt=on_corrupt
+        source.store, source.index, name=name, data_dir=data_dir, on_corrupt=on_corrupt
     )
-    names = ("train", test_name, *([val_name] if val_name else []))
+    names = ("train", source.test_name, *([source.val_name] if source.val_name else []))
     return DataSplits(
-        *_record_splits(builder_dir, names, index, image_size, auto_size=True, fingerprint=digest)
+        *_record_splits(
+            builder_dir, names, source.index, image_size, auto_size=True, fingerprint=digest
+        )
     )
 
 

@@ -45,15 +45,26 @@ def task_splits(splits: DataSplits, d: Any) -> TaskSplits:
     """Applies `config.data` (d) to the loaded splits, in this order:
 
     1. the long-tailed cut (`imbalance_factor`; refused on an already imbalanced split);
-    2. validation: the dataset's val split, else a stratified `val_fraction` of train, else
+    2. shot groups, on the training counts before any validation holdout (so
+       `val_fraction` never changes them): the configured thresholds; for folders, when they
+       leave a group empty, thresholds that give three non-empty groups
+       (`longtail.tercile_thresholds`);
+    3. validation: the dataset's val split, else a stratified `val_fraction` of train, else
        none (the best checkpoint is then chosen on test, as in the CIFAR-LT literature);
-    3. an error naming every class left without training images;
-    4. shot groups: the configured thresholds; for folders, when they leave a group empty,
-       thresholds that give three non-empty groups (`longtail.tercile_thresholds`).
+    4. an error naming every class left without training images.
     """
     train = longtail.make_longtail(
         splits.train, d.imbalance_factor, profile=d.profile, seed=d.lt_seed
     )
+    full_counts = train.class_counts()
+    many, few, derived = longtail.shot_thresholds(
+        full_counts, d.many_threshold, d.few_threshold, derive=d.name == "folder"
+    )
+    rule = group_rule(d, derived)
+    if rule == "tail33":
+        groups = longtail.tail33_groups(full_counts)
+    else:
+        groups = longtail.shot_groups(full_counts, many, few)
     val, fraction = splits.val, float(d.get("val_fraction", 0.0))
     selected_on = "val" if val is not None else "test"
     if val is not None and fraction > 0:
@@ -63,22 +74,18 @@ def task_splits(splits: DataSplits, d: Any) -> TaskSplits:
         selected_on = f"val ({fraction:g} of train)"
     longtail.check_classes_present(train)
     counts = train.class_counts()
-    many, few, derived = longtail.shot_thresholds(
-        counts, d.many_threshold, d.few_threshold, derive=d.name == "folder"
-    )
-    groups = longtail.shot_groups(counts, many, few)
-    if d.get("eval_groups", "shot") == "tail33":
-        groups = longtail.tail33_groups(counts)
-    sizes = np.bincount(groups, minlength=3)
+    rules = {
+        "tail33": "the top and bottom 33% of classes by training images",
+        "derived": f"many > {many}, few < {few} training images, thresholds derived from the "
+        f"class counts: the configured {d.many_threshold} / {d.few_threshold} leave a group "
+        "empty",
+        "configured": f"many > {many}, few < {few} training images, the configured thresholds",
+    }
     logging.info(
-        "Shot groups by training images: many > %d, few < %d: %d / %d / %d classes%s",
-        many,
-        few,
-        *sizes,
-        " (derived from the class counts: the configured thresholds "
-        f"{d.many_threshold} / {d.few_threshold} leave a group empty)"
-        if derived
-        else "",
+        "Shot groups: %d / %d / %d classes many / medium / few (%s%s)",
+        *np.bincount(groups, minlength=3),
+        rules[rule],
+        "; counted before the val holdout" if selected_on.startswith("val (") else "",
     )
     test_counts = splits.test.class_counts()
     present = test_counts[test_counts > 0]
@@ -99,12 +106,19 @@ def task_splits(splits: DataSplits, d: Any) -> TaskSplits:
         "data_fingerprint": train.fingerprint,
         # CIFAR and digits: where the images came from, lossless or not (ArraySplit).
         "data_source": getattr(train, "data_source", {}),
-        "shot_thresholds": {"many": many, "few": few, "derived": derived},
+        "shot_thresholds": {"many": many, "few": few, "derived": derived, "rule": rule},
         "selected_on": selected_on,
         "num_val": 0 if val is None else len(val),
         "test_class_counts": test_counts,
     }
     return TaskSplits(train, splits.test, val, counts, groups, info)
+
+
+def group_rule(d: Any, derived: bool) -> str:
+    """Which rule grouped the classes: 'tail33', 'derived' or 'configured' thresholds."""
+    if d.get("eval_groups", "shot") == "tail33":
+        return "tail33"
+    return "derived" if derived else "configured"
 
 
 @functools.lru_cache(maxsize=8)
@@ -128,8 +142,28 @@ def prepared_splits(d: Any) -> DataSplits:
 
 
 def load_task(d: Any) -> TaskSplits:
-    """The run's task from `config.data` (d): `task_splits` of the prepared dataset."""
+    """The run's task from `config.data` (d): `task_splits` of the prepared dataset, after
+    the checks the file listing allows (`check_listing`)."""
+    check_listing(d)
     return task_splits(prepared_splits(d), d)
+
+
+def check_listing(d: Any) -> None:
+    """A folder cut with `imbalance_factor > 1` must be balanced enough to cut
+    (`longtail.check_cut_allowed`): checked on its file listing, before preparation decodes
+    every image. (Layout errors, e.g. a test class missing from train, are found by the
+    listing that starts preparation.) The usual `imb=1` run lists nothing here."""
+    if d.name == "folder" and d.imbalance_factor != 1:
+        source = sources.folder_source(d.archive, d.eval_split)
+        longtail.check_cut_allowed(source.class_counts(), d.imbalance_factor)
+
+
+def source_fingerprint(d: Any) -> str:
+    """The `data_fingerprint` a run on `config.data` (d) will record, from file stats alone
+    (no image decoded); '' for data identified by name only (CIFAR, digits, benchmarks)."""
+    if d.name != "folder":
+        return ""
+    return sources.folder_source(d.archive, d.eval_split).fingerprint()
 
 
 def input_stats(d: Any, channels: int) -> tuple[tuple, tuple]:

@@ -1,6 +1,10 @@
 """Evaluate a trained run on a labelled image folder or zip laid out as `<class>/<image>`.
 
     python -m ltkd_jax.evaluate --workdir runs/bkd_c100 --data=/path/to/new_images
+    python -m ltkd_jax.evaluate --workdir runs/bkd_mydata --data=mydata.zip --split=test
+
+A folder or zip laid out as `main` takes it, `<split>/<class>/<image>`, is read from its
+`--split` folder (default test).
 
 The class folders must be exactly the run's classes (extra or missing ones are an error
 naming them; a single wrapping folder, as zips often have, is accepted). Images are
@@ -20,26 +24,41 @@ from collections.abc import Sequence
 import numpy as np
 from absl import logging
 
+from ltkd_jax import cli
 from ltkd_jax.data import image_index
 from ltkd_jax.deploy import inference, report
+from ltkd_jax.errors import UserError
 from ltkd_jax.training import evaluation, networks
 
 LAYOUT = "<class>/<image>, e.g. cat/001.jpg"
+# First folders that make a three-level listing the trainer's `<split>/<class>/<image>`.
+SPLIT_NAMES = ("train", "test", "val", "validation")
 
 
-def class_tree(files: Sequence[str]) -> list[tuple[str, str]]:
-    """[(relative path, class folder)] of a `<class>/<image>` listing; one wrapping folder
-    (`mydata/<class>/<image>`) is stripped."""
+def class_tree(files: Sequence[str], split: str = "test") -> list[tuple[str, str]]:
+    """[(relative path, class folder)] of a `<class>/<image>` listing, or of the `split`
+    folder of a `<split>/<class>/<image>` one (the layout `main` trains on); one wrapping
+    folder (`mydata/...`, as zips often have) is stripped."""
     rows = [f.split("/") for f in files]
-    if rows and all(len(r) == 3 for r in rows) and len({r[0] for r in rows}) == 1:
-        rows = [r[1:] for r in rows]
-    stray = [f for f, r in zip(files, rows, strict=True) if len(r) != 2]
     if not rows:
-        raise ValueError(f"no image files ({', '.join(image_index.IMAGE_EXTENSIONS)}) found")
+        raise UserError(f"no image files ({', '.join(image_index.IMAGE_EXTENSIONS)}) found")
+    first = {r[0] for r in rows}
+    if len(first) == 1 and all(len(r) >= 3 for r in rows) and not first & {split, *SPLIT_NAMES}:
+        rows = [r[1:] for r in rows]
+    if all(len(r) == 3 for r in rows) and {r[0] for r in rows} & {split, *SPLIT_NAMES}:
+        splits = sorted({r[0] for r in rows})
+        if split not in splits:
+            raise UserError(
+                f"the data is laid out as <split>/<class>/<image> with splits {splits} but "
+                f"none named {split!r}; pass --split=<one of them>"
+            )
+        keep = [(f, r[1:]) for f, r in zip(files, rows, strict=True) if r[0] == split]
+        files, rows = [f for f, _ in keep], [r for _, r in keep]
+    stray = [f for f, r in zip(files, rows, strict=True) if len(r) != 2]
     if stray:
-        raise ValueError(
-            f"{len(stray)} image files are not at {LAYOUT}: e.g. {stray[:3]}. Put every image "
-            "in the folder named after its class."
+        raise UserError(
+            f"{len(stray)} image files are not at {LAYOUT} (or <split>/{LAYOUT}): e.g. "
+            f"{stray[:3]}. Put every image in the folder named after its class."
         )
     return [(f, r[0]) for f, r in zip(files, rows, strict=True)]
 
@@ -54,7 +73,7 @@ def check_classes(found: Sequence[str], expected: Sequence[str], source: str) ->
             parts.append(f"{len(extra)} class folder(s) the run does not know: {extra[:10]}")
         if missing:
             parts.append(f"{len(missing)} of the run's classes have no folder: {missing[:10]}")
-        raise ValueError(
+        raise UserError(
             f"{source} does not match the run's {len(expected)} classes: "
             + "; ".join(parts)
             + f". The run's classes are in its labels.json: {list(expected)[:10]}"
@@ -70,10 +89,17 @@ def evaluate_folder(
     *,
     checkpoint: str = "last",
     batch_size: int | None = None,
+    split: str = "test",
 ) -> dict:
-    """Evaluates `workdir`'s checkpoint on `data_path` and writes the report into `out`."""
-    store = image_index.ImageStore(data_path)
-    rows = class_tree(store.list_files())
+    """Evaluates `workdir`'s checkpoint on `data_path` (its `split` folder when it is laid
+    out as `<split>/<class>/<image>`) and writes the report into `out`."""
+    try:
+        store = image_index.ImageStore(data_path)
+        files = store.list_files()
+        rows = class_tree(files, split)
+    except UserError as e:
+        raise UserError(f"--data={data_path}: {e}") from None
+    name = _name(store.root) + (f"_{split}" if len(rows) < len(files) else "")
     run = inference.load_run(workdir, checkpoint)
     check_classes({c for _, c in rows}, run.class_names, store.root)
     label_of = {name: i for i, name in enumerate(run.class_names)}
@@ -111,8 +137,8 @@ def evaluate_folder(
         checkpoint_step=run.step,
         skipped={os.path.join(store.root, p): r for p, r in sorted(skipped.items())},
     )
-    out = out or os.path.join(run.workdir, "evaluate", _name(store.root))
-    report.write_report(result, out, report.thresholds_of(run.config))
+    out = out or os.path.join(run.workdir, "evaluate", name)
+    report.write_report(result, out, report.thresholds_of(run.task))
     result["out"] = out
     return result
 
@@ -134,7 +160,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m ltkd_jax.evaluate", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--workdir", required=True, help="a finished run's workdir")
-    parser.add_argument("--data", required=True, help="a folder or zip of <class>/<image> files")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="a folder or zip of <class>/<image> files, or of <split>/<class>/<image> ones",
+    )
+    parser.add_argument(
+        "--split", default="test", help="the split folder read from a <split>/... layout"
+    )
     parser.add_argument("--out", help="report folder (default WORKDIR/evaluate/<data name>)")
     parser.add_argument("--checkpoint", default="last", help="last, best (test top-1) or a step")
     parser.add_argument("--batch_size", type=int, help="images per batch (default: the run's)")
@@ -143,6 +176,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    cli.quiet_logging()
     logging.set_verbosity(logging.WARNING)  # orbax logs a dozen lines per restore
     try:
         result = evaluate_folder(
@@ -151,10 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             checkpoint=args.checkpoint,
             batch_size=args.batch_size,
+            split=args.split,
         )
-    except (ValueError, FileNotFoundError) as e:
-        print(f"evaluate: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, FileNotFoundError) as e:  # the workdir, the data, the checkpoint
+        print(f"error: {e}", file=sys.stderr)
+        return cli.USAGE_EXIT_CODE
     print(report.format_overall(result))
     if result["skipped"]:
         print(f"{len(result['skipped'])} unreadable images skipped (listed in report.json)")

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ltkd_jax import data, models
+from ltkd_jax import cli, data, models
 from ltkd_jax.deploy import inference
 
 STABLEHLO_FILE = "model.jax_export"
@@ -275,6 +275,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    cli.quiet_logging()
     logging.set_verbosity(logging.WARNING)  # orbax logs a dozen lines per restore
     try:
         report = export_run(
@@ -284,9 +285,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             onnx=args.onnx,
             latency=args.latency,
         )
-    except ExportError as e:
+    except ExportError as e:  # an artifact that does not match: a failure, not a usage error
         print(f"export failed: {e}", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError) as e:  # the workdir or the checkpoint
+        print(f"error: {e}", file=sys.stderr)
+        return cli.USAGE_EXIT_CODE
     print(format_report(report))
     return 0
 

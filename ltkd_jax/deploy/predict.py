@@ -6,9 +6,10 @@
 Loads the run's last checkpoint (or `--checkpoint=best` / a step) read-only and preprocesses
 every file exactly as the run's evaluation does (`inference.Preprocess`): PNG, JPEG and the
 other Pillow formats, grayscale / RGBA / palette images converted. Folders are searched
-recursively for image files. Prints one line per image with the top-k classes and their
-softmax probabilities; `--output` also writes a CSV (`path, class_1, prob_1, ...`). Files
-that cannot be read or decoded are reported with their path and skipped. Runs batched on
+recursively for image files (by extension; how many other files were left out is printed).
+Prints one line per image with the top-k classes and their softmax probabilities;
+`--output` also writes a CSV (`path, class_1, prob_1, ...`). Files that cannot be read or
+decoded are reported with their path and skipped. Runs batched on
 whatever JAX device is present (CPU or GPU).
 """
 
@@ -18,6 +19,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import os
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -25,6 +27,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from ltkd_jax import cli
+from ltkd_jax.data import image_index
 from ltkd_jax.deploy import inference
 from ltkd_jax.training import sharding
 
@@ -81,6 +85,16 @@ def csv_row(p: Prediction) -> list[str]:
     return [p.path] + [x for c, q in zip(p.classes, p.probs, strict=True) for x in (c, f"{q:.6f}")]
 
 
+def non_image_files(inputs: Sequence[str]) -> list[str]:
+    """The files under the folders of `inputs` that are not read as images (by extension)."""
+    out = []
+    for item in inputs:
+        if os.path.isdir(item):
+            store = image_index.ImageStore(item)
+            out += [os.path.join(store.root, p) for p in store.other_files()]
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ltkd_jax.predict", description=__doc__.split("\n")[0]
@@ -96,6 +110,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    cli.quiet_logging()
     logging.set_verbosity(logging.WARNING)  # orbax logs a dozen lines per restore
     skipped = []
 
@@ -105,10 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         paths = inference.list_images(args.inputs)
+        others = non_image_files(args.inputs)
         run = inference.load_run(args.workdir, args.checkpoint)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"predict: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, FileNotFoundError) as e:  # the inputs, the workdir, the checkpoint
+        print(f"error: {e}", file=sys.stderr)
+        return cli.USAGE_EXIT_CODE
+    if others:
+        print(
+            f"{len(others)} files in the folders are not images by their extension "
+            f"({', '.join(image_index.IMAGE_EXTENSIONS)}) and were left out, e.g. {others[:3]}",
+            file=sys.stderr,
+        )
     k = min(args.top_k, run.num_classes)
     count = 0
     with contextlib.ExitStack() as stack:
@@ -122,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 writer.writerow(csv_row(p))
             count += 1
     print(
-        f"{count} images classified, {len(skipped)} skipped"
+        f"{count} images classified, {len(skipped)} unreadable ones skipped, "
+        f"{len(others)} non-image files left out"
         + (f"; CSV written to {args.output}" if args.output else ""),
         file=sys.stderr,
     )

@@ -20,7 +20,6 @@ import os
 from collections.abc import Sequence
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -85,9 +84,45 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _scores(overall: dict) -> str:
+    """top-1, mean-class and the three groups, in one line."""
+    return (
+        f"top-1 {_pct(overall['top1'])}  mean-class {_pct(overall.get('mean_class_acc'))}  "
+        f"many {_pct(overall['many'])}  medium {_pct(overall['medium'])}  "
+        f"few {_pct(overall['few'])}"
+    )
+
+
+def _fitted_limits(values: Sequence[float]) -> tuple[float, float]:
+    """y limits around the data (91-100% gets the whole axis, not its top tenth), never
+    beyond 0-100 plus a margin for the dots."""
+    lo, hi = min(values), max(values)
+    pad = max(2.0, 0.08 * (hi - lo))
+    return max(-2.0, lo - pad), min(102.0, hi + pad)
+
+
+def _log_ticks(lo: float, hi: float) -> list[int]:
+    """1-2-5 ticks inside [lo, hi] (at least the ends' decades), at most 8: readable
+    labels on a log axis that spans less than a decade or many."""
+    ticks = [m * 10**e for e in range(0, 8) for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo <= t <= hi] or [int(lo), int(hi)]
+    step = -(-len(inside) // 8)
+    return inside[::step]
+
+
 def plot_per_class(report: dict, path: str, thresholds: tuple[int, int] | None = None) -> None:
-    """Per-class accuracy against training count (log x), coloured by shot group."""
-    import matplotlib  # noqa: PLC0415 (heavy; only reports need it)
+    """`per_class_figure`, saved to `path`."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy; only reports need it)
+
+    fig = per_class_figure(report, thresholds)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def per_class_figure(report: dict, thresholds: tuple[int, int] | None = None):
+    """Per-class accuracy against training count (log x), coloured by shot group; dotted
+    lines at the run's group thresholds (`thresholds_of`), (few, many)."""
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -106,29 +141,36 @@ def plot_per_class(report: dict, path: str, thresholds: tuple[int, int] | None =
                 alpha=0.8,
                 label=f"{group} ({len(sel)} classes)",
             )
-    if thresholds:  # groups: many > many_threshold, few < few_threshold
-        for t in thresholds:
+    if thresholds:  # groups: few < few_threshold, many > many_threshold
+        for t, side in zip(thresholds, ("few <", "many >"), strict=True):
             ax.axvline(t, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(
+                f"{side} {t}", (t, 1), xycoords=("data", "axes fraction"), fontsize=7,
+                color="grey", rotation=90, ha="right", va="top",
+            )  # fmt: skip
     if len(rows) <= 20:
         for r in rows:
             ax.annotate(
                 r["class"], (max(r["train_count"], 1), 100 * r["accuracy"]), fontsize=7, alpha=0.7
             )
+    counts = [max(r["train_count"], 1) for r in rows] or [1]
     ax.set_xscale("log")
-    ax.set_ylim(-2, 102)
+    ax.set_xlim(min(counts) / 1.25, max(counts) * 1.25)
+    ticks = _log_ticks(min(counts) / 1.25, max(counts) * 1.25)
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(t) for t in ticks]))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylim(*_fitted_limits([100 * r["accuracy"] for r in rows] or [0, 100]))
     ax.set_xlabel("training images of the class (log scale)")
     ax.set_ylabel("test accuracy of the class (%)")
-    o = report["overall"]
-    ax.set_title(
-        f"top-1 {_pct(o['top1'])}  many {_pct(o['many'])}  medium {_pct(o['medium'])}  "
-        f"few {_pct(o['few'])}",
-        fontsize=10,
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(_scores(report["overall"]) + "\ngroups: mean per-class accuracy", fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    return fig
+
+
+CONFUSION_TICKS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 
 def plot_confusion(report: dict, path: str) -> None:
@@ -146,11 +188,14 @@ def plot_confusion(report: dict, path: str) -> None:
     names = [report["per_class"][i]["class"] for i in order]
     n = len(names)
     side = float(np.clip(0.14 * n + 2.5, 5, 24))
-    fig, ax = plt.subplots(figsize=(side + 1, side))
-    # sqrt colour scale: the off-diagonal errors (where the tail goes) stay visible.
+    fig, ax = plt.subplots(figsize=(side + 1, side + 0.4))
+    # sqrt colour scale, white at 0: the few off-diagonal errors (where the tail's images
+    # go) stay visible next to a diagonal near 100%.
     norm = matplotlib.colors.PowerNorm(0.5, vmin=0, vmax=1)
-    im = ax.imshow(matrix, cmap="viridis", norm=norm, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of the true class's test images")
+    im = ax.imshow(matrix, cmap="Blues", norm=norm, interpolation="nearest")
+    bar = fig.colorbar(im, ax=ax, fraction=0.04, ticks=CONFUSION_TICKS)
+    bar.ax.set_yticklabels([f"{100 * t:g}%" for t in CONFUSION_TICKS])
+    bar.set_label("share of the true class's test images (square-root scale)")
     step = max(1, math.ceil(n / 150))  # every label up to 150 classes
     ticks = np.arange(0, n, step)
     font = float(np.clip(700 / max(n, 1), 3, 9))
@@ -158,20 +203,38 @@ def plot_confusion(report: dict, path: str) -> None:
     ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=font)
     ax.set_xlabel("predicted class (head to tail)")
     ax.set_ylabel("true class (head to tail)")
+    ax.set_title(
+        "Confusion matrix, rows normalised (diagonal = per-class accuracy)\n"
+        + _scores(report["overall"]),
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=150 if n <= 100 else 100)
     plt.close(fig)
 
 
-def thresholds_of(config: ml_collections.ConfigDict) -> tuple[int, int]:
-    return int(config.data.few_threshold), int(config.data.many_threshold)
+def thresholds_of(task: dict) -> tuple[int, int] | None:
+    """(few, many) shot thresholds a run grouped its classes by: task.json's
+    `shot_thresholds` (derived for folders, data/task.py); None for `tail33` groups, which
+    have no thresholds, and for runs older than the field."""
+    t = task.get("shot_thresholds")
+    if not t or t.get("rule") == "tail33":
+        return None
+    return int(t["few"]), int(t["many"])
+
+
+# Printed once under results: top-1 above all three groups is correct, and surprises.
+GROUPS_NOTE = (
+    "groups: mean per-class accuracy of the many / medium / few classes (top-1 weighs every "
+    "image, so it can sit above all three)"
+)
 
 
 def format_overall(report: dict) -> str:
-    o = report["overall"]
+    """The printed result: scores, test images, and what the groups mean."""
     return (
-        f"top-1 {_pct(o['top1'])}  many {_pct(o['many'])}  medium {_pct(o['medium'])}  "
-        f"few {_pct(o['few'])}  ({o['num_examples']} images)"
+        f"{_scores(report['overall'])}  ({report['overall']['num_examples']} images)\n"
+        + GROUPS_NOTE
     )
 
 
@@ -220,8 +283,8 @@ def write_run_report(
     )
     if jax.process_index() == 0:
         inference.write_metadata(workdir, names, prep)
-        write_report(report, os.path.join(workdir, REPORT_DIR), thresholds_of(run_config))
-        logging.info("report of %s: %s", workdir, format_overall(report))
+        write_report(report, os.path.join(workdir, REPORT_DIR), thresholds_of(run_task))
+        logging.info("report of %s: %s", workdir, _scores(report["overall"]))
     return report
 
 

@@ -33,6 +33,15 @@ from ltkd_jax.models.layers import (
 )
 
 
+def stem_pool(x: jax.Array) -> jax.Array:
+    """torchvision's `MaxPool2d(3, stride=2, padding=1)`: -inf padding, then a VALID pool.
+    The same numbers as `nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))`, which
+    the `[export]` extra's jax2onnx 0.12 converts without its padding (a 7x7 map for 8x8),
+    so ONNX export of these ResNets failed its check."""
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride, groups) -> 1x1 (x4), BN after each, + shortcut, ReLU.
 
@@ -112,7 +121,7 @@ class ResNet(nn.Module):
         stem = conv(64, 7, 2, self.dtype, name="stem_conv", weight_init=self.weight_init)
         x = stem(x.astype(self.dtype))
         x = nn.relu(batch_norm(train, self.dtype, name="stem_bn")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = stem_pool(x)
         index = 0
         for stage, (planes, n) in enumerate(
             zip((64, 128, 256, 512), self.stage_sizes, strict=True)

@@ -28,7 +28,7 @@ from ltkd_jax.deploy import report
 from ltkd_jax.errors import UserError
 from ltkd_jax.runs import rundir, summary
 from ltkd_jax.runs import teachers as teacher_stage
-from ltkd_jax.training import sharding, trainer
+from ltkd_jax.training import checkpointing, sharding, trainer
 from ltkd_jax.training.writers import read_metrics
 
 COHORT_FILE = "cohort.json"
@@ -76,7 +76,7 @@ def _saved_cohort(workdir: str) -> dict | None:
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Everything checkable before any data is read: every member's config, that the members
-    share the recipe, a resumed cohort's membership, and every resumed run's config."""
+    share the recipe, and a resumed cohort's membership."""
     if config.data_mode not in trainer.DATA_MODES:
         raise UserError(
             f"config.data_mode={config.data_mode!r} is not known; choose one of "
@@ -99,12 +99,24 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
             f"one is {names} ({config.data_mode}). A new member would start the others over: "
             "run it in a new --workdir (members may be left out)."
         )
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Every resumed member's (and the cohort teacher's) config and data still mean its
+    checkpoints; returns the changes config.resume_overrides let through."""
+    members = members_of(config, workdir)
+    fingerprint = data.source_fingerprint(members[0].config.data)
+    overridden = {}
     for member in members:
-        rundir.check_resume_config(member.workdir, member.config)
+        overridden.update(rundir.check_resume_config(member.workdir, member.config))
+        checkpointing.check_resume_data(member.workdir, fingerprint)
     distiller = _first_distiller(config)
     if distiller is not None and _trains_teacher(distiller):
         for k, teacher_dir in enumerate(teacher_stage.teacher_workdirs(distiller, workdir)):
-            rundir.check_resume_config(teacher_dir, teacher_stage.teacher_config(distiller, k))
+            teacher = teacher_stage.teacher_config(distiller, k)
+            overridden.update(rundir.check_resume_config(teacher_dir, teacher))
+            checkpointing.check_resume_data(teacher_dir, fingerprint)
+    return overridden
 
 
 def _finals(member: trainer.Member) -> dict | None:

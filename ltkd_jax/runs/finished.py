@@ -143,7 +143,7 @@ def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
         if not os.path.exists(path):
             raise FileNotFoundError(
                 f"{path} not found: {workdir} is not a ltkd_jax run directory (or the run never "
-                "started); point the config at a finished run's --workdir"
+                "started); pass the --workdir of a finished run"
             )
     with open(paths[0]) as f:
         run_config = ml_collections.ConfigDict(defaults.upgrade_saved_config(json.load(f)))

@@ -7,6 +7,7 @@
 - `check_resume_config(workdir, config)`: before a resumed run writes anything, its config is
   compared with the saved `config.json`. Fields that change what the checkpoints mean are
   refused, naming both values; the fields in `SAFE_TO_CHANGE` are accepted and logged.
+  `check_resume_data` does the same for the data's fingerprint in `task.json`.
 - `record_invocation(workdir)`: the command line, git commit and host of every start,
   appended to `WORKDIR/invocations.jsonl` (beside `config.json`).
 - `log_to_file(workdir)`: every log line of the job in WORKDIR/run.log.
@@ -29,8 +30,8 @@ from collections.abc import Iterator, Mapping
 
 from absl import logging
 
+from ltkd_jax import errors
 from ltkd_jax.config import defaults
-from ltkd_jax.errors import UserError
 
 LOCK_NAME = "run.lock"
 INVOCATIONS_NAME = "invocations.jsonl"
@@ -72,9 +73,7 @@ def unused_by(saved: Mapping, name: str) -> bool:
     return saved.get("method") == "ce" and name.startswith("teacher.")
 
 
-class WorkdirError(UserError):
-    """The workdir cannot be used: a file, not writable, held by another process, or
-    holding a run whose config conflicts with this one."""
+WorkdirError = errors.WorkdirError  # raised here for the workdir's own problems
 
 
 # ---------------------------------------------------------------------------------------
@@ -359,11 +358,21 @@ def recorded_overrides(workdir: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def log_to_file(workdir: str, filters: tuple = (), *, enabled: bool = True) -> Iterator[None]:
-    """Copies every log line of the job into WORKDIR/run.log (appended across resumes);
-    `enabled=False` on processes > 0."""
+def log_to_file(
+    workdir: str, filters: tuple | None = None, *, enabled: bool | None = None
+) -> Iterator[None]:
+    """Copies every log line of the job into WORKDIR/run.log (appended across resumes).
+
+    `filters`: the log filters (default: those of absl's stderr handler, so run.log drops
+    what the console drops); `enabled`: default on process 0 only."""
     import logging as logging_std
 
+    import jax
+
+    if filters is None:
+        filters = tuple(logging.get_absl_handler().filters)
+    if enabled is None:
+        enabled = jax.process_index() == 0
     if not is_local(workdir) or not enabled:
         yield
         return

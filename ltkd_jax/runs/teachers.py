@@ -12,7 +12,7 @@ from ltkd_jax import data, methods
 from ltkd_jax.config import defaults
 from ltkd_jax.errors import UserError
 from ltkd_jax.models import cpu_ops
-from ltkd_jax.runs import finished
+from ltkd_jax.runs import finished, rundir
 from ltkd_jax.training import networks, trainer
 
 # Fields about how a job runs, not what it learns: a teacher runs as its student does.
@@ -89,7 +89,9 @@ def prepare_teachers(
     if dirs and not config.teacher.workdir:
         for k, teacher_dir in enumerate(dirs):
             logging.info("stage 1: teacher %d of %d in %s", k + 1, len(dirs), teacher_dir)
-            result = trainer.train_and_evaluate(teacher_config(config, k), teacher_dir, task=task)
+            with rundir.log_to_file(teacher_dir):  # its own run.log, beside the job's
+                config_k = teacher_config(config, k)
+                result = trainer.train_and_evaluate(config_k, teacher_dir, task=task)
             trained[teacher_dir] = result.test_counts
     teachers = tuple(finished.load_teacher(config, d, task, mesh) for d in dirs)
     # The student's compute path, whatever the teacher run used: folded BatchNorm with the

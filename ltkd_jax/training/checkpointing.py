@@ -21,6 +21,7 @@ after a new one is committed). `warn_if_short_of_space` warns before training.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 
@@ -31,6 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
+from ltkd_jax import errors
 from ltkd_jax.errors import UserError
 
 BEST_METRIC = "top1"
@@ -401,3 +403,22 @@ def restore_variables(workdir: str, target: dict, *, step: int | None = None) ->
     finally:
         manager.close()
     return restored["state"], step
+
+
+def check_resume_data(workdir: str, fingerprint: str) -> None:
+    """Refuses to resume (or to call finished) a run in `workdir` whose saved
+    `data_fingerprint` (task.json) is not `fingerprint`, the data's now: images were added,
+    removed or changed since it trained. Runs before anything is written, so the run keeps
+    the fingerprint of the data it was trained on. '' (data known by name only) passes."""
+    path = os.path.join(workdir, "task.json")
+    if not fingerprint or not os.path.exists(path) or not saved_steps(workdir):
+        return
+    with open(path) as f:
+        saved = json.load(f).get("data_fingerprint", "")
+    if saved and saved != fingerprint:
+        raise errors.WorkdirError(
+            f"{workdir} holds a run trained on other data: its task.json has data fingerprint "
+            f"{saved[:12]}, the data now {fingerprint[:12]} (images added, removed or changed "
+            "since). Resuming would mix two datasets. Pass a new --workdir to train on the "
+            "data as it is now, or restore the data the run was trained on."
+        )

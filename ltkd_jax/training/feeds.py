@@ -27,8 +27,9 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
-from ltkd_jax.data import device, pipeline, task
+from ltkd_jax.data import augment, device, pipeline, task
 from ltkd_jax.data.sources import Split
 from ltkd_jax.training import progress, sharding, steps
 
@@ -86,7 +87,7 @@ class DeviceFeed:
         self.mesh = mesh
         self.batch_size = config.batch_size
         self.seeds = tuple(seeds) if seeds else (config.seed,)
-        self.augment = config.data.augment
+        self.augment = train_augment(config, split)
         self.chunk_steps = config.scan_steps
         self.sequences = [
             pipeline.index_sequence(
@@ -175,10 +176,16 @@ class HostFeed:
         return self.iterator
 
 
+def train_augment(config: ml_collections.ConfigDict, split: Split) -> str:
+    """config.data.augment, `auto` resolved by the split's image size (`augment.resolve`)."""
+    return augment.resolve(config.data.augment, split.image_shape[0])
+
+
 def uses_device(config: ml_collections.ConfigDict, split: Split) -> bool:
     """The device path when the config allows it and the split and augmentation support it."""
     d = config.data
-    return bool(d.device_resident) and device.supports(split, d.augment, d.color_jitter)
+    augmentation = train_augment(config, split)
+    return bool(d.device_resident) and device.supports(split, augmentation, d.color_jitter)
 
 
 def make_feed(
@@ -191,6 +198,13 @@ def make_feed(
     (device feed only) draws one batch per seed at every step."""
     task.check_batch_fits(config.batch_size, len(train_split), f"of {config.data.name}")
     steps_per_epoch = len(train_split) // config.batch_size
+    if config.data.augment == "auto":
+        logging.info(
+            "data.augment=auto: %s augmentation for %d px images (cifar up to %d px)",
+            train_augment(config, train_split),
+            train_split.image_shape[0],
+            augment.AUTO_CIFAR_MAX_SIZE,
+        )
     if uses_device(config, train_split):
         return DeviceFeed(train_split, config, mesh, seeds), steps_per_epoch
     iterator, _ = pipeline.make_train_iterator(
@@ -199,7 +213,7 @@ def make_feed(
         sampler=config.data.sampler,
         seed=config.seed,
         num_epochs=config.num_epochs,
-        augment=config.data.augment,
+        augment=train_augment(config, train_split),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         num_workers=config.data.num_workers,

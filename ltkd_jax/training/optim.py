@@ -14,6 +14,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 
 
 def step_schedule(
@@ -51,6 +52,13 @@ def cosine_schedule(
 SCHEDULES = ("step", "cosine")
 
 
+def cosine_warmup_epochs(warmup_epochs: int, num_epochs: int) -> int:
+    """The warm-up a cosine schedule of `num_epochs` runs: as configured, or half the epochs
+    (rounded down) when it would fill the whole run, so a short run (`num_epochs=1` or 2 on a
+    recipe with 5 warm-up epochs) still decays, as the folder recipe's `epochs=` does."""
+    return warmup_epochs if warmup_epochs < num_epochs else num_epochs // 2
+
+
 def make_schedule(
     optim: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int
 ) -> Callable[[jnp.ndarray], jnp.ndarray]:
@@ -63,8 +71,18 @@ def make_schedule(
             decay_factor=optim.decay_factor,
         )
     if optim.schedule == "cosine":
+        warmup = cosine_warmup_epochs(optim.warmup_epochs, num_epochs)
+        if warmup != optim.warmup_epochs:
+            logging.warning(
+                "num_epochs=%d is not longer than optim.warmup_epochs=%d: the warm-up is "
+                "scaled down to %d epoch(s), so the cosine decay has steps (set "
+                "--config.optim.warmup_epochs to choose another)",
+                num_epochs,
+                optim.warmup_epochs,
+                warmup,
+            )
         return cosine_schedule(
-            optim.lr, steps_per_epoch, warmup_epochs=optim.warmup_epochs, num_epochs=num_epochs
+            optim.lr, steps_per_epoch, warmup_epochs=warmup, num_epochs=num_epochs
         )
     raise ValueError(f"config.optim.schedule={optim.schedule!r} is not one of {SCHEDULES}")
 

@@ -23,12 +23,31 @@ def first_non_finite(step0: int, chunk: dict) -> tuple[int, dict] | None:
     return step0 + i + 1, {k: float(v[i]) for k, v in chunk.items() if not np.isfinite(v[i])}
 
 
+def duration(seconds: float) -> str:
+    """'25 s', '7 min', '3 h 05 min': seconds under a minute, so a short stage never reads
+    'about 0 min'."""
+    if seconds < 60:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def compile_note(seconds: float, steps: int) -> str:
+    """The first chunk's line: its time holds the compilation, so it gives no estimate."""
+    return (
+        f"first {steps} steps took {duration(seconds)}, compilation included; the time "
+        "estimate follows the next chunk"
+    )
+
+
 def time_estimate(seconds_per_step: float, steps_left: int) -> str:
     """The time estimate, from a timed window after compilation (evaluation not included)."""
-    minutes = seconds_per_step * steps_left / 60
     return (
-        f"{1000 * seconds_per_step:.0f} ms per step: about {minutes:.0f} min for the remaining "
-        f"{steps_left} steps (plus evaluation)"
+        f"{1000 * seconds_per_step:.0f} ms per step: about "
+        f"{duration(seconds_per_step * steps_left)} for the remaining {steps_left} steps "
+        "(plus evaluation)"
     )
 
 

@@ -204,6 +204,8 @@ def _setup(
     for c in configs:
         _check_teachers(c, teachers)
     run_data = task or data.load_task(config.data)
+    for member in members:  # the data a resumed run sees is the data it trained on
+        checkpointing.check_resume_data(member.workdir, run_data.info["data_fingerprint"])
     train_split = run_data.train
     mean, std = data.input_stats(config.data, train_split.image_shape[-1])
     eval_batch_size = _round_up(config.eval_batch_size, mesh.devices.size)
@@ -450,9 +452,10 @@ def _train_loop(cohort, runs, state, teachers, train_fn, evaluators, bar, on_eva
         for run, member_metrics in zip(runs, chunk_metrics, strict=True):
             if run.stopped is None:
                 run.log.add(t0, member_metrics, seconds)
-        if n < 2 and t1 < total:  # the first chunk holds the compile: an upper bound
-            estimate = progress.time_estimate(seconds / (t1 - t0), total - t1)
-            logging.info(estimate + (" (compile included: an upper bound)" if n == 0 else ""))
+        if n == 0:  # the first chunk holds the compile: no estimate from it
+            logging.info(progress.compile_note(seconds, t1 - t0))
+        elif n == 1 and t1 < total:
+            logging.info(progress.time_estimate(seconds / (t1 - t0), total - t1))
         bar.update(t1 - t0)
         if _evaluates_after(cohort, t1):
             bar.set_postfix_str(f"epoch {t1 // cohort.steps_per_epoch}: evaluating")
