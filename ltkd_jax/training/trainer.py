@@ -151,13 +151,12 @@ def _check_teachers(config: ml_collections.ConfigDict, teachers: tuple) -> None:
         )
 
 
-def _method_task(config, run_data, teachers, feature_means: dict) -> methods.Task:
-    """The facts a member's loss may use; the teacher's class feature means computed once."""
+def _method_task(config, run_data, feature_means) -> methods.Task:
+    """The facts a member's loss may use (the teacher's class feature means if it needs
+    them)."""
     task = methods.Task(run_data.class_counts, run_data.class_groups, dataset=config.data.name)
     if methods.needs_of(config).feature_means:
-        if "means" not in feature_means:
-            feature_means["means"] = feature_means["compute"]()
-        task = dataclasses.replace(task, teacher_feature_means=feature_means["means"])
+        task = dataclasses.replace(task, teacher_feature_means=feature_means)
     return task
 
 
@@ -209,14 +208,14 @@ def _setup(
     train_split = run_data.train
     mean, std = data.input_stats(config.data, train_split.image_shape[-1])
     eval_batch_size = _round_up(config.eval_batch_size, mesh.devices.size)
-    means = {
-        "compute": lambda: evaluation.class_feature_means(
+    means = None  # computed once, when a member needs them (KRDistill-R)
+    if any(methods.needs_of(c).feature_means for c in configs):
+        means = evaluation.class_feature_means(
             teachers[0], train_split, mesh, eval_batch_size, mean, std
         )
-    }
     runs = []
     for member in members:
-        method = methods.make(member.config, _method_task(member.config, run_data, teachers, means))
+        method = methods.make(member.config, _method_task(member.config, run_data, means))
         model = networks.build_model(member.config, train_split.num_classes)
         writer = MetricWriter(member.workdir)
         keep = member.config.keep_checkpoints
