@@ -224,8 +224,11 @@ def test_crt_retrains_only_the_classifier(teacher_dir, tmp_path):
         max_steps_per_epoch=2,
         **{"init.workdir": teacher_dir, "data.sampler": "class_balanced"},
     )
-    state = trainer.train_and_evaluate(config, str(tmp_path)).state
-    start = finished.load(teacher_dir, mesh=trainer.sharding.make_mesh(1)).variables
+    with pytest.raises(ValueError, match="starts from a finished run"):
+        trainer.train_and_evaluate(config, str(tmp_path))  # never silently from scratch
+    mesh = trainer.sharding.make_mesh(1)
+    start = finished.load_init(config, data.load_task(config.data), mesh).variables
+    state = trainer.train_and_evaluate(config, str(tmp_path), init=start).state
     trained = params_of(state)
     for key in start["params"]:
         if key == "classifier":
@@ -284,9 +287,7 @@ def assert_is_the_bias_free_classifier(record: dict, run_dir: str) -> None:
     computed here in float64 from the run's features."""
     config = tiny_config(num_devices=1)
     task = data.load_task(config.data)
-    run = finished.load_frozen(
-        run_dir, finished.read_run_info(run_dir)[0], 10, (8, 8, 1), trainer.sharding.make_mesh(1)
-    )
+    run = finished.load(run_dir, mesh=trainer.sharding.make_mesh(1))
     mean, std = data.input_stats(config.data, 1)
     images = data.normalize(task.test.images, mean, std)
     _, features = jax.jit(functools.partial(run.model.apply, train=False))(run.variables, images)

@@ -47,8 +47,10 @@ def create_train_state(
 
 
 def start_from(state: TrainState, variables: dict, *, fresh_classifier: bool) -> TrainState:
-    """`state` with a finished run's variables and a fresh optimiser state; with
-    `fresh_classifier` the classifier keeps its new initialisation, to be re-trained (cRT)."""
+    """`state` with a copy of a finished run's variables (the caller's arrays stay theirs: the
+    step donates its state) and a fresh optimiser state; with `fresh_classifier` the
+    classifier keeps its new initialisation, to be re-trained (cRT)."""
+    variables = jax.tree.map(jnp.copy, variables)
     params = dict(variables["params"])
     if fresh_classifier:
         params["classifier"] = state.params["classifier"]

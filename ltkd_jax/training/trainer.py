@@ -491,6 +491,22 @@ def _make_evaluators(cohort: _Cohort, runs, compiler_options: dict | None) -> li
     return [next(v for g, v in by_group.items() if k in g) for k in range(len(runs))]
 
 
+def _close(runs: list[_MemberRun], shapes: list) -> None:
+    """Every member's last save finished and its records closed, all of them whatever fails;
+    then the first failure is raised: a failed save's SaveError (the last good checkpoint
+    kept, no orbax thread left) before the full disk's OSError of the records."""
+    failures = []
+    for run, shape in zip(runs, shapes, strict=True):
+        finish = functools.partial(checkpointing.finish, run.manager, shape)
+        for close in (finish, run.writer.close):
+            try:
+                close()
+            except Exception as e:  # noqa: BLE001 - raised below, after every member closed
+                failures.append(e)
+    if failures:
+        raise failures[0]
+
+
 def train_cohort(
     members: Sequence[Member],
     *,
@@ -512,6 +528,13 @@ def train_cohort(
     """
     if data_mode not in DATA_MODES:
         raise ValueError(f"data_mode={data_mode!r}; choose one of {DATA_MODES}")
+    inits = list(inits or [None] * len(members))
+    for member, init in zip(members, inits, strict=True):
+        if methods.needs_of(member.config).init_run and init is None:
+            raise ValueError(
+                f"config.method={member.config.method!r} starts from a finished run: pass its "
+                "variables as `init` (runs.finished.load_init), as job.run does"
+            )
     cohort, runs = _setup(members, teachers, task, data_mode)
     for run in runs:
         run.writer.write_json("config.json", run.config.to_dict())
@@ -520,7 +543,7 @@ def train_cohort(
     schedule = optim.make_schedule(
         cohort.config.optim, cohort.steps_per_epoch, cohort.config.num_epochs
     )
-    state = _initial_state(cohort, runs, schedule, inits or [None] * len(runs))
+    state = _initial_state(cohort, runs, schedule, inits)
     start_step = int(cohort.layout.member(state, 0).step)
     bar = progress.progress_bar(cohort.config, cohort.total_steps, start_step)
     for run in runs:
@@ -552,9 +575,7 @@ def train_cohort(
         )
     finally:
         bar.close()
-        for run in runs:
-            run.manager.wait_until_finished()
-            run.writer.close()
+        _close(runs, shapes)
     if start_step >= cohort.total_steps:
         logging.info(
             "%s already complete (step %d)", ", ".join(r.workdir for r in runs), start_step
