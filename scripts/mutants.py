@@ -30,7 +30,8 @@ from typing import NamedTuple
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The quick suite, less tests/test_mutants.py: it checks this list against the code, which
 # every mutant changes by design (it would "kill" them all).
-FAST = ["-m", "not slow", "--ignore=tests/test_mutants.py"]
+# One process per run (`-n 0`): --jobs runs mutants side by side instead.
+FAST = ["-m", "not slow", "--ignore=tests/test_mutants.py", "-n", "0"]
 
 
 class Mutant(NamedTuple):

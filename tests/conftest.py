@@ -19,6 +19,10 @@ _CACHE = pathlib.Path(
 )
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+# The command-line tests' processes share it: many compile the same programs (the
+# quick-start's steps, a killed run restarted), and a cache hit is the same executable.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_CACHE)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
 # grain's multiprocessing reads absl flags; pytest never calls app.run.
 flags.FLAGS.mark_as_parsed()
 

@@ -227,9 +227,9 @@ def test_a_nan_stops_with_one_message_and_resumes_with_a_lower_rate(tmp_path):
 
 
 def test_the_kill_harness_on_the_quickstart_job(tmp_path):
-    """scripts/kill_resume.py: 12 kills over start-up, training, saves, the stage change and
+    """scripts/kill_resume.py: 6 kills over start-up, training, a save, the stage change and
     the reports; every kept checkpoint and raw record as in the uninterrupted run."""
-    cmd = [sys.executable, "scripts/kill_resume.py", "--kills=12", f"--root={tmp_path}"]
+    cmd = [sys.executable, "scripts/kill_resume.py", "--kills=6", f"--root={tmp_path}"]
     cmd += ["--", "--config.num_epochs=10", "--config.teacher.num_epochs=10"]
     out = subprocess.run(
         cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800, env=_env()
@@ -239,11 +239,11 @@ def test_the_kill_harness_on_the_quickstart_job(tmp_path):
     report = json.loads(out.stdout[out.stdout.index("\n{") :])
     assert report["identical"], out.stdout
     # The first kill hits the fresh run's start-up; the last may find the job done.
-    assert report["kills"] >= 11 and report["after_first_checkpoint"] >= 10, out.stdout
+    assert report["kills"] >= 5 and report["after_first_checkpoint"] >= 4, out.stdout
     phases = report["phases"]
     assert phases.get("saving a checkpoint", 0) >= 1 and phases.get("training and evaluation")
     started = {p: n for p, n in phases.items() if not p.startswith("start-up")}
-    assert sum(started.values()) >= 7, out.stdout  # only start-up kills may land in start-up
+    assert sum(started.values()) >= 3, out.stdout  # only start-up kills may land in start-up
 
 
 def test_resume_with_another_config_is_refused_before_anything_is_written(reference, tmp_path):

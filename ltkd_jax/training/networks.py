@@ -33,9 +33,9 @@ def create_train_state(
     model, tx: optax.GradientTransformation, image_shape: tuple, seed: int, mesh
 ) -> TrainState:
     """Initialises the state directly replicated on the mesh (no host copy)."""
+    variables = _initializer(model, tuple(image_shape), mesh)(jax.random.key(seed))
 
-    def init(rng):
-        variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    def create(variables):
         return TrainState.create(
             apply_fn=model.apply,
             params=variables["params"],
@@ -43,7 +43,19 @@ def create_train_state(
             tx=tx,
         )
 
-    return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
+    return jax.jit(create, out_shardings=sharding.replicated(mesh))(variables)
+
+
+@functools.cache
+def _initializer(model, image_shape: tuple, mesh):
+    """The compiled `model.init`, one per network structure: a cohort's members, a teacher
+    and its student of the same structure compile it once (on a CPU it costs seconds, the
+    optimiser state built from it in `create_train_state` almost nothing)."""
+
+    def init(rng):
+        return model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+    return jax.jit(init, out_shardings=sharding.replicated(mesh))
 
 
 def start_from(state: TrainState, variables: dict, *, fresh_classifier: bool) -> TrainState:
