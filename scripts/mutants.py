@@ -361,6 +361,14 @@ MUTANTS = (
         "a resumed run's metrics.jsonl holds the replayed records twice",
         ("tests/test_fault_injection.py", "tests/test_train.py"),
     ),
+    Mutant(
+        "init_ignores_the_seed",
+        "ltkd_jax/training/networks.py",
+        "_initializer(model, tuple(image_shape), mesh)(jax.random.key(seed))",
+        "_initializer(model, tuple(image_shape), mesh)(jax.random.key(0))",
+        "every seed starts from the same weights: a seed's mean +- std measures nothing",
+        ("tests/test_cohort.py", "tests/test_train.py"),
+    ),
 )
 
 

@@ -345,3 +345,24 @@ def test_cifar100_lt_short_run_trains_evaluates_and_resumes(tmp_path):
     assert np.bincount(task["class_groups"]).tolist() == [35, 35, 30]
     again = trainer.train_and_evaluate(config, workdir).state
     assert int(again.step) == 2
+
+
+def test_a_fresh_state_depends_on_its_seed_and_only_on_it():
+    """The compiled init is shared by every model of one structure; the seed still decides
+    the weights (seeds of a cohort or a table are independent draws)."""
+    from ltkd_jax.training import networks, optim
+
+    config = tiny_config()
+    mesh = sharding.make_mesh(1)
+    tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, 2, 4))
+
+    def params(seed):
+        model = networks.build_model(config, 10)  # a new module object each time
+        state = networks.create_train_state(model, tx, (8, 8, 1), seed, mesh)
+        return jax.tree.leaves(jax.tree.map(np.asarray, state.params))
+
+    first, again, other = params(0), params(0), params(1)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    kernels = [(a, b) for a, b in zip(first, other, strict=True) if a.ndim > 1]
+    assert kernels and all(not np.array_equal(a, b) for a, b in kernels)
